@@ -1,0 +1,35 @@
+//! The replicated state machine of Conclave.
+//!
+//! Owns: the data model (binary-safe strings, hashes and sets), per-key revisions, TTLs driven by
+//! the leader's stamp on each entry, request de-duplication by (client id, sequence), the limits
+//! every request must respect, and the read helpers that answer from a replica.
+//!
+//! Does not own: IO of any kind, clocks, async, serialization formats, Raft. The storage crate
+//! persists this machine; the consensus crate orders the [`WriteRequest`]s fed to
+//! [`Machine::apply`].
+//!
+//! Determinism: [`Machine::apply`] depends only on the machine and the request. Time comes from
+//! [`WriteRequest::stamp`], which the leader sets from its clock; the machine never lets it go
+//! backwards. Errors that depend on the input (a wrong type) are replies, never panics.
+//!
+//! Known to be missing (later issues): leases, locks, transactions, watch events, EXPIRE on an
+//! existing key, counters.
+
+mod command;
+mod limits;
+mod machine;
+mod record;
+
+pub use command::{Command, Expiry, Outcome, RequestId, SetCondition, WriteReply, WriteRequest};
+pub use limits::{InvalidRequest, Limits};
+pub use machine::{Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT};
+pub use record::{Record, Value};
+
+/// A key, a hash field, a set member or a value: arbitrary bytes.
+pub type Bytes = Vec<u8>;
+
+/// The index of the log entry that produced a state; every reply carries one.
+pub type Revision = u64;
+
+/// Milliseconds since the Unix epoch, as stamped by the leader.
+pub type Millis = u64;

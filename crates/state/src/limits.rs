@@ -1,0 +1,134 @@
+//! Size limits every request must respect, checked before a write enters the log.
+
+use std::fmt;
+
+use crate::{Command, WriteRequest};
+
+/// The documented limits. One place for them: the API layers call [`Limits::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value, hash field value or set member, in bytes.
+    pub max_value_bytes: usize,
+    /// Most keys, fields or members in one command.
+    pub max_items: usize,
+}
+
+impl Limits {
+    /// The limits a node enforces: keys up to 64 KiB, values up to 1 MiB, 10,000 items per
+    /// command.
+    pub const DEFAULT: Limits = Limits {
+        max_key_bytes: 64 * 1024,
+        max_value_bytes: 1024 * 1024,
+        max_items: 10_000,
+    };
+
+    /// Checks one key against the key limit (reads use it too).
+    pub fn check_key(&self, key: &[u8]) -> Result<(), InvalidRequest> {
+        if key.is_empty() {
+            return Err(InvalidRequest::EmptyKey);
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(InvalidRequest::KeyTooLong {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), InvalidRequest> {
+        if value.len() > self.max_value_bytes {
+            return Err(InvalidRequest::ValueTooLong {
+                len: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_items(&self, count: usize) -> Result<(), InvalidRequest> {
+        if count == 0 {
+            return Err(InvalidRequest::NoItems);
+        }
+        if count > self.max_items {
+            return Err(InvalidRequest::TooManyItems {
+                count,
+                max: self.max_items,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a whole write.
+    pub fn check(&self, request: &WriteRequest) -> Result<(), InvalidRequest> {
+        match &request.command {
+            Command::Set { key, value, .. } => {
+                self.check_key(key)?;
+                self.check_value(value)
+            }
+            Command::Delete { keys } | Command::Reap { keys } => {
+                self.check_items(keys.len())?;
+                keys.iter().try_for_each(|k| self.check_key(k))
+            }
+            Command::HashSet { key, fields } => {
+                self.check_key(key)?;
+                self.check_items(fields.len())?;
+                fields.iter().try_for_each(|(f, v)| {
+                    self.check_value(f)?;
+                    self.check_value(v)
+                })
+            }
+            Command::HashDelete { key, fields: items }
+            | Command::SetAdd {
+                key,
+                members: items,
+            }
+            | Command::SetRemove {
+                key,
+                members: items,
+            } => {
+                self.check_key(key)?;
+                self.check_items(items.len())?;
+                items.iter().try_for_each(|i| self.check_value(i))
+            }
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// Why a request was refused before it reached the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvalidRequest {
+    EmptyKey,
+    KeyTooLong { len: usize, max: usize },
+    ValueTooLong { len: usize, max: usize },
+    NoItems,
+    TooManyItems { count: usize, max: usize },
+}
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidRequest::EmptyKey => write!(f, "key must not be empty"),
+            InvalidRequest::KeyTooLong { len, max } => {
+                write!(f, "key is {len} bytes; the limit is {max}")
+            }
+            InvalidRequest::ValueTooLong { len, max } => {
+                write!(f, "value is {len} bytes; the limit is {max}")
+            }
+            InvalidRequest::NoItems => write!(f, "the command names no keys, fields or members"),
+            InvalidRequest::TooManyItems { count, max } => {
+                write!(f, "the command names {count} items; the limit is {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InvalidRequest {}

@@ -1,0 +1,411 @@
+//! The keyspace and its deterministic transitions.
+
+use std::collections::{btree_map, BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Bytes, Command, Expiry, Millis, Outcome, Record, RequestId, Revision, SetCondition, Value,
+    WriteReply, WriteRequest,
+};
+
+/// How long (by entry stamps) the reply to a de-duplicated write is kept. A retry arriving later
+/// than this is applied again.
+pub const DEDUP_WINDOW_MS: Millis = 5 * 60 * 1000;
+
+/// Most replies kept per client; the oldest sequence numbers are forgotten first.
+pub const MAX_REPLIES_PER_CLIENT: usize = 4096;
+
+/// Every this many revisions, clients idle for longer than [`DEDUP_WINDOW_MS`] are forgotten.
+const SESSION_SWEEP_EVERY: Revision = 1024;
+
+/// A read addressed a key that holds another type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadError;
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value")
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Replies remembered for one client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientSession {
+    /// The stamp of the client's latest write.
+    last_seen: Millis,
+    /// sequence -> (stamp, reply)
+    replies: BTreeMap<u64, (Millis, WriteReply)>,
+}
+
+/// The whole replicated state. Two machines fed the same requests at the same indexes are equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MachineImage")]
+pub struct Machine {
+    keys: BTreeMap<Bytes, Record>,
+    sessions: BTreeMap<u64, ClientSession>,
+    /// The largest stamp applied so far: the machine's notion of "now".
+    clock: Millis,
+    /// The index of the last entry applied.
+    revision: Revision,
+    /// (deadline, key) for every key with a TTL; derived from `keys`, rebuilt on load.
+    #[serde(skip)]
+    deadlines: BTreeSet<(Millis, Bytes)>,
+}
+
+/// The serialized form of a [`Machine`]: everything but derived indexes.
+#[derive(Deserialize)]
+struct MachineImage {
+    keys: BTreeMap<Bytes, Record>,
+    sessions: BTreeMap<u64, ClientSession>,
+    clock: Millis,
+    revision: Revision,
+}
+
+impl From<MachineImage> for Machine {
+    fn from(image: MachineImage) -> Self {
+        let deadlines = image
+            .keys
+            .iter()
+            .filter_map(|(k, r)| r.expires_at.map(|d| (d, k.clone())))
+            .collect();
+        Machine {
+            keys: image.keys,
+            sessions: image.sessions,
+            clock: image.clock,
+            revision: image.revision,
+            deadlines,
+        }
+    }
+}
+
+impl Machine {
+    /// An empty keyspace at revision 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of the last applied entry.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The largest stamp applied so far.
+    pub fn clock(&self) -> Millis {
+        self.clock
+    }
+
+    /// Number of keys held, expired ones included until they are reaped.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Records that an entry without application data was applied at `index`.
+    pub fn apply_blank(&mut self, index: Revision) {
+        self.revision = index;
+    }
+
+    /// Applies one write at log index `index` and returns its reply. A write whose id was
+    /// already applied is not applied again: its original reply is returned.
+    pub fn apply(&mut self, index: Revision, request: &WriteRequest) -> WriteReply {
+        self.revision = index;
+        self.clock = self.clock.max(request.stamp);
+        let now = self.clock;
+
+        if let Some(id) = request.id {
+            if let Some(reply) = self.remembered_reply(id) {
+                return reply;
+            }
+        }
+
+        let outcome = self.execute(index, now, &request.command);
+        let reply = WriteReply {
+            revision: index,
+            outcome,
+        };
+        if let Some(id) = request.id {
+            self.remember_reply(id, now, reply.clone());
+        }
+        if index % SESSION_SWEEP_EVERY == 0 {
+            self.sessions
+                .retain(|_, s| s.last_seen.saturating_add(DEDUP_WINDOW_MS) >= now);
+        }
+        reply
+    }
+
+    fn remembered_reply(&self, id: RequestId) -> Option<WriteReply> {
+        let session = self.sessions.get(&id.client_id)?;
+        session.replies.get(&id.sequence).map(|(_, r)| r.clone())
+    }
+
+    fn remember_reply(&mut self, id: RequestId, now: Millis, reply: WriteReply) {
+        let session = self.sessions.entry(id.client_id).or_default();
+        session.last_seen = now;
+        session.replies.insert(id.sequence, (now, reply));
+        let horizon = now.saturating_sub(DEDUP_WINDOW_MS);
+        session.replies.retain(|_, (stamp, _)| *stamp >= horizon);
+        while session.replies.len() > MAX_REPLIES_PER_CLIENT {
+            session.replies.pop_first();
+        }
+    }
+
+    fn execute(&mut self, index: Revision, now: Millis, command: &Command) -> Outcome {
+        match command {
+            Command::Set {
+                key,
+                value,
+                condition,
+                expiry,
+                return_previous,
+            } => self.set(index, now, key, value, *condition, *expiry, *return_previous),
+            Command::Delete { keys } => {
+                let removed = keys
+                    .iter()
+                    .filter(|k| self.live_mut(k, now).is_some())
+                    .cloned()
+                    .collect::<Vec<_>>();
+                removed.iter().for_each(|k| self.remove(k));
+                Outcome::Count(removed.len() as u64)
+            }
+            Command::HashSet { key, fields } => {
+                self.update_collection(index, now, key, Value::Hash(BTreeMap::new()), |value| {
+                    let Value::Hash(map) = value else { return None };
+                    let added = fields
+                        .iter()
+                        .filter(|(f, v)| map.insert(f.clone(), v.clone()).is_none())
+                        .count();
+                    Some(added as u64)
+                })
+            }
+            Command::HashDelete { key, fields } => {
+                self.update_existing(index, now, key, |value| {
+                    let Value::Hash(map) = value else { return None };
+                    Some(fields.iter().filter(|f| map.remove(*f).is_some()).count() as u64)
+                })
+            }
+            Command::SetAdd { key, members } => {
+                self.update_collection(index, now, key, Value::Set(BTreeSet::new()), |value| {
+                    let Value::Set(set) = value else { return None };
+                    Some(members.iter().filter(|m| set.insert((*m).clone())).count() as u64)
+                })
+            }
+            Command::SetRemove { key, members } => {
+                self.update_existing(index, now, key, |value| {
+                    let Value::Set(set) = value else { return None };
+                    Some(members.iter().filter(|m| set.remove(*m)).count() as u64)
+                })
+            }
+            Command::Reap { keys } => {
+                let expired = keys
+                    .iter()
+                    .filter(|k| self.keys.get(*k).is_some_and(|r| r.is_expired(now)))
+                    .cloned()
+                    .collect::<Vec<_>>();
+                expired.iter().for_each(|k| self.remove(k));
+                Outcome::Count(expired.len() as u64)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set(
+        &mut self,
+        index: Revision,
+        now: Millis,
+        key: &Bytes,
+        value: &Bytes,
+        condition: SetCondition,
+        expiry: Expiry,
+        return_previous: bool,
+    ) -> Outcome {
+        let existing = self.live_mut(key, now);
+        if return_previous && existing.as_ref().is_some_and(|r| !matches!(r.value, Value::String(_))) {
+            return Outcome::WrongType;
+        }
+        let present = existing.is_some();
+        let previous = match (return_previous, existing) {
+            (true, Some(Record { value: Value::String(v), .. })) => Some(v.clone()),
+            _ => None,
+        };
+        let allowed = match condition {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => !present,
+            SetCondition::IfPresent => present,
+        };
+        if !allowed {
+            return Outcome::Set {
+                applied: false,
+                previous,
+            };
+        }
+        let old = self.keys.get(key);
+        let created = old.map_or(index, |r| r.created);
+        let expires_at = match expiry {
+            Expiry::Never => None,
+            Expiry::Keep => old.and_then(|r| r.expires_at),
+            Expiry::AfterMillis(ms) => Some(now.saturating_add(ms)),
+            Expiry::AtMillis(at) => Some(at),
+        };
+        self.put(
+            key.clone(),
+            Record {
+                value: Value::String(value.clone()),
+                created,
+                modified: index,
+                expires_at,
+            },
+        );
+        Outcome::Set {
+            applied: true,
+            previous,
+        }
+    }
+
+    /// Applies `change` to the hash or set under `key`, creating it from `empty` if absent.
+    /// `change` returns None when the value has the wrong type.
+    fn update_collection(
+        &mut self,
+        index: Revision,
+        now: Millis,
+        key: &Bytes,
+        empty: Value,
+        change: impl FnOnce(&mut Value) -> Option<u64>,
+    ) -> Outcome {
+        if self.live_mut(key, now).is_none() {
+            self.keys.insert(
+                key.clone(),
+                Record {
+                    value: empty,
+                    created: index,
+                    modified: index,
+                    expires_at: None,
+                },
+            );
+        }
+        self.update_existing(index, now, key, change)
+    }
+
+    /// Applies `change` to the hash or set under `key` if it exists; deletes it if emptied.
+    fn update_existing(
+        &mut self,
+        index: Revision,
+        now: Millis,
+        key: &Bytes,
+        change: impl FnOnce(&mut Value) -> Option<u64>,
+    ) -> Outcome {
+        let Some(record) = self.live_mut(key, now) else {
+            return Outcome::Count(0);
+        };
+        let Some(count) = change(&mut record.value) else {
+            return Outcome::WrongType;
+        };
+        if count > 0 {
+            record.modified = index;
+        }
+        let emptied = match &record.value {
+            Value::Hash(m) => m.is_empty(),
+            Value::Set(s) => s.is_empty(),
+            Value::String(_) => false,
+        };
+        if emptied {
+            self.remove(key);
+        }
+        Outcome::Count(count)
+    }
+
+    /// The record under `key` unless absent or expired at `now`; an expired one is dropped.
+    fn live_mut(&mut self, key: &Bytes, now: Millis) -> Option<&mut Record> {
+        if self.keys.get(key).is_some_and(|r| r.is_expired(now)) {
+            self.remove(key);
+        }
+        self.keys.get_mut(key)
+    }
+
+    fn put(&mut self, key: Bytes, record: Record) {
+        if let Some(deadline) = record.expires_at {
+            self.deadlines.insert((deadline, key.clone()));
+        }
+        if let Some(old) = self.keys.insert(key.clone(), record) {
+            if let Some(deadline) = old.expires_at {
+                let still = self.keys.get(&key).and_then(|r| r.expires_at) == Some(deadline);
+                if !still {
+                    self.deadlines.remove(&(deadline, key));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &Bytes) {
+        if let Some(old) = self.keys.remove(key) {
+            if let Some(deadline) = old.expires_at {
+                self.deadlines.remove(&(deadline, key.clone()));
+            }
+        }
+    }
+
+    // ----- Reads. `now` is the reader's clock: a key past its deadline reads as absent. -----
+
+    /// The live record under `key`.
+    pub fn record(&self, key: &[u8], now: Millis) -> Option<&Record> {
+        self.keys.get(key).filter(|r| !r.is_expired(now))
+    }
+
+    /// A string value.
+    pub fn get(&self, key: &[u8], now: Millis) -> Result<Option<&Record>, ReadError> {
+        match self.record(key, now) {
+            Some(r) if matches!(r.value, Value::String(_)) => Ok(Some(r)),
+            Some(_) => Err(ReadError),
+            None => Ok(None),
+        }
+    }
+
+    /// A hash, or None if absent.
+    pub fn hash(&self, key: &[u8], now: Millis) -> Result<Option<&BTreeMap<Bytes, Bytes>>, ReadError> {
+        match self.record(key, now).map(|r| &r.value) {
+            Some(Value::Hash(map)) => Ok(Some(map)),
+            Some(_) => Err(ReadError),
+            None => Ok(None),
+        }
+    }
+
+    /// A set, or None if absent.
+    pub fn set_members(&self, key: &[u8], now: Millis) -> Result<Option<&BTreeSet<Bytes>>, ReadError> {
+        match self.record(key, now).map(|r| &r.value) {
+            Some(Value::Set(set)) => Ok(Some(set)),
+            Some(_) => Err(ReadError),
+            None => Ok(None),
+        }
+    }
+
+    /// Live keys starting with `prefix`, in order.
+    pub fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        now: Millis,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Record)> + 'a {
+        let range: btree_map::Range<'a, Bytes, Record> = self.keys.range(prefix.to_vec()..);
+        range
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter(move |(_, r)| !r.is_expired(now))
+    }
+
+    /// Up to `limit` keys whose deadline is at or before `now`: what the leader should reap.
+    pub fn expired_keys(&self, now: Millis, limit: usize) -> Vec<Bytes> {
+        self.deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
