@@ -1,0 +1,231 @@
+//! The Raft log and vote, in two sled trees.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError,
+    Vote,
+};
+use sled::{Db, Tree};
+use tokio::sync::mpsc;
+
+use crate::{decode, encode, StoreConfig};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig>::NodeId>>;
+
+/// openraft's log storage: entries keyed by big-endian index (so iteration is numeric), plus the
+/// vote, the commit index and the last purged log id.
+pub struct LogStore<C: StoreConfig> {
+    db: Db,
+    entries: Tree,
+    meta: Tree,
+    flusher: mpsc::UnboundedSender<LogFlushed<C>>,
+}
+
+impl<C: StoreConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            entries: self.entries.clone(),
+            meta: self.meta.clone(),
+            flusher: self.flusher.clone(),
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl<C: StoreConfig> LogStore<C> {
+    /// Opens the log trees and starts the group-commit flusher (needs a Tokio runtime).
+    pub(crate) fn open(db: &Db) -> Result<Self, sled::Error> {
+        let (flusher, pending) = mpsc::unbounded_channel();
+        tokio::spawn(group_commit::<C>(db.clone(), pending));
+        Ok(LogStore {
+            db: db.clone(),
+            entries: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+            flusher,
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>, C> {
+        let bytes = self
+            .meta
+            .get(key)
+            .map_err(|e| StorageIOError::read(&e))?;
+        bytes
+            .map(|b| decode(&b).map_err(|e| StorageIOError::read(&*e).into()))
+            .transpose()
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> StorageResult<(), C> {
+        self.meta
+            .insert(key, encode(value))
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> StorageResult<(), C> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<C>, C> {
+        decode(bytes).map_err(|e| StorageIOError::read_logs(&*e).into())
+    }
+}
+
+/// Completes append callbacks in order, with one flush for every batch of appends that queued up
+/// while the previous flush ran.
+async fn group_commit<C: StoreConfig>(db: Db, mut pending: mpsc::UnboundedReceiver<LogFlushed<C>>) {
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = pending.try_recv() {
+            batch.push(more);
+        }
+        let result = db.flush_async().await;
+        for callback in batch {
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<C>>, C> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.entries
+            .range((start, end))
+            .map(|item| {
+                let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                Self::decode_entry(&bytes)
+            })
+            .collect()
+    }
+}
+
+impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<C>, C> {
+        let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_meta(LAST_PURGED)?;
+        let last = self
+            .entries
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some((_, bytes)) => Some(Self::decode_entry(&bytes)?.get_log_id().clone()),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> StorageResult<(), C> {
+        self.meta
+            .insert(VOTE, encode(vote))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flush().await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<C::NodeId>>, C> {
+        self.read_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> StorageResult<(), C> {
+        // Not flushed on its own: sled persists writes in order, so a durable commit index
+        // never points past durable entries, and losing the latest value only means re-applying
+        // less on restart.
+        self.write_meta(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
+        Ok(self.read_meta::<Option<LogId<C::NodeId>>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<(), C>
+    where
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&index_key(entry.get_log_id().index), encode(&entry));
+        }
+        self.entries
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // The entries are readable now; they are acknowledged once the flusher has synced them.
+        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
+            callback.log_io_completed(Err(io::Error::other("the log flusher has stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> StorageResult<(), C> {
+        let doomed: Vec<_> = self
+            .entries
+            .range(index_key(log_id.index)..)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut batch = sled::Batch::default();
+        doomed.into_iter().for_each(|k| batch.remove(k));
+        self.entries
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush().await
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> StorageResult<(), C> {
+        // Record the purge point first: a crash halfway leaves stale entries below the purge
+        // point, which are never read, and never a log that claims entries it no longer has.
+        self.write_meta(LAST_PURGED, &log_id)?;
+        self.flush().await?;
+        let doomed: Vec<_> = self
+            .entries
+            .range(..=index_key(log_id.index))
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut batch = sled::Batch::default();
+        doomed.into_iter().for_each(|k| batch.remove(k));
+        self.entries
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

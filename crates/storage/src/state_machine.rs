@@ -1,0 +1,273 @@
+//! The state machine store: the in-memory [`Machine`], its applied position and membership, and
+//! snapshots persisted in sled.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use conclave_state::{Machine, Outcome, Revision, WriteReply};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, LogId, RaftLogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use sled::{Db, Tree};
+use tokio::sync::watch;
+
+use crate::{decode, encode, OpenError, StoreConfig};
+
+type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig>::NodeId>>;
+type Meta<C> = SnapshotMeta<<C as openraft::RaftTypeConfig>::NodeId, <C as openraft::RaftTypeConfig>::Node>;
+
+const CURRENT_SNAPSHOT: &[u8] = b"current";
+
+/// The replica: what has been applied, and up to where.
+struct Replica<C: StoreConfig> {
+    machine: Machine,
+    last_applied: Option<LogId<C::NodeId>>,
+    membership: StoredMembership<C::NodeId, C::Node>,
+}
+
+/// A snapshot as kept on disk.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct StoredSnapshot<C: StoreConfig> {
+    meta: Meta<C>,
+    /// The encoded [`Machine`].
+    data: Vec<u8>,
+}
+
+/// openraft's state machine store.
+pub struct StateMachineStore<C: StoreConfig> {
+    replica: Arc<RwLock<Replica<C>>>,
+    applied: watch::Sender<Revision>,
+    db: Db,
+    snapshots: Tree,
+    snapshots_built: Arc<AtomicU64>,
+}
+
+/// A read-only handle on the replica, for serving reads.
+#[derive(Clone)]
+pub struct StateView<C: StoreConfig> {
+    replica: Arc<RwLock<Replica<C>>>,
+    applied: watch::Receiver<Revision>,
+}
+
+impl<C: StoreConfig> StateView<C> {
+    /// Runs `read` against the machine as applied so far.
+    pub fn read<R>(&self, read: impl FnOnce(&Machine) -> R) -> R {
+        read(&self.replica.read().expect("replica lock poisoned").machine)
+    }
+
+    /// The revision applied so far.
+    pub fn applied(&self) -> Revision {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the replica has applied `revision`; false if `timeout` passed first.
+    pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        tokio::time::timeout(timeout, applied.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl<C: StoreConfig> StateMachineStore<C> {
+    /// Opens the snapshot tree and restores the replica from the latest snapshot, if any.
+    pub(crate) fn open(db: &Db) -> Result<Self, OpenError> {
+        let snapshots = db.open_tree("snapshots")?;
+        let replica = match snapshots.get(CURRENT_SNAPSHOT)? {
+            Some(bytes) => {
+                let stored: StoredSnapshot<C> =
+                    decode(&bytes).map_err(|e| OpenError::Snapshot(e.to_string()))?;
+                Replica {
+                    machine: decode(&stored.data).map_err(|e| OpenError::Snapshot(e.to_string()))?,
+                    last_applied: stored.meta.last_log_id,
+                    membership: stored.meta.last_membership,
+                }
+            }
+            None => Replica {
+                machine: Machine::new(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+        };
+        let (applied, _) = watch::channel(replica.machine.revision());
+        Ok(StateMachineStore {
+            replica: Arc::new(RwLock::new(replica)),
+            applied,
+            db: db.clone(),
+            snapshots,
+            snapshots_built: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A read handle that follows this store.
+    pub fn view(&self) -> StateView<C> {
+        StateView {
+            replica: self.replica.clone(),
+            applied: self.applied.subscribe(),
+        }
+    }
+
+    fn snapshot_builder(&self) -> SnapshotBuilder<C> {
+        SnapshotBuilder {
+            replica: self.replica.clone(),
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            snapshots_built: self.snapshots_built.clone(),
+        }
+    }
+}
+
+/// Builds a snapshot of the replica and keeps it as the current one.
+pub struct SnapshotBuilder<C: StoreConfig> {
+    replica: Arc<RwLock<Replica<C>>>,
+    db: Db,
+    snapshots: Tree,
+    snapshots_built: Arc<AtomicU64>,
+}
+
+async fn save_snapshot<C: StoreConfig>(
+    db: &Db,
+    snapshots: &Tree,
+    stored: &StoredSnapshot<C>,
+) -> StorageResult<(), C> {
+    let signature = Some(stored.meta.signature());
+    snapshots
+        .insert(CURRENT_SNAPSHOT, encode(stored))
+        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+    db.flush_async()
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+    Ok(())
+}
+
+impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<C>, C> {
+        let (data, last_applied, membership) = {
+            let replica = self.replica.read().expect("replica lock poisoned");
+            (
+                encode(&replica.machine),
+                replica.last_applied.clone(),
+                replica.membership.clone(),
+            )
+        };
+        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match &last_applied {
+            Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
+            None => format!("empty-{built}"),
+        };
+        let stored = StoredSnapshot::<C> {
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            data,
+        };
+        save_snapshot(&self.db, &self.snapshots, &stored).await?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
+    type SnapshotBuilder = SnapshotBuilder<C>;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<C::NodeId>>, StoredMembership<C::NodeId, C::Node>), C> {
+        let replica = self.replica.read().expect("replica lock poisoned");
+        Ok((replica.last_applied.clone(), replica.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<WriteReply>, C>
+    where
+        I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let revision = {
+            let mut replica = self.replica.write().expect("replica lock poisoned");
+            for entry in entries {
+                let log_id = entry.get_log_id().clone();
+                let index = log_id.index;
+                replica.last_applied = Some(log_id.clone());
+                let reply = match entry.payload {
+                    EntryPayload::Normal(request) => replica.machine.apply(index, &request),
+                    EntryPayload::Membership(membership) => {
+                        replica.membership = StoredMembership::new(Some(log_id), membership);
+                        replica.machine.apply_blank(index);
+                        WriteReply {
+                            revision: index,
+                            outcome: Outcome::None,
+                        }
+                    }
+                    EntryPayload::Blank => {
+                        replica.machine.apply_blank(index);
+                        WriteReply {
+                            revision: index,
+                            outcome: Outcome::None,
+                        }
+                    }
+                };
+                replies.push(reply);
+            }
+            replica.machine.revision()
+        };
+        self.applied.send_replace(revision);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_builder()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>, C> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta<C>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<(), C> {
+        let data = snapshot.into_inner();
+        let machine: Machine = decode(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;
+        let stored = StoredSnapshot::<C> {
+            meta: meta.clone(),
+            data,
+        };
+        save_snapshot(&self.db, &self.snapshots, &stored).await?;
+        let revision = machine.revision();
+        {
+            let mut replica = self.replica.write().expect("replica lock poisoned");
+            replica.machine = machine;
+            replica.last_applied = meta.last_log_id.clone();
+            replica.membership = meta.last_membership.clone();
+        }
+        self.applied.send_replace(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>, C> {
+        let bytes = self
+            .snapshots
+            .get(CURRENT_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let stored: StoredSnapshot<C> =
+            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &*e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
