@@ -1,1 +1,18 @@
-//! placeholder
+//! Wire types generated from `proto/`, the single source of truth for every message.
+//!
+//! Owns: the client API (`conclave.v1`: `Kv`, `Cluster`) and the node-to-node service
+//! (`conclave.peer.v1`: `Peer`). Does not own: any conversion to or from the state machine's types
+//! (the API and consensus crates do that) or any behaviour.
+
+/// The client-facing API.
+pub mod v1 {
+    tonic::include_proto!("conclave.v1");
+}
+
+/// The node-to-node service.
+pub mod peer {
+    tonic::include_proto!("conclave.peer.v1");
+}
+
+/// The metadata header carrying the sender's cluster id on every node-to-node call.
+pub const CLUSTER_ID_HEADER: &str = "conclave-cluster-id";

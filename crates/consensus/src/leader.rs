@@ -1,0 +1,174 @@
+//! Requests that only the leader can execute, whichever node received them: writes, read-index
+//! and membership changes. One enum travels over `Peer.Forward`, so there is one forwarding path.
+
+use std::collections::BTreeSet;
+
+use conclave_state::{WriteReply, WriteRequest};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Membership};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, Raft};
+
+/// What a node asks the leader to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum LeaderRequest {
+    /// Stamp and propose a write.
+    Write(WriteRequest),
+    /// Confirm leadership with a quorum and return the index a linearizable read must wait for.
+    ReadIndex,
+    /// Change the membership.
+    Admin(AdminRequest),
+}
+
+/// A membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Add a learner; unless `learner_only`, promote it to voter once it has caught up.
+    Add {
+        id: NodeId,
+        address: String,
+        learner_only: bool,
+    },
+    /// Promote a learner to voter.
+    Promote { id: NodeId },
+    /// Remove a voter or learner.
+    Remove { id: NodeId },
+}
+
+/// The leader's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum LeaderReply {
+    Write(WriteReply),
+    ReadIndex(u64),
+    Admin(MembershipView),
+}
+
+/// Why the leader did not execute a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum LeaderError {
+    /// The addressee is not (or no longer) the leader: retry where the leader is now.
+    NotLeader,
+    /// Retrying elsewhere may succeed (no quorum right now, shutting down).
+    Unavailable(String),
+    /// The request is wrong and will stay wrong (e.g. removing an unknown node).
+    Rejected(String),
+}
+
+pub(crate) type LeaderResult = Result<LeaderReply, LeaderError>;
+
+/// One member in a membership view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub address: String,
+    pub voter: bool,
+}
+
+/// The membership after a change, and the revision of the entry that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipView {
+    pub revision: u64,
+    pub members: Vec<MemberView>,
+}
+
+impl MembershipView {
+    pub(crate) fn of(revision: u64, membership: &Membership<NodeId, BasicNode>) -> Self {
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberView {
+                id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        MembershipView { revision, members }
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> LeaderError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LeaderError::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            LeaderError::Rejected(e.to_string())
+        }
+        RaftError::Fatal(e) => LeaderError::Unavailable(e.to_string()),
+    }
+}
+
+/// Executes `request` on this node, which must be the leader.
+pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> LeaderResult {
+    match request {
+        LeaderRequest::Write(mut write) => {
+            write.stamp = now;
+            let response = raft.client_write(write).await.map_err(write_error)?;
+            Ok(LeaderReply::Write(response.data))
+        }
+        LeaderRequest::ReadIndex => {
+            let (read_log_id, _applied) = raft.get_read_log_id().await.map_err(|e| match e {
+                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_)) => {
+                    LeaderError::NotLeader
+                }
+                other => LeaderError::Unavailable(other.to_string()),
+            })?;
+            Ok(LeaderReply::ReadIndex(read_log_id.map_or(0, |id| id.index)))
+        }
+        LeaderRequest::Admin(admin) => {
+            let response = match admin {
+                AdminRequest::Add {
+                    id,
+                    address,
+                    learner_only,
+                } => {
+                    let added = raft
+                        .add_learner(id, BasicNode::new(address), true)
+                        .await
+                        .map_err(write_error)?;
+                    if learner_only {
+                        added
+                    } else {
+                        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                            .await
+                            .map_err(write_error)?
+                    }
+                }
+                AdminRequest::Promote { id } => raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_error)?,
+                AdminRequest::Remove { id } => {
+                    let metrics = raft.metrics().borrow().clone();
+                    let membership = metrics.membership_config.membership();
+                    let is_voter = membership.voter_ids().any(|v| v == id);
+                    if membership.get_node(&id).is_none() {
+                        return Err(LeaderError::Rejected(format!("node {id} is not a member")));
+                    }
+                    if is_voter {
+                        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                        if voters.len() == 1 {
+                            return Err(LeaderError::Rejected(
+                                "cannot remove the last voter".into(),
+                            ));
+                        }
+                        raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                            .await
+                            .map_err(write_error)?
+                    } else {
+                        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                            .await
+                            .map_err(write_error)?
+                    }
+                }
+            };
+            let membership = match response.membership {
+                Some(m) => m,
+                None => raft.metrics().borrow().membership_config.membership().clone(),
+            };
+            Ok(LeaderReply::Admin(MembershipView::of(
+                response.log_id.index,
+                &membership,
+            )))
+        }
+    }
+}

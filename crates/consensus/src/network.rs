@@ -1,0 +1,215 @@
+//! The node-to-node network: gRPC clients of other nodes' `Peer` service.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conclave_proto::peer::peer_client::PeerClient;
+use conclave_proto::peer::{ForwardRequest, IdentifyRequest, IdentifyResponse, RaftMessage};
+use conclave_proto::CLUSTER_ID_HEADER;
+use openraft::error::{
+    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::codec::{decode, encode};
+use crate::leader::{LeaderReply, LeaderRequest, LeaderResult};
+use crate::{NodeId, TypeConfig};
+
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Lazily connected clients of every peer, keyed by address, shared by Raft replication and
+/// request forwarding. The cluster id goes out on every call.
+#[derive(Clone)]
+pub struct Peers {
+    cluster_id: Arc<Mutex<Option<u64>>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// Clients that announce `cluster_id` (None while a joining node has not learned it yet).
+    pub fn new(cluster_id: Option<u64>) -> Self {
+        Peers {
+            cluster_id: Arc::new(Mutex::new(cluster_id)),
+            channels: Arc::default(),
+        }
+    }
+
+    /// The cluster id announced on calls.
+    pub fn cluster_id(&self) -> Option<u64> {
+        *self.cluster_id.lock().expect("lock poisoned")
+    }
+
+    /// Sets the cluster id once a joining node has learned it.
+    pub fn set_cluster_id(&self, id: u64) {
+        *self.cluster_id.lock().expect("lock poisoned") = Some(id);
+    }
+
+    fn client(&self, address: &str) -> Result<PeerClient<Channel>, Status> {
+        let mut channels = self.channels.lock().expect("lock poisoned");
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Self::connect(address)?;
+                channels.insert(address.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+
+    fn connect(address: &str) -> Result<Channel, Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::invalid_argument(format!("bad peer address {address}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(endpoint.connect_lazy())
+    }
+
+    fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        if let Some(id) = self.cluster_id() {
+            request.metadata_mut().insert(
+                CLUSTER_ID_HEADER,
+                format!("{id:016x}").parse().expect("hex is valid metadata"),
+            );
+        }
+        request
+    }
+
+    /// Sends a request to be executed by the node at `address` as leader.
+    pub(crate) async fn forward(
+        &self,
+        address: &str,
+        request: &LeaderRequest,
+        timeout: Duration,
+    ) -> Result<Result<LeaderReply, crate::leader::LeaderError>, Status> {
+        let mut client = self.client(address)?;
+        let message = ForwardRequest {
+            request: encode(request),
+        };
+        let response = client.forward(self.request(message, timeout)).await?;
+        decode::<LeaderResult>(&response.into_inner().reply)
+    }
+
+    /// Asks the node at `address` who it is.
+    pub async fn identify(&self, address: &str, caller_id: NodeId, timeout: Duration) -> Result<IdentifyResponse, Status> {
+        let mut client = self.client(address)?;
+        let response = client
+            .identify(self.request(IdentifyRequest { caller_id }, timeout))
+            .await?;
+        Ok(response.into_inner())
+    }
+}
+
+/// Builds one [`PeerNetwork`] per replication target.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub(crate) peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerNetwork {
+            target,
+            address: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerNetwork {
+    target: NodeId,
+    address: String,
+    peers: Peers,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerNetwork {
+    /// Classifies a transport failure the way openraft expects: unreachable peers back off,
+    /// other failures are retried.
+    fn transport_error<E: std::error::Error>(
+        status: Status,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        match status.code() {
+            Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+
+    /// Sends one Raft RPC; the answer is an encoded `Result<Resp, RaftError<NodeId, E>>`.
+    async fn call<Req, Resp, E>(
+        &self,
+        request: &Req,
+        option: &RPCOption,
+        send: impl AsyncFnOnce(PeerClient<Channel>, Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status>,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let client = self
+            .peers
+            .client(&self.address)
+            .map_err(Self::transport_error::<E>)?;
+        let message = RaftMessage {
+            payload: encode(request),
+        };
+        let response = send(client, self.peers.request(message, option.hard_ttl()))
+            .await
+            .map_err(Self::transport_error::<E>)?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&response.into_inner().payload)
+            .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
+        self.call(&rpc, &option, async |mut c, r| {
+            c.append_entries(r).await
+        })
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(&rpc, &option, async |mut c, r| {
+            c.install_snapshot(r).await
+        })
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, Infallible> {
+        self.call(&rpc, &option, async |mut c, r| {
+            c.vote(r).await
+        }).await
+    }
+}

@@ -1,0 +1,550 @@
+//! A running Conclave node: openraft plus storage, bootstrap, forwarding and read barriers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conclave_proto::peer::IdentifyResponse;
+use conclave_state::{Command, RequestId, Revision, WriteReply, WriteRequest};
+use conclave_storage::{Identity, IdentityError, StorageOptions};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tonic::Status;
+
+use crate::cluster::ClusterSpec;
+use crate::leader::{self, AdminRequest, LeaderError, LeaderReply, LeaderRequest, MembershipView};
+use crate::network::{NetworkFactory, Peers};
+use crate::{MemberView, NodeId, Raft, StateView};
+
+/// Pause between attempts while a request waits for a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How often the leader looks for expired keys to reap.
+const REAP_EVERY: Duration = Duration::from_millis(100);
+/// Most keys removed by one reap entry.
+const REAP_BATCH: usize = 1000;
+/// How long bootstrap waits for each peer to answer an identity probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Raft timing, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Leader heartbeat; also the timeout of each AppendEntries RPC.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// How long a request may wait for a leader (elections included) before failing.
+    pub request_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 700,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything needed to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// The members the cluster was created with (this node among them).
+    pub cluster: ClusterSpec,
+    /// Start without bootstrapping: the node waits to be added by `members add`.
+    pub join: bool,
+    pub timing: Timing,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Whatever this replica has applied.
+    Local,
+    /// At least `min_revision` (read-your-writes for a client that passes its last revision).
+    Session { min_revision: Revision },
+    /// Everything committed before the read began, confirmed with a quorum.
+    Linearizable,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node {0} is not listed in --initial-cluster")]
+    NotListed(NodeId),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] conclave_storage::OpenError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("the data directory belongs to cluster {recorded:016x}, but --initial-cluster describes cluster {requested:016x}; use the directory with its own cluster or start from an empty one")]
+    OtherCluster { recorded: u64, requested: u64 },
+    #[error("peer {peer} at {address} belongs to cluster {theirs:016x}, not {ours:016x}; check --initial-cluster")]
+    PeerInOtherCluster {
+        peer: NodeId,
+        address: String,
+        theirs: u64,
+        ours: u64,
+    },
+    #[error("the leader (node {leader}) has already replicated up to index {index} to node {id}, but this data directory is empty: the node's data was lost. Remove it (`conclave ctl members remove {id}`) and add a node with a new id (`--join`, then `ctl members add`)")]
+    DataLost { id: NodeId, leader: NodeId, index: u64 },
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// No leader answered in time, or this node cannot serve the read yet. Retrying may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request is invalid for the cluster as it is (e.g. removing an unknown member).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A snapshot of the node's view of the cluster.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub applied: Revision,
+    pub last_log_index: u64,
+    pub role: &'static str,
+    pub members: Vec<MemberView>,
+    pub cluster_id: Option<u64>,
+}
+
+/// A handle on the running node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    view: StateView,
+    peers: Peers,
+    identity: Identity,
+    timing: Timing,
+    /// Identifies this process's own writes for de-duplication across its internal retries.
+    client_id: u64,
+    sequence: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch on this node's clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
+    let keep = options.snapshot_every.min(1000);
+    let config = openraft::Config {
+        cluster_name: "conclave".into(),
+        heartbeat_interval: options.timing.heartbeat_ms,
+        election_timeout_min: options.timing.election_min_ms,
+        election_timeout_max: options.timing.election_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
+        max_in_snapshot_log_to_keep: keep,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))
+}
+
+impl Node {
+    /// Opens the data directory, starts Raft and, on a fresh directory, bootstraps the cluster
+    /// from `options.cluster` (every listed node does the same with the same list, so they form
+    /// one cluster whatever order they start in).
+    pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
+        let id = options.id;
+        if options.cluster.address(id).is_none() {
+            return Err(StartError::NotListed(id));
+        }
+        std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::DataDir {
+            path: options.data_dir.clone(),
+            source,
+        })?;
+        let storage = conclave_storage::open(&options.data_dir, StorageOptions::default())?;
+        storage.identity.claim_node(id).await?;
+
+        let requested = options.cluster.cluster_id();
+        let recorded = storage
+            .identity
+            .cluster_id()
+            .map_err(IdentityError::from)?;
+        if let (false, Some(recorded)) = (options.join, recorded) {
+            if recorded != requested {
+                return Err(StartError::OtherCluster {
+                    recorded,
+                    requested,
+                });
+            }
+        }
+        let cluster_id = if options.join { recorded } else { Some(requested) };
+        let peers = Peers::new(cluster_id);
+        let view = storage.state.view();
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config(&options)?),
+            NetworkFactory {
+                peers: peers.clone(),
+            },
+            storage.log,
+            storage.state,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                view,
+                peers,
+                identity: storage.identity,
+                timing: options.timing,
+                client_id: random_client_id(id),
+                sequence: AtomicU64::new(1),
+            }),
+        };
+
+        let initialized = node
+            .inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized && !options.join {
+            node.bootstrap(&options.cluster).await?;
+        }
+        tokio::spawn(node.clone().reap_expired_keys());
+        Ok(node)
+    }
+
+    /// Checks that the peers belong to this cluster and that this node's data was not lost, then
+    /// initializes Raft with the listed members.
+    async fn bootstrap(&self, cluster: &ClusterSpec) -> Result<(), StartError> {
+        let ours = cluster.cluster_id();
+        for (peer, address) in cluster.members() {
+            if *peer == self.inner.id {
+                continue;
+            }
+            let Ok(answer) = self
+                .inner
+                .peers
+                .identify(address, self.inner.id, PROBE_TIMEOUT)
+                .await
+            else {
+                continue; // not up yet: fine, it will bootstrap with the same list
+            };
+            if answer.cluster_id != ours {
+                return Err(StartError::PeerInOtherCluster {
+                    peer: *peer,
+                    address: address.clone(),
+                    theirs: answer.cluster_id,
+                    ours,
+                });
+            }
+            if let Some(index) = answer.replicated_to_caller.filter(|i| *i > 0) {
+                return Err(StartError::DataLost {
+                    id: self.inner.id,
+                    leader: *peer,
+                    index,
+                });
+            }
+        }
+        self.inner.identity.claim_cluster(ours).await?;
+        let members: BTreeMap<NodeId, BasicNode> = cluster
+            .members()
+            .iter()
+            .map(|(id, address)| (*id, BasicNode::new(address)))
+            .collect();
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The node-to-node service to mount on this node's listener.
+    pub fn peer_service(&self) -> crate::PeerService {
+        crate::PeerService::new(self.clone())
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The local replica, for reads.
+    pub fn view(&self) -> &StateView {
+        &self.inner.view
+    }
+
+    /// The default time a request may wait for a leader.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.timing.request_timeout
+    }
+
+    /// The leader this node currently knows of, with its address.
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, address))
+    }
+
+    /// Applies a write through the leader and returns its reply, waiting through elections until
+    /// `deadline`. A request without an id gets one, so internal retries apply it once.
+    pub async fn write(
+        &self,
+        mut request: WriteRequest,
+        deadline: Instant,
+    ) -> Result<WriteReply, NodeError> {
+        if request.id.is_none() {
+            request.id = Some(RequestId {
+                client_id: self.inner.client_id,
+                sequence: self.inner.sequence.fetch_add(1, Ordering::Relaxed),
+            });
+        }
+        match self.on_leader(LeaderRequest::Write(request), deadline).await? {
+            LeaderReply::Write(reply) => Ok(reply),
+            other => unreachable!("a write answered with {other:?}"),
+        }
+    }
+
+    /// Changes the membership through the leader.
+    pub async fn change_membership(
+        &self,
+        request: AdminRequest,
+        deadline: Instant,
+    ) -> Result<MembershipView, NodeError> {
+        match self.on_leader(LeaderRequest::Admin(request), deadline).await? {
+            LeaderReply::Admin(view) => Ok(view),
+            other => unreachable!("a membership change answered with {other:?}"),
+        }
+    }
+
+    /// Waits until a read at `consistency` may be served from this replica, then returns the
+    /// revision applied here.
+    pub async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<Revision, NodeError> {
+        let wanted = match consistency {
+            Consistency::Local => return Ok(self.inner.view.applied()),
+            Consistency::Session { min_revision } => min_revision,
+            Consistency::Linearizable => {
+                match self.on_leader(LeaderRequest::ReadIndex, deadline).await? {
+                    LeaderReply::ReadIndex(index) => index,
+                    other => unreachable!("a read index answered with {other:?}"),
+                }
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if self.inner.view.wait_applied(wanted, remaining).await {
+            Ok(self.inner.view.applied())
+        } else {
+            Err(NodeError::Unavailable(format!(
+                "node {} has applied revision {}, and did not reach revision {wanted} in time",
+                self.inner.id,
+                self.inner.view.applied()
+            )))
+        }
+    }
+
+    /// Runs `request` on the leader: here if this node leads, else over `Peer.Forward`. Holds it
+    /// through elections and retries until `deadline`.
+    async fn on_leader(
+        &self,
+        request: LeaderRequest,
+        deadline: Instant,
+    ) -> Result<LeaderReply, NodeError> {
+        let mut problem = String::from("no leader is known");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(NodeError::Unavailable(format!(
+                    "no leader answered in time: {problem}"
+                )));
+            }
+            let outcome = match self.leader() {
+                Some((leader, _)) if leader == self.inner.id => {
+                    let local = leader::execute(&self.inner.raft, request.clone(), now_ms());
+                    match tokio::time::timeout(remaining, local).await {
+                        Ok(result) => Ok(result),
+                        Err(_) => Err("the leader (this node) did not commit in time".to_string()),
+                    }
+                }
+                Some((leader, address)) => self
+                    .inner
+                    .peers
+                    .forward(&address, &request, remaining)
+                    .await
+                    .map_err(|status| format!("leader {leader} at {address}: {}", status.message())),
+                None => Err("no leader is known (election in progress)".to_string()),
+            };
+            match outcome {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(LeaderError::Rejected(reason))) => return Err(NodeError::Rejected(reason)),
+                Ok(Err(LeaderError::NotLeader)) => problem = "leadership moved".into(),
+                Ok(Err(LeaderError::Unavailable(reason))) => problem = reason,
+                Err(reason) => problem = reason,
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+        }
+    }
+
+    /// Executes a request forwarded by another node, if this node leads.
+    pub(crate) async fn execute_as_leader(
+        &self,
+        request: LeaderRequest,
+    ) -> Result<LeaderReply, LeaderError> {
+        let leads = self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id);
+        if !leads {
+            return Err(LeaderError::NotLeader);
+        }
+        leader::execute(&self.inner.raft, request, now_ms()).await
+    }
+
+    /// Admits a call from a node announcing `cluster_id`; a node that does not know its cluster
+    /// yet (it was started with `--join`) adopts it.
+    pub(crate) async fn admit_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        match self.inner.peers.cluster_id() {
+            Some(ours) if ours != cluster_id => Err(Status::failed_precondition(format!(
+                "node {} belongs to cluster {ours:016x}, the caller to cluster {cluster_id:016x}",
+                self.inner.id
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.inner
+                    .identity
+                    .claim_cluster(cluster_id)
+                    .await
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                self.inner.peers.set_cluster_id(cluster_id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers another node's identity probe.
+    pub(crate) fn identify(&self, caller: NodeId) -> IdentifyResponse {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let replicated_to_caller = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&caller).cloned().flatten())
+            .map(|log_id| log_id.index);
+        IdentifyResponse {
+            node_id: self.inner.id,
+            cluster_id: self.inner.peers.cluster_id().unwrap_or(0),
+            replicated_to_caller,
+        }
+    }
+
+    /// The node's view of the cluster.
+    pub fn status(&self) -> NodeStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = metrics.membership_config.membership();
+        NodeStatus {
+            id: self.inner.id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            applied: self.inner.view.applied(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            role,
+            members: MembershipView::of(0, membership).members,
+            cluster_id: self.inner.peers.cluster_id(),
+        }
+    }
+
+    /// While this node leads, proposes the removal of keys whose deadline has passed, so every
+    /// replica removes them at the same log position.
+    async fn reap_expired_keys(self) {
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let metrics = self.inner.raft.metrics().borrow().clone();
+            if metrics.state == ServerState::Shutdown {
+                return;
+            }
+            if metrics.current_leader != Some(self.inner.id) {
+                continue;
+            }
+            let keys = self
+                .inner
+                .view
+                .read(|m| m.expired_keys(now_ms(), REAP_BATCH));
+            if keys.is_empty() {
+                continue;
+            }
+            let request = WriteRequest {
+                id: None,
+                stamp: 0,
+                command: Command::Reap { keys },
+            };
+            let deadline = Instant::now() + self.inner.timing.request_timeout;
+            if let Err(e) = self.write(request, deadline).await {
+                tracing::debug!("reaping expired keys failed: {e}");
+            }
+        }
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+/// A client id for this process's own writes: distinct across nodes and restarts.
+fn random_client_id(node: NodeId) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (node << 48) ^ nanos ^ u64::from(std::process::id()).rotate_left(24)
+}

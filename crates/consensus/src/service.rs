@@ -1,0 +1,98 @@
+//! The server side of the node-to-node `Peer` service.
+
+use conclave_proto::peer::peer_server::{Peer, PeerServer};
+use conclave_proto::peer::{
+    ForwardRequest, ForwardResponse, IdentifyRequest, IdentifyResponse, RaftMessage,
+};
+use conclave_proto::CLUSTER_ID_HEADER;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+
+use crate::codec::{decode, encode};
+use crate::leader::LeaderRequest;
+use crate::{NodeId, TypeConfig};
+
+/// Serves other nodes: Raft RPCs into the local openraft instance, forwarded requests into the
+/// local leader, and identity probes.
+#[derive(Clone)]
+pub struct PeerService {
+    node: crate::Node,
+}
+
+impl PeerService {
+    pub(crate) fn new(node: crate::Node) -> Self {
+        PeerService { node }
+    }
+
+    /// The tonic service to mount on the node's listener.
+    pub fn into_server(self) -> PeerServer<Self> {
+        PeerServer::new(self).max_decoding_message_size(usize::MAX)
+    }
+
+    /// Refuses calls from another cluster; a joining node adopts the first cluster id it hears.
+    async fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(value) = request.metadata().get(CLUSTER_ID_HEADER) else {
+            return Ok(());
+        };
+        let theirs = value
+            .to_str()
+            .ok()
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(|| Status::invalid_argument("malformed cluster id header"))?;
+        self.node.admit_cluster(theirs).await
+    }
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(RaftMessage {
+        payload: encode(value),
+    }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request).await?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        reply(&self.node.raft().append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request).await?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        reply(&self.node.raft().install_snapshot(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request).await?;
+        let rpc: VoteRequest<NodeId> = decode(&request.into_inner().payload)?;
+        reply(&self.node.raft().vote(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        self.admit(&request).await?;
+        let leader_request: LeaderRequest = decode(&request.into_inner().request)?;
+        let result = self.node.execute_as_leader(leader_request).await;
+        Ok(Response::new(ForwardResponse {
+            reply: encode(&result),
+        }))
+    }
+
+    async fn identify(
+        &self,
+        request: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyResponse>, Status> {
+        self.admit(&request).await?;
+        let caller = request.get_ref().caller_id;
+        Ok(Response::new(self.node.identify(caller)))
+    }
+}
