@@ -1,1 +1,17 @@
-//! placeholder
+//! Client-facing gRPC services of a Conclave node: `conclave.v1.Kv` and `conclave.v1.Cluster`.
+//!
+//! Owns: translating wire requests into state-machine commands and read barriers, checking them
+//! against [`conclave_state::Limits`], and mapping failures to gRPC status codes
+//! (`INVALID_ARGUMENT` for bad input and for a membership change naming an unknown node,
+//! `FAILED_PRECONDITION` for a key of the wrong type, `UNAVAILABLE` with a reason when no leader answered or the replica could not
+//! catch up in time, `DEADLINE_EXCEEDED` never: a request that runs out of time is `UNAVAILABLE`).
+//!
+//! Does not own: Raft, forwarding, storage (all behind [`conclave_consensus::Node`]); the RESP
+//! front end (a later issue).
+
+mod cluster;
+mod convert;
+mod kv;
+
+pub use cluster::ClusterService;
+pub use kv::KvService;

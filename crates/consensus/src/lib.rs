@@ -22,6 +22,7 @@ mod codec;
 mod leader;
 pub mod network;
 mod node;
+pub use node::now_ms;
 mod service;
 
 use std::io::Cursor;

@@ -148,7 +148,7 @@ struct Inner {
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

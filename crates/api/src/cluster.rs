@@ -1,0 +1,108 @@
+//! The `Cluster` service: status and membership.
+
+use conclave_consensus::{AdminRequest, MemberView, MembershipView, Node};
+use conclave_proto::v1::cluster_server::{Cluster, ClusterServer};
+use conclave_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{deadline, node_error};
+
+/// Serves `conclave.v1.Cluster` from one node.
+#[derive(Clone)]
+pub struct ClusterService {
+    node: Node,
+}
+
+impl ClusterService {
+    pub fn new(node: Node) -> Self {
+        ClusterService { node }
+    }
+
+    /// The tonic service to mount on the node's listener.
+    pub fn into_server(self) -> ClusterServer<Self> {
+        ClusterServer::new(self)
+    }
+
+    async fn change<T>(
+        &self,
+        request: Request<T>,
+        change: AdminRequest,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let deadline = deadline(&request, self.node.request_timeout());
+        let view: MembershipView = self
+            .node
+            .change_membership(change, deadline)
+            .await
+            .map_err(node_error)?;
+        Ok(Response::new(MembershipResponse {
+            revision: view.revision,
+            members: members(view.members),
+        }))
+    }
+}
+
+fn members(members: Vec<MemberView>) -> Vec<Member> {
+    members
+        .into_iter()
+        .map(|m| Member {
+            id: m.id,
+            address: m.address,
+            voter: m.voter,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = self.node.status();
+        Ok(Response::new(StatusResponse {
+            id: s.id,
+            leader: s.leader,
+            term: s.term,
+            applied: s.applied,
+            last_log_index: s.last_log_index,
+            role: s.role.to_string(),
+            members: members(s.members),
+            cluster_id: s.cluster_id.map(|c| format!("{c:016x}")).unwrap_or_default(),
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.get_ref().clone();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("node ids start at 1"));
+        }
+        if !r.address.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "'{}' is not HOST:PORT",
+                r.address
+            )));
+        }
+        let change = AdminRequest::Add {
+            id: r.id,
+            address: r.address,
+            learner_only: r.learner_only,
+        };
+        self.change(request, change).await
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<PromoteMemberRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let id = request.get_ref().id;
+        self.change(request, AdminRequest::Promote { id }).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let id = request.get_ref().id;
+        self.change(request, AdminRequest::Remove { id }).await
+    }
+}

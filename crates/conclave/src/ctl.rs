@@ -1,0 +1,165 @@
+//! `conclave ctl`: status, keys and membership from the command line.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use conclave_client::{v1, Client, Consistency};
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The node to talk to (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    endpoint: String,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// Print the node's view of the cluster as JSON.
+    Status,
+    /// Set KEY to VALUE.
+    Put {
+        key: String,
+        value: String,
+        /// Expire the key after this many milliseconds.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+    },
+    /// Print KEY's value; exit 1 if it is absent.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = Level::Session)]
+        consistency: Level,
+    },
+    /// Delete keys; prints how many existed.
+    Del {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Change or list the membership.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersCommand {
+    /// Add node ID at HOST:PORT: as a learner, then promoted to voter once caught up.
+    Add {
+        id: u64,
+        address: String,
+        /// Leave it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote learner ID to voter.
+    Promote { id: u64 },
+    /// Remove node ID.
+    Remove { id: u64 },
+    /// List members as JSON.
+    List,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Level {
+    Local,
+    Session,
+    Linearizable,
+}
+
+fn members_json(members: &[v1::Member]) -> serde_json::Value {
+    members
+        .iter()
+        .map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter}))
+        .collect()
+}
+
+fn print_membership(response: v1::MembershipResponse) {
+    let json = serde_json::json!({
+        "revision": response.revision,
+        "members": members_json(&response.members),
+    });
+    println!("{json}");
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect([&args.endpoint]).await?;
+    match args.command {
+        CtlCommand::Status => {
+            let s = client.status().await?;
+            let json = serde_json::json!({
+                "id": s.id,
+                "leader": s.leader,
+                "term": s.term,
+                "applied": s.applied,
+                "last_log_index": s.last_log_index,
+                "role": s.role,
+                "cluster_id": s.cluster_id,
+                "members": members_json(&s.members),
+            });
+            println!("{json}");
+        }
+        CtlCommand::Put { key, value, ttl_ms } => {
+            let response = client
+                .set_with(v1::SetRequest {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                    ttl_ms: ttl_ms.unwrap_or(0),
+                    ..Default::default()
+                })
+                .await?;
+            println!("OK {}", response.header.map_or(0, |h| h.revision));
+        }
+        CtlCommand::Get { key, consistency } => {
+            let level = match consistency {
+                Level::Local => Consistency::Local,
+                Level::Session => Consistency::Session,
+                Level::Linearizable => Consistency::Linearizable,
+            };
+            match client.get_with(key, level).await? {
+                Some(kv) => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&kv.value)?;
+                    out.write_all(b"\n")?;
+                }
+                None => return Ok(ExitCode::from(1)),
+            }
+        }
+        CtlCommand::Del { keys } => {
+            println!("{}", client.delete(&keys).await?);
+        }
+        CtlCommand::Members { command } => {
+            let mut cluster = client.cluster();
+            match command {
+                MembersCommand::Add {
+                    id,
+                    address,
+                    learner,
+                } => {
+                    let request = v1::AddMemberRequest {
+                        id,
+                        address,
+                        learner_only: learner,
+                    };
+                    print_membership(cluster.add_member(request).await?.into_inner());
+                }
+                MembersCommand::Promote { id } => {
+                    let request = v1::PromoteMemberRequest { id };
+                    print_membership(cluster.promote_member(request).await?.into_inner());
+                }
+                MembersCommand::Remove { id } => {
+                    let request = v1::RemoveMemberRequest { id };
+                    print_membership(cluster.remove_member(request).await?.into_inner());
+                }
+                MembersCommand::List => {
+                    let s = client.status().await?;
+                    println!("{}", members_json(&s.members));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

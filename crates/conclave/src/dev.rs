@@ -1,0 +1,104 @@
+//! `conclave dev`: a local cluster of child `conclave server` processes on embedded defaults.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use conclave_client::Client;
+use tokio::process::{Child, Command};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// How many nodes to run.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Where the nodes keep their data (one sub-directory per node). Reused across runs.
+    #[arg(long, default_value = "conclave-dev-data")]
+    data_dir: PathBuf,
+    /// Node N listens on 127.0.0.1:(base-port + N - 1).
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if args.nodes == 0 || args.nodes > 9 {
+        bail!("--nodes must be between 1 and 9");
+    }
+    let endpoints: Vec<String> = (0..args.nodes)
+        .map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i))
+        .collect();
+    let initial_cluster = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}={e}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let exe = std::env::current_exe().context("locating the conclave binary")?;
+    let mut children: Vec<Child> = Vec::new();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let id = i + 1;
+        let data_dir = args.data_dir.join(format!("node{id}"));
+        let child = Command::new(&exe)
+            .arg("server")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", endpoint])
+            .args(["--initial-cluster", &initial_cluster])
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        children.push(child);
+    }
+
+    let client = Client::connect(&endpoints).await?;
+    let started = Instant::now();
+    let leader = loop {
+        if let Ok(status) = client.status().await {
+            if let Some(leader) = status.leader {
+                break leader;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            bail!("no leader was elected within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("conclave dev cluster: {} nodes, leader is node {leader}", args.nodes);
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        println!("  node {}: grpc {endpoint}  data {}", i + 1, args.data_dir.join(format!("node{}", i + 1)).display());
+    }
+    println!("try: conclave ctl --endpoint {} status   (Ctrl-C stops the cluster)", endpoints[0]);
+
+    tokio::select! {
+        _ = crate::server::shutdown_signal() => {}
+        exited = wait_any(&mut children) => {
+            eprintln!("a node exited unexpectedly ({exited}); stopping the cluster");
+        }
+    }
+    for child in &mut children {
+        if let Some(pid) = child.id() {
+            // SIGTERM lets each node shut down cleanly.
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+    for child in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        let _ = child.kill().await;
+    }
+    println!("conclave dev cluster stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_any(children: &mut [Child]) -> String {
+    loop {
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return format!("node {}: {status}", i + 1);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

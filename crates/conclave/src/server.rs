@@ -1,0 +1,93 @@
+//! `conclave server`: one node serving clients and peers on one listener.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use conclave_api::{ClusterService, KvService};
+use conclave_consensus::{ClusterSpec, Node, NodeOptions, Timing};
+use tonic::transport::server::TcpIncoming;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// This node's id (a positive integer listed in --initial-cluster).
+    #[arg(long)]
+    pub id: u64,
+    /// Where the node keeps its log, snapshots and identity.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// HOST:PORT to serve clients and peers on.
+    #[arg(long)]
+    pub listen: String,
+    /// The cluster's members at creation: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    pub initial_cluster: String,
+    /// Do not bootstrap: wait to be added with `ctl members add` (for nodes added later).
+    #[arg(long)]
+    pub join: bool,
+    /// Snapshot (and compact the log) every this many entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_every: u64,
+    /// Leader heartbeat in milliseconds.
+    #[arg(long, default_value_t = Timing::default().heartbeat_ms)]
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout in milliseconds.
+    #[arg(long, default_value_t = Timing::default().election_min_ms)]
+    pub election_min_ms: u64,
+    /// Upper bound of the election timeout in milliseconds.
+    #[arg(long, default_value_t = Timing::default().election_max_ms)]
+    pub election_max_ms: u64,
+    /// How long a request may wait for a leader before failing with UNAVAILABLE.
+    #[arg(long, default_value_t = Timing::default().request_timeout.as_millis() as u64)]
+    pub request_timeout_ms: u64,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let cluster = ClusterSpec::parse(&args.initial_cluster)?;
+    let address = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {} is not HOST:PORT", args.listen))?;
+    let listener = tokio::net::TcpListener::bind::<std::net::SocketAddr>(address)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let options = NodeOptions {
+        id: args.id,
+        data_dir: args.data_dir.clone(),
+        cluster,
+        join: args.join,
+        timing: Timing {
+            heartbeat_ms: args.heartbeat_ms,
+            election_min_ms: args.election_min_ms,
+            election_max_ms: args.election_max_ms,
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+        },
+        snapshot_every: args.snapshot_every.max(1),
+    };
+    let node = Node::start(options).await?;
+    tracing::info!(id = args.id, listen = %args.listen, "node serving");
+    eprintln!("conclave node {} serving on {}", args.id, args.listen);
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .add_service(node.peer_service().into_server())
+        .add_service(KvService::new(node.clone()).into_server())
+        .add_service(ClusterService::new(node.clone()).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown_signal());
+    served.await.context("serving")?;
+    node.shutdown().await;
+    eprintln!("conclave node {} stopped", args.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
