@@ -65,6 +65,9 @@ impl Cluster for ClusterService {
             role: s.role.to_string(),
             members: members(s.members),
             cluster_id: s.cluster_id.map(|c| format!("{c:016x}")).unwrap_or_default(),
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
+            keys: s.keys,
         }))
     }
 

@@ -98,6 +98,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 "last_log_index": s.last_log_index,
                 "role": s.role,
                 "cluster_id": s.cluster_id,
+                "snapshot_index": s.snapshot_index,
+                "purged_index": s.purged_index,
+                "keys": s.keys,
                 "members": members_json(&s.members),
             });
             println!("{json}");

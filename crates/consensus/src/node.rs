@@ -127,6 +127,9 @@ pub struct NodeStatus {
     pub role: &'static str,
     pub members: Vec<MemberView>,
     pub cluster_id: Option<u64>,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub keys: u64,
 }
 
 /// A handle on the running node; cheap to clone.
@@ -497,6 +500,9 @@ impl Node {
             role,
             members: MembershipView::of(0, membership).members,
             cluster_id: self.inner.peers.cluster_id(),
+            snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
+            purged_index: metrics.purged.map_or(0, |id| id.index),
+            keys: self.inner.view.read(|m| m.len() as u64),
         }
     }
 

@@ -1,0 +1,200 @@
+//! Bad input gets a clear gRPC error or a clear refusal at start-up; the node keeps serving.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{binary, free_port, serial, Cluster};
+use conclave_client::v1;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(2).await;
+    let mut kv = client.kv();
+
+    let too_long_key = vec![b'k'; 64 * 1024 + 1];
+    let status = kv
+        .set(v1::SetRequest {
+            key: too_long_key.clone(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("key is 65537 bytes"), "{}", status.message());
+
+    let status = kv
+        .get(v1::GetRequest {
+            key: too_long_key,
+            read: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let status = kv
+        .set(v1::SetRequest {
+            key: b"big".to_vec(),
+            value: vec![0; 1024 * 1024 + 1],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("value is"), "{}", status.message());
+
+    let status = kv.set(v1::SetRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "empty key");
+
+    let status = kv
+        .set(v1::SetRequest {
+            key: b"k".to_vec(),
+            condition: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "unknown condition");
+
+    let status = kv
+        .h_set(v1::HSetRequest {
+            key: b"k".to_vec(),
+            fields: vec![],
+            write: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "no fields");
+
+    // A key of the wrong type.
+    client.set("plain", "v").await.unwrap();
+    let status = kv
+        .h_get_all(v1::KeyReadRequest {
+            key: b"plain".to_vec(),
+            read: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().starts_with("WRONGTYPE"));
+    let status = kv
+        .s_add(v1::SAddRequest {
+            key: b"plain".to_vec(),
+            members: vec![b"m".to_vec()],
+            write: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // Unknown node ids in membership changes.
+    let mut admin = client.cluster();
+    let status = admin
+        .remove_member(v1::RemoveMemberRequest { id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("99"), "{}", status.message());
+    let status = admin
+        .promote_member(v1::PromoteMemberRequest { id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = admin
+        .add_member(v1::AddMemberRequest {
+            id: 0,
+            address: "127.0.0.1:1".into(),
+            learner_only: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Garbage on the listener: the connection is dropped, the node keeps serving.
+    let mut raw = std::net::TcpStream::connect(cluster.endpoint(2)).unwrap();
+    raw.write_all(b"\x00\x00\xffGARBAGE not http2 at all\r\n\r\n").unwrap();
+    drop(raw);
+
+    // The node still serves, and nothing above changed the keyspace but "plain".
+    assert_eq!(client.get("plain").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(cluster.status(2).await.unwrap().keys, 1);
+}
+
+#[test]
+fn a_node_refuses_an_unlisted_id_and_a_data_dir_of_another_cluster() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!("127.0.0.1:{}", free_port());
+    let b = format!("127.0.0.1:{}", free_port());
+
+    // Node 3 is not in the list.
+    let output = std::process::Command::new(binary())
+        .args(["server", "--id", "3", "--listen", &a])
+        .arg("--data-dir")
+        .arg(dir.path().join("x"))
+        .args(["--initial-cluster", &format!("1={a},2={b}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("node 3 is not listed"), "{stderr}");
+
+    // A one-node cluster creates its data directory...
+    let data = dir.path().join("one");
+    let mut first = std::process::Command::new(binary())
+        .args(["server", "--id", "1", "--listen", &a])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--initial-cluster", &format!("1={a}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !data.join("db").exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // ...which another cluster's node list cannot take over.
+    let output = std::process::Command::new(binary())
+        .args(["server", "--id", "1", "--listen", &a])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--initial-cluster", &format!("1={a},2={b}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+
+    // Nor can another node id.
+    let output = std::process::Command::new(binary())
+        .args(["server", "--id", "2", "--listen", &b])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--initial-cluster", &format!("1={a},2={b}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to node 1"), "{stderr}");
+
+    // Malformed lists are refused.
+    let output = std::process::Command::new(binary())
+        .args(["server", "--id", "1", "--listen", &a])
+        .arg("--data-dir")
+        .arg(dir.path().join("y"))
+        .args(["--initial-cluster", "1=nowhere"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid --initial-cluster"));
+}

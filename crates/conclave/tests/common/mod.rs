@@ -1,0 +1,233 @@
+//! A harness that runs real `conclave server` processes on loopback ports, kills them with
+//! SIGKILL and restarts them from their data directories.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use conclave_client::{v1, Client};
+
+/// Clusters share two cores: scenarios run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_conclave")
+}
+
+/// A free loopback port (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    pub join: bool,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub initial_cluster: String,
+    pub nodes: BTreeMap<u64, NodeProcess>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes (ids 1..=size) that bootstrap one cluster; `extra` goes to each.
+    pub fn start(size: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addresses: BTreeMap<u64, String> = (1..=size)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let initial_cluster = addresses
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir,
+            initial_cluster,
+            nodes: BTreeMap::new(),
+        };
+        for (id, address) in addresses {
+            cluster.add_process(id, address, extra, false);
+        }
+        for id in 1..=size {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    /// Registers a node process (not started) with its own data directory.
+    pub fn add_process(&mut self, id: u64, address: String, extra: &[&str], join: bool) {
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        self.nodes.insert(
+            id,
+            NodeProcess {
+                id,
+                address,
+                data_dir,
+                extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                join,
+                child: None,
+            },
+        );
+    }
+
+    /// The command line that runs node `id`.
+    pub fn command(&self, id: u64) -> Command {
+        let node = &self.nodes[&id];
+        let mut initial = self.initial_cluster.clone();
+        if !initial.split(',').any(|m| m.starts_with(&format!("{id}="))) {
+            initial.push_str(&format!(",{id}={}", node.address));
+        }
+        let mut command = Command::new(binary());
+        command
+            .arg("server")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--listen", &node.address])
+            .args(["--initial-cluster", &initial])
+            .args(&node.extra_args);
+        if node.join {
+            command.arg("--join");
+        }
+        command
+    }
+
+    /// Starts (or restarts) node `id` from its data directory; its output goes to a log file.
+    pub fn restart(&mut self, id: u64) {
+        let log_path = self.dir.path().join(format!("node{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = self
+            .command(id)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn conclave server");
+        self.nodes.get_mut(&id).unwrap().child = Some(child);
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    pub fn endpoint(&self, id: u64) -> String {
+        self.nodes[&id].address.clone()
+    }
+
+    /// A client bound to node `id` only (no failover).
+    pub async fn client(&self, id: u64) -> Client {
+        Client::connect([self.endpoint(id)]).await.expect("client")
+    }
+
+    /// Node `id`'s status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<v1::StatusResponse> {
+        let client = self.client(id).await;
+        tokio::time::timeout(Duration::from_secs(1), client.status())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Waits until every running node agrees on one leader that is running; returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let started = Instant::now();
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.nodes.keys().copied().filter(|id| self.is_running(*id)) {
+                leaders.push(self.status(id).await.and_then(|s| s.leader));
+            }
+            if let Some(Some(first)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*first)) && self.is_running(*first) {
+                    return *first;
+                }
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "no agreed leader within {timeout:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `revision`.
+    pub async fn wait_applied(&self, id: u64, revision: u64, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.status(id).await {
+                if status.applied >= revision {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "node {id} did not apply revision {revision} within {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for id in self.nodes.keys() {
+            let path = self.dir.path().join(format!("node{id}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- node {id} log (last lines) ---\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// A linearizable read of a string through node `id`'s client.
+pub async fn read_linearizable(client: &Client, key: &str) -> Option<Vec<u8>> {
+    client
+        .get_with(key, conclave_client::Consistency::Linearizable)
+        .await
+        .expect("linearizable read")
+        .map(|kv| kv.value)
+}

@@ -1,0 +1,87 @@
+//! README's "run it" command: `conclave dev` brings up a local cluster that `ctl` can use, and
+//! stops it cleanly on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{binary, serial};
+
+/// A port p such that p, p+1 and p+2 are free on loopback.
+fn three_free_ports() -> u16 {
+    loop {
+        let base = common::free_port();
+        if base > 65000 {
+            continue;
+        }
+        let held: Vec<_> = (0..3)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == 3 {
+            return base;
+        }
+    }
+}
+
+fn ctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(["ctl", "--endpoint", endpoint])
+        .args(args)
+        .output()
+        .expect("run ctl")
+}
+
+#[test]
+fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let base = three_free_ports();
+    let mut dev = Command::new(binary())
+        .args(["dev", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(dev.stdout.take().unwrap());
+    let started = Instant::now();
+    let mut banner = String::new();
+    while !banner.contains("leader is node") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "dev exited: {banner}");
+        banner.push_str(&line);
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    let first = format!("127.0.0.1:{base}");
+    let third = format!("127.0.0.1:{}", base + 2);
+    assert!(ctl(&first, &["put", "greeting", "hello"]).status.success());
+    let got = ctl(&third, &["get", "greeting", "--consistency", "linearizable"]);
+    assert!(got.status.success());
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "hello\n");
+    let missing = ctl(&third, &["get", "nothing-here"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let status = ctl(&third, &["status"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    for field in ["id", "leader", "term", "applied", "members"] {
+        assert!(json.get(field).is_some(), "status lacks {field}: {json}");
+    }
+    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+
+    let _ = Command::new("kill").arg(dev.id().to_string()).status();
+    let exit = dev.wait().unwrap();
+    assert!(exit.success(), "dev exited with {exit}");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    assert!(rest.contains("stopped"), "{rest}");
+    for port in base..base + 3 {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still held after dev stopped"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Crash scenarios on real processes: a leader killed mid-write, every node killed mid-write.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{read_linearizable, serial, Cluster};
+
+/// Acknowledged writes: key -> value, and when each was sent and acknowledged.
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeMap<String, String>,
+    /// (sent, acknowledged) for every acknowledged write.
+    times: Vec<(Instant, Instant)>,
+}
+
+/// Writes `prefix/N` keys through one node until `stop`, recording what was acknowledged.
+fn spawn_writer(
+    client: conclave_client::Client,
+    prefix: String,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while Instant::now() < stop {
+            let key = format!("{prefix}/{i}");
+            let value = format!("v{i}");
+            let sent = Instant::now();
+            if client.set(&key, &value).await.is_ok() {
+                let mut ledger = ledger.lock().unwrap();
+                ledger.acked.insert(key, value);
+                ledger.times.push((sent, Instant::now()));
+            }
+            i += 1;
+        }
+    })
+}
+
+async fn assert_all_present(cluster: &Cluster, through: u64, acked: &BTreeMap<String, String>) {
+    let client = cluster.client(through).await;
+    for (key, value) in acked {
+        let got = read_linearizable(&client, key).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "acknowledged write {key}={value} is missing through node {through}\n{}",
+            cluster.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_writes_resume_through_survivors_and_nothing_acknowledged_is_lost() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Instant::now() + Duration::from_secs(5);
+    let mut writers = Vec::new();
+    for (w, id) in survivors.iter().enumerate() {
+        for lane in 0..2 {
+            let client = cluster.client(*id).await;
+            let prefix = format!("w{w}-{lane}");
+            writers.push(spawn_writer(client, prefix, ledger.clone(), stop));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = ledger.lock().unwrap().acked.len();
+    assert!(before_kill > 0, "no write succeeded before the kill\n{}", cluster.logs());
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let ledger = ledger.lock().unwrap();
+    let first_after = ledger
+        .times
+        .iter()
+        .filter(|(sent, _)| *sent >= killed_at)
+        .map(|(_, acked)| *acked)
+        .min()
+        .expect("no write sent after the kill was acknowledged");
+    let outage = first_after.duration_since(killed_at);
+    assert!(
+        outage < Duration::from_secs(2),
+        "writes through the survivors resumed only after {outage:?}\n{}",
+        cluster.logs()
+    );
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    assert_all_present(&cluster, survivors[0], &ledger.acked).await;
+
+    // The killed leader restarts from its data directory and catches up.
+    cluster.restart(leader);
+    let applied = cluster.status(new_leader).await.unwrap().applied;
+    cluster
+        .wait_applied(leader, applied, Duration::from_secs(15))
+        .await;
+    assert_all_present(&cluster, leader, &ledger.acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_mid_write_keeps_every_acknowledged_write() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+
+    // A moment between 0.5 s and 1.5 s into the writes, chosen from the clock's nanoseconds.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let kill_after = Duration::from_millis(500 + u64::from(nanos % 1000));
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Instant::now() + Duration::from_secs(30);
+    let mut writers = Vec::new();
+    for id in 1..=3 {
+        for lane in 0..3 {
+            let client = cluster.client(id).await;
+            writers.push(spawn_writer(client, format!("n{id}-{lane}"), ledger.clone(), stop));
+        }
+    }
+    tokio::time::sleep(kill_after).await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    // Snapshot what was acknowledged before the crash; writes still in flight cannot succeed.
+    let acked = ledger.lock().unwrap().acked.clone();
+    for writer in &writers {
+        writer.abort();
+    }
+    assert!(!acked.is_empty(), "no write succeeded before the crash\n{}", cluster.logs());
+
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    assert_all_present(&cluster, leader, &acked).await;
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    assert_all_present(&cluster, other, &acked).await;
+}

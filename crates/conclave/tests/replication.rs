@@ -1,0 +1,186 @@
+//! Catch-up and membership on real processes, and the read consistency levels across nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, serial, Cluster};
+use conclave_client::{v1, Consistency};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_from_snapshot_and_a_new_member_gets_the_full_state() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "50"]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let follower_last = cluster.status(follower).await.unwrap().last_log_index;
+    cluster.kill(follower);
+
+    let client = cluster.client(leader).await;
+    for i in 0..400 {
+        client.set(format!("key/{i}"), format!("value/{i}")).await.unwrap();
+    }
+    client
+        .hset("room/1", &[("alice", "joined"), ("bob", "joined")])
+        .await
+        .unwrap();
+    client.sadd("rooms", &["room/1", "room/2"]).await.unwrap();
+    let leader_status = cluster.status(leader).await.unwrap();
+    assert!(
+        leader_status.purged_index > follower_last,
+        "the leader did not compact past the follower's log (purged {}, follower had {follower_last})",
+        leader_status.purged_index
+    );
+
+    cluster.restart(follower);
+    cluster
+        .wait_applied(follower, leader_status.applied, Duration::from_secs(20))
+        .await;
+    let follower_status = cluster.status(follower).await.unwrap();
+    assert!(
+        follower_status.snapshot_index > follower_last,
+        "the follower caught up without installing a snapshot"
+    );
+    assert_full_state(&cluster, follower).await;
+
+    // A fourth node joins as a learner, catches up, and is promoted to voter.
+    let address = format!("127.0.0.1:{}", free_port());
+    cluster.add_process(4, address.clone(), &["--snapshot-every", "50"], true);
+    cluster.restart(4);
+    let mut admin = client.cluster();
+    let added = admin
+        .add_member(v1::AddMemberRequest {
+            id: 4,
+            address: address.clone(),
+            learner_only: true,
+        })
+        .await
+        .expect("add learner")
+        .into_inner();
+    let learner = added.members.iter().find(|m| m.id == 4).expect("node 4 listed");
+    assert!(!learner.voter);
+    let applied = cluster.status(leader).await.unwrap().applied;
+    cluster.wait_applied(4, applied, Duration::from_secs(20)).await;
+    let promoted = admin
+        .promote_member(v1::PromoteMemberRequest { id: 4 })
+        .await
+        .expect("promote")
+        .into_inner();
+    assert!(promoted.members.iter().any(|m| m.id == 4 && m.voter));
+    assert_eq!(promoted.members.iter().filter(|m| m.voter).count(), 4);
+    let status = cluster.status(4).await.unwrap();
+    assert_eq!(status.cluster_id, leader_status.cluster_id);
+    assert_full_state(&cluster, 4).await;
+}
+
+/// Everything the snapshot test wrote is readable from node `id`'s own replica.
+async fn assert_full_state(cluster: &Cluster, id: u64) {
+    let client = cluster.client(id).await;
+    for i in 0..400 {
+        let kv = client
+            .get_with(format!("key/{i}"), Consistency::Local)
+            .await
+            .unwrap();
+        assert_eq!(
+            kv.map(|kv| kv.value),
+            Some(format!("value/{i}").into_bytes()),
+            "key/{i} missing on node {id}"
+        );
+    }
+    let room = client.hgetall("room/1").await.unwrap();
+    assert_eq!(room.len(), 2, "room/1 on node {id}: {room:?}");
+    let rooms = client.smembers("rooms").await.unwrap();
+    assert_eq!(rooms, vec![b"room/1".to_vec(), b"room/2".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_one_node_are_visible_on_another_at_session_and_linearizable_levels() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let writer = cluster.client(1).await;
+    let mut reader = cluster.client(2).await.kv();
+    for i in 0..100 {
+        let key = format!("session/{i}");
+        let revision = writer.set(&key, format!("{i}")).await.unwrap();
+        let session = reader
+            .get(v1::GetRequest {
+                key: key.clone().into_bytes(),
+                read: Some(v1::ReadOptions {
+                    consistency: v1::Consistency::Session as i32,
+                    min_revision: revision,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(session.header.unwrap().revision >= revision);
+        assert_eq!(session.kv.map(|kv| kv.value), Some(format!("{i}").into_bytes()));
+
+        let key = format!("linear/{i}");
+        writer.set(&key, format!("{i}")).await.unwrap();
+        let linear = reader
+            .get(v1::GetRequest {
+                key: key.into_bytes(),
+                read: Some(v1::ReadOptions {
+                    consistency: v1::Consistency::Linearizable as i32,
+                    min_revision: 0,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(linear.kv.map(|kv| kv.value), Some(format!("{i}").into_bytes()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_a_ttl_expire_on_every_node() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(1).await;
+    let set = client
+        .set_with(v1::SetRequest {
+            key: b"lock/room".to_vec(),
+            value: b"holder".to_vec(),
+            condition: v1::SetCondition::SetIfAbsent as i32,
+            ttl_ms: 400,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(set.applied);
+    let second = client
+        .set_with(v1::SetRequest {
+            key: b"lock/room".to_vec(),
+            value: b"other".to_vec(),
+            condition: v1::SetCondition::SetIfAbsent as i32,
+            ttl_ms: 400,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!second.applied, "NX must refuse while the lock is held");
+    let kv = client.get_with("lock/room", Consistency::Session).await.unwrap().unwrap();
+    assert!(kv.ttl_ms > 0 && kv.ttl_ms <= 400);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for id in 1..=3 {
+        let c = cluster.client(id).await;
+        assert_eq!(c.get_with("lock/room", Consistency::Local).await.unwrap(), None);
+        // The leader's reaper removed it with a replicated entry, on every replica.
+        assert_eq!(cluster.status(id).await.unwrap().keys, 0, "node {id} still holds the key");
+    }
+    let third = client
+        .set_with(v1::SetRequest {
+            key: b"lock/room".to_vec(),
+            value: b"third".to_vec(),
+            condition: v1::SetCondition::SetIfAbsent as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(third.applied);
+    let kv = client.get_with("lock/room", Consistency::Session).await.unwrap().unwrap();
+    assert_eq!(kv.create_revision, third.header.unwrap().revision);
+}
