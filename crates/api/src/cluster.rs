@@ -64,7 +64,10 @@ impl Cluster for ClusterService {
             last_log_index: s.last_log_index,
             role: s.role.to_string(),
             members: members(s.members),
-            cluster_id: s.cluster_id.map(|c| format!("{c:016x}")).unwrap_or_default(),
+            cluster_id: s
+                .cluster_id
+                .map(|c| format!("{c:016x}"))
+                .unwrap_or_default(),
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
             keys: s.keys,

@@ -47,12 +47,10 @@ pub(crate) fn consistency(options: Option<v1::ReadOptions>) -> Consistency {
 
 /// The de-duplication id of a write, if the client gave one.
 pub(crate) fn request_id(options: Option<v1::WriteOptions>) -> Option<RequestId> {
-    options
-        .filter(|o| o.client_id != 0)
-        .map(|o| RequestId {
-            client_id: o.client_id,
-            sequence: o.sequence,
-        })
+    options.filter(|o| o.client_id != 0).map(|o| RequestId {
+        client_id: o.client_id,
+        sequence: o.sequence,
+    })
 }
 
 /// Checks a write against the node's limits.

@@ -141,7 +141,10 @@ impl Kv for KvService {
         };
         let reply = self.write(r.write, command, deadline).await?;
         let Outcome::Set { applied, previous } = reply.outcome else {
-            return Err(Status::internal(format!("unexpected outcome {:?}", reply.outcome)));
+            return Err(Status::internal(format!(
+                "unexpected outcome {:?}",
+                reply.outcome
+            )));
         };
         Ok(Response::new(SetResponse {
             header: self.header(reply.revision),

@@ -291,7 +291,11 @@ impl Client {
     }
 
     /// Adds set members; returns how many were new.
-    pub async fn sadd<M: AsRef<[u8]>>(&self, key: impl AsRef<[u8]>, members: &[M]) -> Result<u64, Error> {
+    pub async fn sadd<M: AsRef<[u8]>>(
+        &self,
+        key: impl AsRef<[u8]>,
+        members: &[M],
+    ) -> Result<u64, Error> {
         let request = v1::SAddRequest {
             key: key.as_ref().to_vec(),
             members: members.iter().map(|m| m.as_ref().to_vec()).collect(),

@@ -10,7 +10,11 @@ use conclave_client::Client;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Endpoints; writer i uses endpoint i modulo their count.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
     endpoints: Vec<String>,
     /// Concurrent writers, each waiting for its write before sending the next; several counts
     /// may be given (`--writers 1,64`).

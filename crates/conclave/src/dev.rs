@@ -66,11 +66,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    println!("conclave dev cluster: {} nodes, leader is node {leader}", args.nodes);
+    println!(
+        "conclave dev cluster: {} nodes, leader is node {leader}",
+        args.nodes
+    );
     for (i, endpoint) in endpoints.iter().enumerate() {
-        println!("  node {}: grpc {endpoint}  data {}", i + 1, args.data_dir.join(format!("node{}", i + 1)).display());
+        println!(
+            "  node {}: grpc {endpoint}  data {}",
+            i + 1,
+            args.data_dir.join(format!("node{}", i + 1)).display()
+        );
     }
-    println!("try: conclave ctl --endpoint {} status   (Ctrl-C stops the cluster)", endpoints[0]);
+    println!(
+        "try: conclave ctl --endpoint {} status   (Ctrl-C stops the cluster)",
+        endpoints[0]
+    );
 
     tokio::select! {
         _ = crate::server::shutdown_signal() => {}
@@ -81,7 +91,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     for child in &mut children {
         if let Some(pid) = child.id() {
             // SIGTERM lets each node shut down cleanly.
-            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
         }
     }
     for child in &mut children {

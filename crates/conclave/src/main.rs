@@ -12,7 +12,11 @@ mod server;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "conclave", version, about = "A Raft-replicated room-state store")]
+#[command(
+    name = "conclave",
+    version,
+    about = "A Raft-replicated room-state store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

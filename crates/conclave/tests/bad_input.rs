@@ -5,13 +5,13 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{binary, free_port, serial, Cluster};
+use common::{binary, free_port, serial, serial_blocking, Cluster};
 use conclave_client::v1;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3, &[]);
     cluster.wait_leader(Duration::from_secs(15)).await;
     let client = cluster.client(2).await;
@@ -27,7 +27,11 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("key is 65537 bytes"), "{}", status.message());
+    assert!(
+        status.message().contains("key is 65537 bytes"),
+        "{}",
+        status.message()
+    );
 
     let status = kv
         .get(v1::GetRequest {
@@ -47,7 +51,11 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("value is"), "{}", status.message());
+    assert!(
+        status.message().contains("value is"),
+        "{}",
+        status.message()
+    );
 
     let status = kv.set(v1::SetRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "empty key");
@@ -118,17 +126,21 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
 
     // Garbage on the listener: the connection is dropped, the node keeps serving.
     let mut raw = std::net::TcpStream::connect(cluster.endpoint(2)).unwrap();
-    raw.write_all(b"\x00\x00\xffGARBAGE not http2 at all\r\n\r\n").unwrap();
+    raw.write_all(b"\x00\x00\xffGARBAGE not http2 at all\r\n\r\n")
+        .unwrap();
     drop(raw);
 
     // The node still serves, and nothing above changed the keyspace but "plain".
-    assert_eq!(client.get("plain").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        client.get("plain").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
     assert_eq!(cluster.status(2).await.unwrap().keys, 1);
 }
 
 #[test]
 fn a_node_refuses_an_unlisted_id_and_a_data_dir_of_another_cluster() {
-    let _serial = serial();
+    let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
     let a = format!("127.0.0.1:{}", free_port());
     let b = format!("127.0.0.1:{}", free_port());

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{binary, serial};
+use common::{binary, serial_blocking};
 
 /// A port p such that p, p+1 and p+2 are free on loopback.
 fn three_free_ports() -> u16 {
@@ -36,7 +36,7 @@ fn ctl(endpoint: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
-    let _serial = serial();
+    let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
     let base = three_free_ports();
     let mut dev = Command::new(binary())
@@ -52,7 +52,10 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     let mut banner = String::new();
     while !banner.contains("leader is node") {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "dev exited: {banner}");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "dev exited: {banner}"
+        );
         banner.push_str(&line);
         assert!(started.elapsed() < Duration::from_secs(30));
     }
@@ -60,7 +63,10 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     let first = format!("127.0.0.1:{base}");
     let third = format!("127.0.0.1:{}", base + 2);
     assert!(ctl(&first, &["put", "greeting", "hello"]).status.success());
-    let got = ctl(&third, &["get", "greeting", "--consistency", "linearizable"]);
+    let got = ctl(
+        &third,
+        &["get", "greeting", "--consistency", "linearizable"],
+    );
     assert!(got.status.success());
     assert_eq!(String::from_utf8_lossy(&got.stdout), "hello\n");
     let missing = ctl(&third, &["get", "nothing-here"]);

@@ -54,7 +54,7 @@ async fn assert_all_present(cluster: &Cluster, through: u64, acked: &BTreeMap<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_writes_resume_through_survivors_and_nothing_acknowledged_is_lost() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_leader(Duration::from_secs(15)).await;
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
@@ -71,22 +71,29 @@ async fn leader_killed_writes_resume_through_survivors_and_nothing_acknowledged_
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before_kill = ledger.lock().unwrap().acked.len();
-    assert!(before_kill > 0, "no write succeeded before the kill\n{}", cluster.logs());
+    assert!(
+        before_kill > 0,
+        "no write succeeded before the kill\n{}",
+        cluster.logs()
+    );
     let killed_at = Instant::now();
     cluster.kill(leader);
     for writer in writers {
         writer.await.unwrap();
     }
 
-    let ledger = ledger.lock().unwrap();
-    let first_after = ledger
-        .times
+    let (times, acked) = {
+        let ledger = ledger.lock().unwrap();
+        (ledger.times.clone(), ledger.acked.clone())
+    };
+    let first_after = times
         .iter()
         .filter(|(sent, _)| *sent >= killed_at)
         .map(|(_, acked)| *acked)
         .min()
         .expect("no write sent after the kill was acknowledged");
     let outage = first_after.duration_since(killed_at);
+    println!("writes resumed {outage:?} after the leader was killed");
     assert!(
         outage < Duration::from_secs(2),
         "writes through the survivors resumed only after {outage:?}\n{}",
@@ -94,7 +101,7 @@ async fn leader_killed_writes_resume_through_survivors_and_nothing_acknowledged_
     );
     let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
-    assert_all_present(&cluster, survivors[0], &ledger.acked).await;
+    assert_all_present(&cluster, survivors[0], &acked).await;
 
     // The killed leader restarts from its data directory and catches up.
     cluster.restart(leader);
@@ -102,12 +109,12 @@ async fn leader_killed_writes_resume_through_survivors_and_nothing_acknowledged_
     cluster
         .wait_applied(leader, applied, Duration::from_secs(15))
         .await;
-    assert_all_present(&cluster, leader, &ledger.acked).await;
+    assert_all_present(&cluster, leader, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_killed_mid_write_keeps_every_acknowledged_write() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(3, &[]);
     cluster.wait_leader(Duration::from_secs(15)).await;
 
@@ -124,7 +131,12 @@ async fn every_node_killed_mid_write_keeps_every_acknowledged_write() {
     for id in 1..=3 {
         for lane in 0..3 {
             let client = cluster.client(id).await;
-            writers.push(spawn_writer(client, format!("n{id}-{lane}"), ledger.clone(), stop));
+            writers.push(spawn_writer(
+                client,
+                format!("n{id}-{lane}"),
+                ledger.clone(),
+                stop,
+            ));
         }
     }
     tokio::time::sleep(kill_after).await;
@@ -136,7 +148,11 @@ async fn every_node_killed_mid_write_keeps_every_acknowledged_write() {
     for writer in &writers {
         writer.abort();
     }
-    assert!(!acked.is_empty(), "no write succeeded before the crash\n{}", cluster.logs());
+    assert!(
+        !acked.is_empty(),
+        "no write succeeded before the crash\n{}",
+        cluster.logs()
+    );
 
     for id in 1..=3 {
         cluster.restart(id);

@@ -9,7 +9,7 @@ use conclave_client::{v1, Consistency};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catches_up_from_snapshot_and_a_new_member_gets_the_full_state() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(3, &["--snapshot-every", "50"]);
     let leader = cluster.wait_leader(Duration::from_secs(15)).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
@@ -18,7 +18,10 @@ async fn follower_catches_up_from_snapshot_and_a_new_member_gets_the_full_state(
 
     let client = cluster.client(leader).await;
     for i in 0..400 {
-        client.set(format!("key/{i}"), format!("value/{i}")).await.unwrap();
+        client
+            .set(format!("key/{i}"), format!("value/{i}"))
+            .await
+            .unwrap();
     }
     client
         .hset("room/1", &[("alice", "joined"), ("bob", "joined")])
@@ -57,10 +60,16 @@ async fn follower_catches_up_from_snapshot_and_a_new_member_gets_the_full_state(
         .await
         .expect("add learner")
         .into_inner();
-    let learner = added.members.iter().find(|m| m.id == 4).expect("node 4 listed");
+    let learner = added
+        .members
+        .iter()
+        .find(|m| m.id == 4)
+        .expect("node 4 listed");
     assert!(!learner.voter);
     let applied = cluster.status(leader).await.unwrap().applied;
-    cluster.wait_applied(4, applied, Duration::from_secs(20)).await;
+    cluster
+        .wait_applied(4, applied, Duration::from_secs(20))
+        .await;
     let promoted = admin
         .promote_member(v1::PromoteMemberRequest { id: 4 })
         .await
@@ -95,7 +104,7 @@ async fn assert_full_state(cluster: &Cluster, id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_one_node_are_visible_on_another_at_session_and_linearizable_levels() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3, &[]);
     cluster.wait_leader(Duration::from_secs(15)).await;
     let writer = cluster.client(1).await;
@@ -115,7 +124,10 @@ async fn writes_on_one_node_are_visible_on_another_at_session_and_linearizable_l
             .unwrap()
             .into_inner();
         assert!(session.header.unwrap().revision >= revision);
-        assert_eq!(session.kv.map(|kv| kv.value), Some(format!("{i}").into_bytes()));
+        assert_eq!(
+            session.kv.map(|kv| kv.value),
+            Some(format!("{i}").into_bytes())
+        );
 
         let key = format!("linear/{i}");
         writer.set(&key, format!("{i}")).await.unwrap();
@@ -130,13 +142,16 @@ async fn writes_on_one_node_are_visible_on_another_at_session_and_linearizable_l
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(linear.kv.map(|kv| kv.value), Some(format!("{i}").into_bytes()));
+        assert_eq!(
+            linear.kv.map(|kv| kv.value),
+            Some(format!("{i}").into_bytes())
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_a_ttl_expire_on_every_node() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(3, &[]);
     cluster.wait_leader(Duration::from_secs(15)).await;
     let client = cluster.client(1).await;
@@ -162,14 +177,25 @@ async fn keys_with_a_ttl_expire_on_every_node() {
         .await
         .unwrap();
     assert!(!second.applied, "NX must refuse while the lock is held");
-    let kv = client.get_with("lock/room", Consistency::Session).await.unwrap().unwrap();
+    let kv = client
+        .get_with("lock/room", Consistency::Session)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(kv.ttl_ms > 0 && kv.ttl_ms <= 400);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     for id in 1..=3 {
         let c = cluster.client(id).await;
-        assert_eq!(c.get_with("lock/room", Consistency::Local).await.unwrap(), None);
+        assert_eq!(
+            c.get_with("lock/room", Consistency::Local).await.unwrap(),
+            None
+        );
         // The leader's reaper removed it with a replicated entry, on every replica.
-        assert_eq!(cluster.status(id).await.unwrap().keys, 0, "node {id} still holds the key");
+        assert_eq!(
+            cluster.status(id).await.unwrap().keys,
+            0,
+            "node {id} still holds the key"
+        );
     }
     let third = client
         .set_with(v1::SetRequest {
@@ -181,6 +207,10 @@ async fn keys_with_a_ttl_expire_on_every_node() {
         .await
         .unwrap();
     assert!(third.applied);
-    let kv = client.get_with("lock/room", Consistency::Session).await.unwrap().unwrap();
+    let kv = client
+        .get_with("lock/room", Consistency::Session)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(kv.create_revision, third.header.unwrap().revision);
 }

@@ -78,7 +78,11 @@ impl ClusterSpec {
 
 impl fmt::Display for ClusterSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let items: Vec<String> = self.members.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        let items: Vec<String> = self
+            .members
+            .iter()
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect();
         f.write_str(&items.join(","))
     }
 }

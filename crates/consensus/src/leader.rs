@@ -128,9 +128,12 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
                     if learner_only {
                         added
                     } else {
-                        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                            .await
-                            .map_err(write_error)?
+                        raft.change_membership(
+                            ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                            false,
+                        )
+                        .await
+                        .map_err(write_error)?
                     }
                 }
                 AdminRequest::Promote { id } => raft
@@ -151,19 +154,30 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
                                 "cannot remove the last voter".into(),
                             ));
                         }
-                        raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                            .await
-                            .map_err(write_error)?
+                        raft.change_membership(
+                            ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                            false,
+                        )
+                        .await
+                        .map_err(write_error)?
                     } else {
-                        raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                            .await
-                            .map_err(write_error)?
+                        raft.change_membership(
+                            ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                            false,
+                        )
+                        .await
+                        .map_err(write_error)?
                     }
                 }
             };
             let membership = match response.membership {
                 Some(m) => m,
-                None => raft.metrics().borrow().membership_config.membership().clone(),
+                None => raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .clone(),
             };
             Ok(LeaderReply::Admin(MembershipView::of(
                 response.log_id.index,

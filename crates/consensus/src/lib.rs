@@ -28,8 +28,8 @@ mod service;
 use std::io::Cursor;
 
 pub use cluster::{ClusterSpec, SpecError};
-pub use leader::{AdminRequest, MembershipView, MemberView};
-pub use node::{Consistency, Node, NodeError, NodeOptions, StartError, NodeStatus, Timing};
+pub use leader::{AdminRequest, MemberView, MembershipView};
+pub use node::{Consistency, Node, NodeError, NodeOptions, NodeStatus, StartError, Timing};
 pub use service::PeerService;
 
 /// Node ids are small integers chosen by the operator.

@@ -104,7 +104,12 @@ impl Peers {
     }
 
     /// Asks the node at `address` who it is.
-    pub async fn identify(&self, address: &str, caller_id: NodeId, timeout: Duration) -> Result<IdentifyResponse, Status> {
+    pub async fn identify(
+        &self,
+        address: &str,
+        caller_id: NodeId,
+        timeout: Duration,
+    ) -> Result<IdentifyResponse, Status> {
         let mut client = self.client(address)?;
         let response = client
             .identify(self.request(IdentifyRequest { caller_id }, timeout))
@@ -157,7 +162,10 @@ impl PeerNetwork {
         &self,
         request: &Req,
         option: &RPCOption,
-        send: impl AsyncFnOnce(PeerClient<Channel>, Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status>,
+        send: impl AsyncFnOnce(
+            PeerClient<Channel>,
+            Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, Status>,
     ) -> RpcResult<Resp, E>
     where
         Req: serde::Serialize,
@@ -186,9 +194,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
-        self.call(&rpc, &option, async |mut c, r| {
-            c.append_entries(r).await
-        })
+        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
             .await
     }
 
@@ -197,9 +203,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(&rpc, &option, async |mut c, r| {
-            c.install_snapshot(r).await
-        })
+        self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await)
             .await
     }
 
@@ -208,8 +212,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, Infallible> {
-        self.call(&rpc, &option, async |mut c, r| {
-            c.vote(r).await
-        }).await
+        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
+            .await
     }
 }

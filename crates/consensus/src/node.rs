@@ -98,7 +98,11 @@ pub enum StartError {
         ours: u64,
     },
     #[error("the leader (node {leader}) has already replicated up to index {index} to node {id}, but this data directory is empty: the node's data was lost. Remove it (`conclave ctl members remove {id}`) and add a node with a new id (`--join`, then `ctl members add`)")]
-    DataLost { id: NodeId, leader: NodeId, index: u64 },
+    DataLost {
+        id: NodeId,
+        leader: NodeId,
+        index: u64,
+    },
     #[error("invalid raft configuration: {0}")]
     Config(String),
     #[error("raft failed to start: {0}")]
@@ -191,10 +195,7 @@ impl Node {
         storage.identity.claim_node(id).await?;
 
         let requested = options.cluster.cluster_id();
-        let recorded = storage
-            .identity
-            .cluster_id()
-            .map_err(IdentityError::from)?;
+        let recorded = storage.identity.cluster_id().map_err(IdentityError::from)?;
         if let (false, Some(recorded)) = (options.join, recorded) {
             if recorded != requested {
                 return Err(StartError::OtherCluster {
@@ -203,7 +204,11 @@ impl Node {
                 });
             }
         }
-        let cluster_id = if options.join { recorded } else { Some(requested) };
+        let cluster_id = if options.join {
+            recorded
+        } else {
+            Some(requested)
+        };
         let peers = Peers::new(cluster_id);
         let view = storage.state.view();
         let raft = Raft::new(
@@ -343,7 +348,10 @@ impl Node {
                 sequence: self.inner.sequence.fetch_add(1, Ordering::Relaxed),
             });
         }
-        match self.on_leader(LeaderRequest::Write(request), deadline).await? {
+        match self
+            .on_leader(LeaderRequest::Write(request), deadline)
+            .await?
+        {
             LeaderReply::Write(reply) => Ok(reply),
             other => unreachable!("a write answered with {other:?}"),
         }
@@ -355,7 +363,10 @@ impl Node {
         request: AdminRequest,
         deadline: Instant,
     ) -> Result<MembershipView, NodeError> {
-        match self.on_leader(LeaderRequest::Admin(request), deadline).await? {
+        match self
+            .on_leader(LeaderRequest::Admin(request), deadline)
+            .await?
+        {
             LeaderReply::Admin(view) => Ok(view),
             other => unreachable!("a membership change answered with {other:?}"),
         }
@@ -418,7 +429,9 @@ impl Node {
                     .peers
                     .forward(&address, &request, remaining)
                     .await
-                    .map_err(|status| format!("leader {leader} at {address}: {}", status.message())),
+                    .map_err(|status| {
+                        format!("leader {leader} at {address}: {}", status.message())
+                    }),
                 None => Err("no leader is known (election in progress)".to_string()),
             };
             match outcome {

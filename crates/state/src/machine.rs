@@ -133,7 +133,7 @@ impl Machine {
         if let Some(id) = request.id {
             self.remember_reply(id, now, reply.clone());
         }
-        if index % SESSION_SWEEP_EVERY == 0 {
+        if index.is_multiple_of(SESSION_SWEEP_EVERY) {
             self.sessions
                 .retain(|_, s| s.last_seen.saturating_add(DEDUP_WINDOW_MS) >= now);
         }
@@ -164,7 +164,15 @@ impl Machine {
                 condition,
                 expiry,
                 return_previous,
-            } => self.set(index, now, key, value, *condition, *expiry, *return_previous),
+            } => self.set(
+                index,
+                now,
+                key,
+                value,
+                *condition,
+                *expiry,
+                *return_previous,
+            ),
             Command::Delete { keys } => {
                 let removed = keys
                     .iter()
@@ -184,24 +192,20 @@ impl Machine {
                     Some(added as u64)
                 })
             }
-            Command::HashDelete { key, fields } => {
-                self.update_existing(index, now, key, |value| {
-                    let Value::Hash(map) = value else { return None };
-                    Some(fields.iter().filter(|f| map.remove(*f).is_some()).count() as u64)
-                })
-            }
+            Command::HashDelete { key, fields } => self.update_existing(index, now, key, |value| {
+                let Value::Hash(map) = value else { return None };
+                Some(fields.iter().filter(|f| map.remove(*f).is_some()).count() as u64)
+            }),
             Command::SetAdd { key, members } => {
                 self.update_collection(index, now, key, Value::Set(BTreeSet::new()), |value| {
                     let Value::Set(set) = value else { return None };
                     Some(members.iter().filter(|m| set.insert((*m).clone())).count() as u64)
                 })
             }
-            Command::SetRemove { key, members } => {
-                self.update_existing(index, now, key, |value| {
-                    let Value::Set(set) = value else { return None };
-                    Some(members.iter().filter(|m| set.remove(*m)).count() as u64)
-                })
-            }
+            Command::SetRemove { key, members } => self.update_existing(index, now, key, |value| {
+                let Value::Set(set) = value else { return None };
+                Some(members.iter().filter(|m| set.remove(*m)).count() as u64)
+            }),
             Command::Reap { keys } => {
                 let expired = keys
                     .iter()
@@ -226,12 +230,22 @@ impl Machine {
         return_previous: bool,
     ) -> Outcome {
         let existing = self.live_mut(key, now);
-        if return_previous && existing.as_ref().is_some_and(|r| !matches!(r.value, Value::String(_))) {
+        if return_previous
+            && existing
+                .as_ref()
+                .is_some_and(|r| !matches!(r.value, Value::String(_)))
+        {
             return Outcome::WrongType;
         }
         let present = existing.is_some();
         let previous = match (return_previous, existing) {
-            (true, Some(Record { value: Value::String(v), .. })) => Some(v.clone()),
+            (
+                true,
+                Some(Record {
+                    value: Value::String(v),
+                    ..
+                }),
+            ) => Some(v.clone()),
             _ => None,
         };
         let allowed = match condition {
@@ -367,7 +381,11 @@ impl Machine {
     }
 
     /// A hash, or None if absent.
-    pub fn hash(&self, key: &[u8], now: Millis) -> Result<Option<&BTreeMap<Bytes, Bytes>>, ReadError> {
+    pub fn hash(
+        &self,
+        key: &[u8],
+        now: Millis,
+    ) -> Result<Option<&BTreeMap<Bytes, Bytes>>, ReadError> {
         match self.record(key, now).map(|r| &r.value) {
             Some(Value::Hash(map)) => Ok(Some(map)),
             Some(_) => Err(ReadError),
@@ -376,7 +394,11 @@ impl Machine {
     }
 
     /// A set, or None if absent.
-    pub fn set_members(&self, key: &[u8], now: Millis) -> Result<Option<&BTreeSet<Bytes>>, ReadError> {
+    pub fn set_members(
+        &self,
+        key: &[u8],
+        now: Millis,
+    ) -> Result<Option<&BTreeSet<Bytes>>, ReadError> {
         match self.record(key, now).map(|r| &r.value) {
             Some(Value::Set(set)) => Ok(Some(set)),
             Some(_) => Err(ReadError),

@@ -17,7 +17,9 @@ const CLUSTER_ID: &[u8] = b"cluster_id";
 pub enum IdentityError {
     #[error("this data directory belongs to node {recorded}, not node {requested}")]
     WrongNode { recorded: u64, requested: u64 },
-    #[error("this data directory belongs to cluster {recorded:016x}, not cluster {requested:016x}")]
+    #[error(
+        "this data directory belongs to cluster {recorded:016x}, not cluster {requested:016x}"
+    )]
     WrongCluster { recorded: u64, requested: u64 },
     #[error("storage error: {0}")]
     Engine(#[from] sled::Error),

@@ -58,10 +58,7 @@ impl<C: StoreConfig> LogStore<C> {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>, C> {
-        let bytes = self
-            .meta
-            .get(key)
-            .map_err(|e| StorageIOError::read(&e))?;
+        let bytes = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
         bytes
             .map(|b| decode(&b).map_err(|e| StorageIOError::read(&*e).into()))
             .transpose()
@@ -165,7 +162,10 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         self.read_meta(VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> StorageResult<(), C> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> StorageResult<(), C> {
         // Not flushed on its own: sled persists writes in order, so a durable commit index
         // never points past durable entries, and losing the latest value only means re-applying
         // less on restart.
@@ -173,7 +173,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
-        Ok(self.read_meta::<Option<LogId<C::NodeId>>>(COMMITTED)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<C::NodeId>>>(COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<(), C>

@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use crate::{decode, encode, OpenError, StoreConfig};
 
 type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig>::NodeId>>;
-type Meta<C> = SnapshotMeta<<C as openraft::RaftTypeConfig>::NodeId, <C as openraft::RaftTypeConfig>::Node>;
+type Meta<C> =
+    SnapshotMeta<<C as openraft::RaftTypeConfig>::NodeId, <C as openraft::RaftTypeConfig>::Node>;
 
 const CURRENT_SNAPSHOT: &[u8] = b"current";
 
@@ -84,7 +85,8 @@ impl<C: StoreConfig> StateMachineStore<C> {
                 let stored: StoredSnapshot<C> =
                     decode(&bytes).map_err(|e| OpenError::Snapshot(e.to_string()))?;
                 Replica {
-                    machine: decode(&stored.data).map_err(|e| OpenError::Snapshot(e.to_string()))?,
+                    machine: decode(&stored.data)
+                        .map_err(|e| OpenError::Snapshot(e.to_string()))?,
                     last_applied: stored.meta.last_log_id,
                     membership: stored.meta.last_membership,
                 }
@@ -182,7 +184,13 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<C::NodeId>>, StoredMembership<C::NodeId, C::Node>), C> {
+    ) -> StorageResult<
+        (
+            Option<LogId<C::NodeId>>,
+            StoredMembership<C::NodeId, C::Node>,
+        ),
+        C,
+    > {
         let replica = self.replica.read().expect("replica lock poisoned");
         Ok((replica.last_applied.clone(), replica.membership.clone()))
     }

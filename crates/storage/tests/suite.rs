@@ -19,13 +19,18 @@ openraft::declare_raft_types!(
 
 struct SledBuilder;
 
-impl StoreBuilder<TestConfig, LogStore<TestConfig>, StateMachineStore<TestConfig>, tempfile::TempDir>
+impl
+    StoreBuilder<TestConfig, LogStore<TestConfig>, StateMachineStore<TestConfig>, tempfile::TempDir>
     for SledBuilder
 {
     async fn build(
         &self,
     ) -> Result<
-        (tempfile::TempDir, LogStore<TestConfig>, StateMachineStore<TestConfig>),
+        (
+            tempfile::TempDir,
+            LogStore<TestConfig>,
+            StateMachineStore<TestConfig>,
+        ),
         StorageError<u64>,
     > {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -36,8 +41,8 @@ impl StoreBuilder<TestConfig, LogStore<TestConfig>, StateMachineStore<TestConfig
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // the suite's own error type
 fn passes_openraft_storage_suite() -> Result<(), StorageError<u64>> {
     Suite::test_all(SledBuilder)?;
     Ok(())
 }
-

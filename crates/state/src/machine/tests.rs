@@ -45,7 +45,15 @@ fn set_records_create_and_modify_revisions() {
     let r = m.record(b"a", 11).unwrap();
     assert_eq!((r.created, r.modified), (1, 2));
     assert_eq!(m.revision(), 2);
-    m.apply(3, &write(12, Command::Delete { keys: vec!["a".into()] }));
+    m.apply(
+        3,
+        &write(
+            12,
+            Command::Delete {
+                keys: vec!["a".into()],
+            },
+        ),
+    );
     m.apply(4, &write(13, set("a", "3")));
     let r = m.record(b"a", 13).unwrap();
     assert_eq!((r.created, r.modified), (4, 4));
@@ -54,48 +62,135 @@ fn set_records_create_and_modify_revisions() {
 #[test]
 fn nx_and_xx_conditions() {
     let mut m = Machine::new();
-    let xx = m.apply(1, &write(1, set_with("k", "x", SetCondition::IfPresent, Expiry::Never)));
-    assert_eq!(xx.outcome, Outcome::Set { applied: false, previous: None });
+    let xx = m.apply(
+        1,
+        &write(
+            1,
+            set_with("k", "x", SetCondition::IfPresent, Expiry::Never),
+        ),
+    );
+    assert_eq!(
+        xx.outcome,
+        Outcome::Set {
+            applied: false,
+            previous: None
+        }
+    );
     assert_eq!(string_at(&m, "k", 1), None);
-    let nx = m.apply(2, &write(1, set_with("k", "a", SetCondition::IfAbsent, Expiry::Never)));
-    assert_eq!(nx.outcome, Outcome::Set { applied: true, previous: None });
-    let nx2 = m.apply(3, &write(1, set_with("k", "b", SetCondition::IfAbsent, Expiry::Never)));
-    assert_eq!(nx2.outcome, Outcome::Set { applied: false, previous: None });
+    let nx = m.apply(
+        2,
+        &write(1, set_with("k", "a", SetCondition::IfAbsent, Expiry::Never)),
+    );
+    assert_eq!(
+        nx.outcome,
+        Outcome::Set {
+            applied: true,
+            previous: None
+        }
+    );
+    let nx2 = m.apply(
+        3,
+        &write(1, set_with("k", "b", SetCondition::IfAbsent, Expiry::Never)),
+    );
+    assert_eq!(
+        nx2.outcome,
+        Outcome::Set {
+            applied: false,
+            previous: None
+        }
+    );
     assert_eq!(string_at(&m, "k", 1).unwrap(), b"a");
 }
 
 #[test]
 fn expired_key_reads_absent_and_nx_succeeds_on_it() {
     let mut m = Machine::new();
-    m.apply(1, &write(1000, set_with("lock", "a", SetCondition::IfAbsent, Expiry::AfterMillis(500))));
+    m.apply(
+        1,
+        &write(
+            1000,
+            set_with(
+                "lock",
+                "a",
+                SetCondition::IfAbsent,
+                Expiry::AfterMillis(500),
+            ),
+        ),
+    );
     assert_eq!(string_at(&m, "lock", 1499).unwrap(), b"a");
     assert_eq!(string_at(&m, "lock", 1500), None, "absent at its deadline");
     // Not yet reaped, but a conditional write at a later stamp treats it as absent.
-    let r = m.apply(2, &write(1600, set_with("lock", "b", SetCondition::IfAbsent, Expiry::Never)));
-    assert_eq!(r.outcome, Outcome::Set { applied: true, previous: None });
+    let r = m.apply(
+        2,
+        &write(
+            1600,
+            set_with("lock", "b", SetCondition::IfAbsent, Expiry::Never),
+        ),
+    );
+    assert_eq!(
+        r.outcome,
+        Outcome::Set {
+            applied: true,
+            previous: None
+        }
+    );
     assert_eq!(m.record(b"lock", 1600).unwrap().created, 2);
 }
 
 #[test]
 fn stamps_never_go_backwards() {
     let mut m = Machine::new();
-    m.apply(1, &write(5000, set_with("k", "v", SetCondition::Always, Expiry::AfterMillis(100))));
+    m.apply(
+        1,
+        &write(
+            5000,
+            set_with("k", "v", SetCondition::Always, Expiry::AfterMillis(100)),
+        ),
+    );
     // An entry stamped earlier by a new leader with a slower clock still runs at time 5000+.
     m.apply(2, &write(10, set("other", "v")));
     assert_eq!(m.clock(), 5000);
-    let r = m.apply(3, &write(5100, Command::Reap { keys: vec!["k".into()] }));
+    let r = m.apply(
+        3,
+        &write(
+            5100,
+            Command::Reap {
+                keys: vec!["k".into()],
+            },
+        ),
+    );
     assert_eq!(r.outcome, Outcome::Count(1));
 }
 
 #[test]
 fn reap_removes_only_keys_still_expired() {
     let mut m = Machine::new();
-    m.apply(1, &write(0, set_with("a", "1", SetCondition::Always, Expiry::AfterMillis(10))));
-    m.apply(2, &write(0, set_with("b", "1", SetCondition::Always, Expiry::AfterMillis(10))));
+    m.apply(
+        1,
+        &write(
+            0,
+            set_with("a", "1", SetCondition::Always, Expiry::AfterMillis(10)),
+        ),
+    );
+    m.apply(
+        2,
+        &write(
+            0,
+            set_with("b", "1", SetCondition::Always, Expiry::AfterMillis(10)),
+        ),
+    );
     assert_eq!(m.expired_keys(10, 100), vec![b"a".to_vec(), b"b".to_vec()]);
     // "b" is rewritten without a TTL before the reap entry lands.
     m.apply(3, &write(11, set("b", "2")));
-    let r = m.apply(4, &write(12, Command::Reap { keys: vec!["a".into(), "b".into()] }));
+    let r = m.apply(
+        4,
+        &write(
+            12,
+            Command::Reap {
+                keys: vec!["a".into(), "b".into()],
+            },
+        ),
+    );
     assert_eq!(r.outcome, Outcome::Count(1));
     assert!(m.record(b"a", 12).is_none());
     assert_eq!(string_at(&m, "b", 12).unwrap(), b"2");
@@ -105,8 +200,17 @@ fn reap_removes_only_keys_still_expired() {
 #[test]
 fn keepttl_keeps_and_plain_set_clears_the_deadline() {
     let mut m = Machine::new();
-    m.apply(1, &write(0, set_with("k", "1", SetCondition::Always, Expiry::AfterMillis(100))));
-    m.apply(2, &write(1, set_with("k", "2", SetCondition::Always, Expiry::Keep)));
+    m.apply(
+        1,
+        &write(
+            0,
+            set_with("k", "1", SetCondition::Always, Expiry::AfterMillis(100)),
+        ),
+    );
+    m.apply(
+        2,
+        &write(1, set_with("k", "2", SetCondition::Always, Expiry::Keep)),
+    );
     assert_eq!(m.record(b"k", 1).unwrap().expires_at, Some(100));
     m.apply(3, &write(2, set("k", "3")));
     assert_eq!(m.record(b"k", 2).unwrap().expires_at, None);
@@ -116,17 +220,46 @@ fn keepttl_keeps_and_plain_set_clears_the_deadline() {
 #[test]
 fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
     let mut m = Machine::new();
-    let id = Some(RequestId { client_id: 7, sequence: 1 });
+    let id = Some(RequestId {
+        client_id: 7,
+        sequence: 1,
+    });
     let hset = Command::HashSet {
         key: "room".into(),
         fields: vec![("p1".into(), "x".into())],
     };
-    let first = m.apply(1, &WriteRequest { id, stamp: 1, command: hset.clone() });
+    let first = m.apply(
+        1,
+        &WriteRequest {
+            id,
+            stamp: 1,
+            command: hset.clone(),
+        },
+    );
     assert_eq!(first.outcome, Outcome::Count(1));
-    m.apply(2, &write(2, Command::HashDelete { key: "room".into(), fields: vec!["p1".into()] }));
-    let retry = m.apply(3, &WriteRequest { id, stamp: 3, command: hset });
+    m.apply(
+        2,
+        &write(
+            2,
+            Command::HashDelete {
+                key: "room".into(),
+                fields: vec!["p1".into()],
+            },
+        ),
+    );
+    let retry = m.apply(
+        3,
+        &WriteRequest {
+            id,
+            stamp: 3,
+            command: hset,
+        },
+    );
     assert_eq!(retry, first, "same reply, same revision");
-    assert!(m.hash(b"room", 3).unwrap().is_none(), "not applied a second time");
+    assert!(
+        m.hash(b"room", 3).unwrap().is_none(),
+        "not applied a second time"
+    );
     assert_eq!(m.revision(), 3);
 }
 
@@ -134,8 +267,18 @@ fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
 fn dedup_window_is_bounded() {
     let mut m = Machine::new();
     for seq in 0..(MAX_REPLIES_PER_CLIENT as u64 + 10) {
-        let id = Some(RequestId { client_id: 1, sequence: seq });
-        m.apply(seq + 1, &WriteRequest { id, stamp: 1, command: set("k", "v") });
+        let id = Some(RequestId {
+            client_id: 1,
+            sequence: seq,
+        });
+        m.apply(
+            seq + 1,
+            &WriteRequest {
+                id,
+                stamp: 1,
+                command: set("k", "v"),
+            },
+        );
     }
     let session = &m.sessions[&1];
     assert_eq!(session.replies.len(), MAX_REPLIES_PER_CLIENT);
@@ -154,24 +297,78 @@ fn dedup_window_is_bounded() {
 fn wrong_type_is_a_reply_not_a_failure() {
     let mut m = Machine::new();
     m.apply(1, &write(0, set("s", "v")));
-    let r = m.apply(2, &write(0, Command::SetAdd { key: "s".into(), members: vec!["m".into()] }));
+    let r = m.apply(
+        2,
+        &write(
+            0,
+            Command::SetAdd {
+                key: "s".into(),
+                members: vec!["m".into()],
+            },
+        ),
+    );
     assert_eq!(r.outcome, Outcome::WrongType);
     assert_eq!(m.hash(b"s", 0), Err(ReadError));
     assert_eq!(string_at(&m, "s", 0).unwrap(), b"v");
-    let r = m.apply(3, &write(0, Command::HashSet { key: "s".into(), fields: vec![("f".into(), "v".into())] }));
+    let r = m.apply(
+        3,
+        &write(
+            0,
+            Command::HashSet {
+                key: "s".into(),
+                fields: vec![("f".into(), "v".into())],
+            },
+        ),
+    );
     assert_eq!(r.outcome, Outcome::WrongType);
 }
 
 #[test]
 fn emptied_collections_are_deleted() {
     let mut m = Machine::new();
-    m.apply(1, &write(0, Command::SetAdd { key: "s".into(), members: vec!["a".into(), "b".into(), "a".into()] }));
+    m.apply(
+        1,
+        &write(
+            0,
+            Command::SetAdd {
+                key: "s".into(),
+                members: vec!["a".into(), "b".into(), "a".into()],
+            },
+        ),
+    );
     assert_eq!(m.set_members(b"s", 0).unwrap().unwrap().len(), 2);
-    let r = m.apply(2, &write(0, Command::SetRemove { key: "s".into(), members: vec!["a".into(), "b".into(), "c".into()] }));
+    let r = m.apply(
+        2,
+        &write(
+            0,
+            Command::SetRemove {
+                key: "s".into(),
+                members: vec!["a".into(), "b".into(), "c".into()],
+            },
+        ),
+    );
     assert_eq!(r.outcome, Outcome::Count(2));
     assert!(m.record(b"s", 0).is_none());
-    m.apply(3, &write(0, Command::HashSet { key: "h".into(), fields: vec![("f".into(), "1".into())] }));
-    m.apply(4, &write(0, Command::HashDelete { key: "h".into(), fields: vec!["f".into()] }));
+    m.apply(
+        3,
+        &write(
+            0,
+            Command::HashSet {
+                key: "h".into(),
+                fields: vec![("f".into(), "1".into())],
+            },
+        ),
+    );
+    m.apply(
+        4,
+        &write(
+            0,
+            Command::HashDelete {
+                key: "h".into(),
+                fields: vec!["f".into()],
+            },
+        ),
+    );
     assert!(m.is_empty());
 }
 
@@ -180,13 +377,19 @@ fn binary_keys_and_values_round_trip() {
     let mut m = Machine::new();
     let key = vec![0u8, 255, 10, 13, 0];
     let value = (0..=255u8).collect::<Vec<_>>();
-    m.apply(1, &write(0, Command::Set {
-        key: key.clone(),
-        value: value.clone(),
-        condition: SetCondition::Always,
-        expiry: Expiry::Never,
-        return_previous: false,
-    }));
+    m.apply(
+        1,
+        &write(
+            0,
+            Command::Set {
+                key: key.clone(),
+                value: value.clone(),
+                condition: SetCondition::Always,
+                expiry: Expiry::Never,
+                return_previous: false,
+            },
+        ),
+    );
     assert_eq!(m.record(&key, 0).unwrap().value, Value::String(value));
 }
 
@@ -194,10 +397,19 @@ fn binary_keys_and_values_round_trip() {
 fn prefix_scan_skips_expired_keys() {
     let mut m = Machine::new();
     m.apply(1, &write(0, set("room/1", "a")));
-    m.apply(2, &write(0, set_with("room/2", "b", SetCondition::Always, Expiry::AfterMillis(5))));
+    m.apply(
+        2,
+        &write(
+            0,
+            set_with("room/2", "b", SetCondition::Always, Expiry::AfterMillis(5)),
+        ),
+    );
     m.apply(3, &write(0, set("rooms", "c")));
     m.apply(4, &write(0, set("roon", "d")));
-    let keys: Vec<_> = m.keys_with_prefix(b"room/", 10).map(|(k, _)| k.clone()).collect();
+    let keys: Vec<_> = m
+        .keys_with_prefix(b"room/", 10)
+        .map(|(k, _)| k.clone())
+        .collect();
     assert_eq!(keys, vec![b"room/1".to_vec()]);
 }
 
@@ -208,14 +420,32 @@ fn replicas_are_deterministic_across_snapshot_restore() {
         .map(|i| {
             let key = format!("k{}", i % 37);
             let command = match i % 5 {
-                0 => set_with(&key, "v", SetCondition::IfAbsent, Expiry::AfterMillis(i % 50)),
-                1 => Command::HashSet { key: format!("h{}", i % 7).into(), fields: vec![(key.into(), vec![i as u8])] },
-                2 => Command::SetAdd { key: format!("s{}", i % 3).into(), members: vec![key.into()] },
-                3 => Command::Reap { keys: vec![key.into()] },
-                _ => Command::Delete { keys: vec![key.into()] },
+                0 => set_with(
+                    &key,
+                    "v",
+                    SetCondition::IfAbsent,
+                    Expiry::AfterMillis(i % 50),
+                ),
+                1 => Command::HashSet {
+                    key: format!("h{}", i % 7).into(),
+                    fields: vec![(key.into(), vec![i as u8])],
+                },
+                2 => Command::SetAdd {
+                    key: format!("s{}", i % 3).into(),
+                    members: vec![key.into()],
+                },
+                3 => Command::Reap {
+                    keys: vec![key.into()],
+                },
+                _ => Command::Delete {
+                    keys: vec![key.into()],
+                },
             };
             WriteRequest {
-                id: Some(RequestId { client_id: i % 4, sequence: i }),
+                id: Some(RequestId {
+                    client_id: i % 4,
+                    sequence: i,
+                }),
                 stamp: i * 3 % 1000,
                 command,
             }
