@@ -149,9 +149,14 @@ impl Machine {
         let session = self.sessions.entry(id.client_id).or_default();
         session.last_seen = now;
         session.replies.insert(id.sequence, (now, reply));
+        // Forget from the oldest sequence number on: replies older than the window, and any
+        // beyond the cap. Sequence numbers grow with time, so this stops at the first fresh one
+        // instead of scanning every remembered reply on each write.
         let horizon = now.saturating_sub(DEDUP_WINDOW_MS);
-        session.replies.retain(|_, (stamp, _)| *stamp >= horizon);
-        while session.replies.len() > MAX_REPLIES_PER_CLIENT {
+        while let Some((_, (stamp, _))) = session.replies.first_key_value() {
+            if *stamp >= horizon && session.replies.len() <= MAX_REPLIES_PER_CLIENT {
+                break;
+            }
             session.replies.pop_first();
         }
     }

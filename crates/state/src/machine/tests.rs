@@ -465,3 +465,67 @@ fn replicas_are_deterministic_across_snapshot_restore() {
     }
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_retry_after_the_dedup_window_is_applied_again() {
+    let mut m = Machine::new();
+    let old = Some(RequestId {
+        client_id: 3,
+        sequence: 1,
+    });
+    let add = Command::SetAdd {
+        key: "s".into(),
+        members: vec!["a".into()],
+    };
+    m.apply(
+        1,
+        &WriteRequest {
+            id: old,
+            stamp: 0,
+            command: add.clone(),
+        },
+    );
+    m.apply(
+        2,
+        &write(
+            1,
+            Command::Delete {
+                keys: vec!["s".into()],
+            },
+        ),
+    );
+    // A later write of the same client moves the window past the first reply.
+    let next = Some(RequestId {
+        client_id: 3,
+        sequence: 2,
+    });
+    m.apply(
+        3,
+        &WriteRequest {
+            id: next,
+            stamp: DEDUP_WINDOW_MS + 1,
+            command: set("x", "y"),
+        },
+    );
+    assert_eq!(
+        m.sessions[&3].replies.len(),
+        1,
+        "the old reply is forgotten"
+    );
+    let retry = m.apply(
+        4,
+        &WriteRequest {
+            id: old,
+            stamp: DEDUP_WINDOW_MS + 2,
+            command: add,
+        },
+    );
+    assert_eq!(retry.revision, 4, "applied anew");
+    assert_eq!(
+        m.set_members(b"s", DEDUP_WINDOW_MS + 2)
+            .unwrap()
+            .unwrap()
+            .len(),
+        1
+    );
+}
