@@ -110,7 +110,7 @@ impl Client {
         self.session.load(Ordering::Relaxed)
     }
 
-    fn observe(&self, header: &Option<v1::ResponseHeader>) {
+    fn observe(&self, header: Option<&v1::ResponseHeader>) {
         if let Some(h) = header {
             self.session.fetch_max(h.revision, Ordering::Relaxed);
         }
@@ -169,6 +169,22 @@ impl Client {
         }
     }
 
+    /// One `Kv` call with failover; the reply's revision advances the session.
+    async fn kv_call<Req, Resp, F, Fut>(&self, request: Req, rpc: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Resp: Revisioned,
+        F: Fn(KvClient<Channel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let response = self
+            .with_failover(|channel| rpc(KvClient::new(channel), request.clone()))
+            .await?
+            .into_inner();
+        self.observe(response.header());
+        Ok(response)
+    }
+
     /// Reads a string at session consistency; None if absent.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
         Ok(self
@@ -183,18 +199,13 @@ impl Client {
         key: impl AsRef<[u8]>,
         consistency: Consistency,
     ) -> Result<Option<v1::KeyValue>, Error> {
-        let key = key.as_ref().to_vec();
+        let request = v1::GetRequest {
+            key: key.as_ref().to_vec(),
+            read: self.read_options(consistency),
+        };
         let response = self
-            .with_failover(|channel| {
-                let request = v1::GetRequest {
-                    key: key.clone(),
-                    read: self.read_options(consistency),
-                };
-                async move { KvClient::new(channel).get(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.get(r).await })
+            .await?;
         Ok(response.kv)
     }
 
@@ -214,13 +225,8 @@ impl Client {
     pub async fn set_with(&self, mut request: v1::SetRequest) -> Result<v1::SetResponse, Error> {
         request.write = self.next_write();
         let response = self
-            .with_failover(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).set(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.set(r).await })
+            .await?;
         Ok(response)
     }
 
@@ -231,13 +237,8 @@ impl Client {
             write: self.next_write(),
         };
         let response = self
-            .with_failover(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).delete(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.delete(r).await })
+            .await?;
         Ok(response.deleted)
     }
 
@@ -259,13 +260,8 @@ impl Client {
             write: self.next_write(),
         };
         let response = self
-            .with_failover(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).h_set(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.h_set(r).await })
+            .await?;
         Ok(response.added)
     }
 
@@ -276,13 +272,8 @@ impl Client {
             read: self.read_options(Consistency::Session),
         };
         let response = self
-            .with_failover(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).h_get_all(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.h_get_all(r).await })
+            .await?;
         Ok(response
             .fields
             .into_iter()
@@ -302,13 +293,8 @@ impl Client {
             write: self.next_write(),
         };
         let response = self
-            .with_failover(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).s_add(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.s_add(r).await })
+            .await?;
         Ok(response.count)
     }
 
@@ -319,13 +305,8 @@ impl Client {
             read: self.read_options(Consistency::Session),
         };
         let response = self
-            .with_failover(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).s_members(request).await }
-            })
-            .await?
-            .into_inner();
-        self.observe(&response.header);
+            .kv_call(request, |mut kv, r| async move { kv.s_members(r).await })
+            .await?;
         Ok(response.items)
     }
 
@@ -350,3 +331,28 @@ impl Client {
             .into_inner())
     }
 }
+
+/// Replies that carry a [`v1::ResponseHeader`].
+trait Revisioned {
+    fn header(&self) -> Option<&v1::ResponseHeader>;
+}
+
+macro_rules! revisioned {
+    ($($reply:ty),* $(,)?) => {$(
+        impl Revisioned for $reply {
+            fn header(&self) -> Option<&v1::ResponseHeader> {
+                self.header.as_ref()
+            }
+        }
+    )*};
+}
+
+revisioned!(
+    v1::GetResponse,
+    v1::SetResponse,
+    v1::DeleteResponse,
+    v1::HSetResponse,
+    v1::HGetAllResponse,
+    v1::CountResponse,
+    v1::ItemsResponse,
+);

@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{binary, free_port, serial, serial_blocking, Cluster};
@@ -138,32 +139,40 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
     assert_eq!(cluster.status(2).await.unwrap().keys, 1);
 }
 
+/// Runs `conclave server` with these flags, expecting it to refuse to start; returns its stderr.
+fn refused_start(id: &str, listen: &str, data_dir: &Path, initial_cluster: &str) -> String {
+    let output = server(id, listen, data_dir, initial_cluster)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "the server started: {stderr}");
+    stderr
+}
+
+fn server(id: &str, listen: &str, data_dir: &Path, initial_cluster: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(["server", "--id", id, "--listen", listen])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--initial-cluster", initial_cluster]);
+    command
+}
+
 #[test]
 fn a_node_refuses_an_unlisted_id_and_a_data_dir_of_another_cluster() {
     let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
     let a = format!("127.0.0.1:{}", free_port());
     let b = format!("127.0.0.1:{}", free_port());
+    let pair = format!("1={a},2={b}");
 
-    // Node 3 is not in the list.
-    let output = std::process::Command::new(binary())
-        .args(["server", "--id", "3", "--listen", &a])
-        .arg("--data-dir")
-        .arg(dir.path().join("x"))
-        .args(["--initial-cluster", &format!("1={a},2={b}")])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start("3", &a, &dir.path().join("x"), &pair);
     assert!(stderr.contains("node 3 is not listed"), "{stderr}");
 
     // A one-node cluster creates its data directory...
     let data = dir.path().join("one");
-    let mut first = std::process::Command::new(binary())
-        .args(["server", "--id", "1", "--listen", &a])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--initial-cluster", &format!("1={a}")])
+    let mut first = server("1", &a, &data, &format!("1={a}"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -175,38 +184,13 @@ fn a_node_refuses_an_unlisted_id_and_a_data_dir_of_another_cluster() {
     first.kill().unwrap();
     first.wait().unwrap();
 
-    // ...which another cluster's node list cannot take over.
-    let output = std::process::Command::new(binary())
-        .args(["server", "--id", "1", "--listen", &a])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--initial-cluster", &format!("1={a},2={b}")])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // ...which another cluster's node list cannot take over, nor another node id.
+    let stderr = refused_start("1", &a, &data, &pair);
     assert!(stderr.contains("belongs to cluster"), "{stderr}");
-
-    // Nor can another node id.
-    let output = std::process::Command::new(binary())
-        .args(["server", "--id", "2", "--listen", &b])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--initial-cluster", &format!("1={a},2={b}")])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start("2", &b, &data, &pair);
     assert!(stderr.contains("belongs to node 1"), "{stderr}");
 
     // Malformed lists are refused.
-    let output = std::process::Command::new(binary())
-        .args(["server", "--id", "1", "--listen", &a])
-        .arg("--data-dir")
-        .arg(dir.path().join("y"))
-        .args(["--initial-cluster", "1=nowhere"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid --initial-cluster"));
+    let stderr = refused_start("1", &a, &dir.path().join("y"), "1=nowhere");
+    assert!(stderr.contains("invalid --initial-cluster"), "{stderr}");
 }

@@ -79,6 +79,18 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
+    /// Removes the entries whose keys fall in `range`, in one batch.
+    fn remove_entries(&self, range: impl RangeBounds<[u8; 8]>) -> StorageResult<(), C> {
+        let mut batch = sled::Batch::default();
+        for key in self.entries.range(range).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.entries
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
     fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<C>, C> {
         decode(bytes).map_err(|e| StorageIOError::read_logs(&*e).into())
     }
@@ -198,17 +210,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> StorageResult<(), C> {
-        let doomed: Vec<_> = self
-            .entries
-            .range(index_key(log_id.index)..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = sled::Batch::default();
-        doomed.into_iter().for_each(|k| batch.remove(k));
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.remove_entries(index_key(log_id.index)..)?;
         self.flush().await
     }
 
@@ -217,17 +219,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         // point, which are never read, and never a log that claims entries it no longer has.
         self.write_meta(LAST_PURGED, &log_id)?;
         self.flush().await?;
-        let doomed: Vec<_> = self
-            .entries
-            .range(..=index_key(log_id.index))
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = sled::Batch::default();
-        doomed.into_iter().for_each(|k| batch.remove(k));
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.remove_entries(..=index_key(log_id.index))?;
         Ok(())
     }
 }
