@@ -82,10 +82,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         endpoints[0]
     );
 
-    tokio::select! {
-        _ = crate::server::shutdown_signal() => {}
-        exited = wait_any(&mut children) => {
-            eprintln!("a node exited unexpectedly ({exited}); stopping the cluster");
+    // A node that dies (say, killed to watch a failover) is reported; the others keep running
+    // until Ctrl-C.
+    let mut reported = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = crate::server::shutdown_signal() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        for (i, child) in children.iter_mut().enumerate() {
+            if let (false, Ok(Some(status))) = (reported[i], child.try_wait()) {
+                reported[i] = true;
+                println!("node {} exited ({status}); the others keep running", i + 1);
+            }
+        }
+        if reported.iter().all(|r| *r) {
+            println!("every node has exited");
+            break;
         }
     }
     for child in &mut children {
@@ -102,15 +115,4 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     println!("conclave dev cluster stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_any(children: &mut [Child]) -> String {
-    loop {
-        for (i, child) in children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return format!("node {}: {status}", i + 1);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

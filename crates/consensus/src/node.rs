@@ -40,10 +40,12 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
+        // A follower that knew a leader starts an election after openraft's leader lease (the
+        // election maximum) plus a random election timeout: 500-600 ms without heartbeats.
         Timing {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 700,
+            heartbeat_ms: 50,
+            election_min_ms: 200,
+            election_max_ms: 300,
             request_timeout: Duration::from_secs(5),
         }
     }
