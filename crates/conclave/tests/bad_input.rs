@@ -82,11 +82,14 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
     assert_eq!(status.code(), Code::InvalidArgument, "no fields");
 
     // A key of the wrong type.
-    client.set("plain", "v").await.unwrap();
+    let revision = client.set("plain", "v").await.unwrap();
     let status = kv
         .h_get_all(v1::KeyReadRequest {
             key: b"plain".to_vec(),
-            read: None,
+            read: Some(v1::ReadOptions {
+                consistency: v1::Consistency::Session as i32,
+                min_revision: revision,
+            }),
         })
         .await
         .unwrap_err();
