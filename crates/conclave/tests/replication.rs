@@ -217,3 +217,63 @@ async fn keys_with_a_ttl_expire_on_every_node() {
         .unwrap();
     assert_eq!(kv.create_revision, third.header.unwrap().revision);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_on_another_node_is_applied_once_with_its_original_reply() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let write = Some(v1::WriteOptions {
+        client_id: 0xC0FFEE,
+        sequence: 7,
+    });
+    let add = v1::SAddRequest {
+        key: b"participants".to_vec(),
+        members: vec![b"alice".to_vec()],
+        write,
+    };
+    let first = cluster
+        .client(1)
+        .await
+        .kv()
+        .s_add(add.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.count, 1);
+    // Someone else removes the member; then the first write is retried through another node, as
+    // a client does when its answer was lost in a failover.
+    let other = cluster.client(3).await;
+    assert_eq!(
+        other
+            .kv()
+            .s_rem(v1::SRemRequest {
+                key: b"participants".to_vec(),
+                members: vec![b"alice".to_vec()],
+                write: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count,
+        1
+    );
+    let retry = cluster
+        .client(2)
+        .await
+        .kv()
+        .s_add(add)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.count, first.count);
+    assert_eq!(
+        retry.header.unwrap().revision,
+        first.header.unwrap().revision,
+        "the retry must get the original reply, revision included"
+    );
+    assert!(
+        other.smembers("participants").await.unwrap().is_empty(),
+        "the retried add was applied a second time"
+    );
+}
