@@ -71,6 +71,8 @@ impl Cluster for ClusterService {
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
             keys: s.keys,
+            log_entries_appended: s.log_entries_appended,
+            log_flushes: s.log_flushes,
         }))
     }
 

@@ -29,9 +29,10 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    println!("| writers | writes | writes/s | p50 ms | p99 ms | max ms | errors |");
-    println!("|--------:|-------:|---------:|-------:|-------:|-------:|-------:|");
+    println!("| writers | writes | writes/s | p50 ms | p99 ms | max ms | errors | entries per log flush, by node |");
+    println!("|--------:|-------:|---------:|-------:|-------:|-------:|-------:|:--------|");
     for &writers in &args.writers {
+        let before = log_counters(&args.endpoints).await;
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -71,14 +72,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
             latencies[i].as_secs_f64() * 1000.0
         };
+        let after = log_counters(&args.endpoints).await;
+        let batching: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .map(|((id, e0, f0), (_, e1, f1))| {
+                let flushes = f1.saturating_sub(*f0).max(1);
+                format!(
+                    "n{id} {:.1}",
+                    e1.saturating_sub(*e0) as f64 / flushes as f64
+                )
+            })
+            .collect();
         println!(
-            "| {writers} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {errors} |",
+            "| {writers} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {errors} | {} |",
             latencies.len(),
             latencies.len() as f64 / elapsed,
             pct(0.50),
             pct(0.99),
             latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            batching.join(", "),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// (node id, log entries appended, log flushes) of every endpoint that answers.
+async fn log_counters(endpoints: &[String]) -> Vec<(u64, u64, u64)> {
+    let mut counters = Vec::new();
+    for endpoint in endpoints {
+        let Ok(client) = Client::connect([endpoint]).await else {
+            continue;
+        };
+        if let Ok(status) = client.status().await {
+            counters.push((status.id, status.log_entries_appended, status.log_flushes));
+        }
+    }
+    counters
 }

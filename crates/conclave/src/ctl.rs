@@ -101,6 +101,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 "snapshot_index": s.snapshot_index,
                 "purged_index": s.purged_index,
                 "keys": s.keys,
+                "log_entries_appended": s.log_entries_appended,
+                "log_flushes": s.log_flushes,
                 "members": members_json(&s.members),
             });
             println!("{json}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conclave_proto::peer::IdentifyResponse;
 use conclave_state::{Command, RequestId, Revision, WriteReply, WriteRequest};
-use conclave_storage::{Identity, IdentityError, StorageOptions};
+use conclave_storage::{Identity, IdentityError, LogStats, StorageOptions};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tonic::Status;
 
@@ -136,6 +136,9 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     pub purged_index: u64,
     pub keys: u64,
+    /// Log entries appended and log flushes since start: their ratio is the group-commit batch.
+    pub log_entries_appended: u64,
+    pub log_flushes: u64,
 }
 
 /// A handle on the running node; cheap to clone.
@@ -150,6 +153,7 @@ struct Inner {
     view: StateView,
     peers: Peers,
     identity: Identity,
+    log_stats: Arc<LogStats>,
     timing: Timing,
     /// Identifies this process's own writes for de-duplication across its internal retries.
     client_id: u64,
@@ -213,6 +217,7 @@ impl Node {
         };
         let peers = Peers::new(cluster_id);
         let view = storage.state.view();
+        let log_stats = storage.log.stats();
         let raft = Raft::new(
             id,
             Arc::new(raft_config(&options)?),
@@ -232,6 +237,7 @@ impl Node {
                 view,
                 peers,
                 identity: storage.identity,
+                log_stats,
                 timing: options.timing,
                 client_id: random_client_id(id),
                 sequence: AtomicU64::new(1),
@@ -518,6 +524,8 @@ impl Node {
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             purged_index: metrics.purged.map_or(0, |id| id.index),
             keys: self.inner.view.read(|m| m.len() as u64),
+            log_entries_appended: self.inner.log_stats.appended(),
+            log_flushes: self.inner.log_stats.flushes(),
         }
     }
 

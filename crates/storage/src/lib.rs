@@ -36,7 +36,7 @@ use conclave_state::{WriteReply, WriteRequest};
 use openraft::{Entry, RaftTypeConfig};
 
 pub use identity::{Identity, IdentityError};
-pub use log_store::LogStore;
+pub use log_store::{LogStats, LogStore};
 pub use state_machine::{StateMachineStore, StateView};
 
 /// The openraft configurations these stores serve.

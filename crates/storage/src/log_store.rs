@@ -3,6 +3,8 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -27,6 +29,26 @@ pub struct LogStore<C: StoreConfig> {
     entries: Tree,
     meta: Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<C>>,
+    stats: Arc<LogStats>,
+}
+
+/// Counters of the log's disk work, to see group commit at work.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    appended: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl LogStats {
+    /// Entries appended since the node started.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Flushes of appended entries since the node started (one per group commit).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
 }
 
 impl<C: StoreConfig> Clone for LogStore<C> {
@@ -36,6 +58,7 @@ impl<C: StoreConfig> Clone for LogStore<C> {
             entries: self.entries.clone(),
             meta: self.meta.clone(),
             flusher: self.flusher.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -48,13 +71,20 @@ impl<C: StoreConfig> LogStore<C> {
     /// Opens the log trees and starts the group-commit flusher (needs a Tokio runtime).
     pub(crate) fn open(db: &Db) -> Result<Self, sled::Error> {
         let (flusher, pending) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit::<C>(db.clone(), pending));
+        let stats = Arc::new(LogStats::default());
+        tokio::spawn(group_commit::<C>(db.clone(), pending, stats.clone()));
         Ok(LogStore {
             db: db.clone(),
             entries: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher,
+            stats,
         })
+    }
+
+    /// Counters of this log's appends and flushes.
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>, C> {
@@ -98,13 +128,18 @@ impl<C: StoreConfig> LogStore<C> {
 
 /// Completes append callbacks in order, with one flush for every batch of appends that queued up
 /// while the previous flush ran.
-async fn group_commit<C: StoreConfig>(db: Db, mut pending: mpsc::UnboundedReceiver<LogFlushed<C>>) {
+async fn group_commit<C: StoreConfig>(
+    db: Db,
+    mut pending: mpsc::UnboundedReceiver<LogFlushed<C>>,
+    stats: Arc<LogStats>,
+) {
     while let Some(first) = pending.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = pending.try_recv() {
             batch.push(more);
         }
         let result = db.flush_async().await;
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
         for callback in batch {
             let outcome = match &result {
                 Ok(_) => Ok(()),
@@ -196,9 +231,12 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut count = 0;
         for entry in entries {
             batch.insert(&index_key(entry.get_log_id().index), encode(&entry));
+            count += 1;
         }
+        self.stats.appended.fetch_add(count, Ordering::Relaxed);
         self.entries
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
