@@ -162,3 +162,64 @@ async fn every_node_killed_mid_write_keeps_every_acknowledged_write() {
     let other = (1..=3).find(|id| *id != leader).unwrap();
     assert_all_present(&cluster, other, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fails_over_to_the_next_endpoint_when_its_node_dies() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let preferred = (1..=3).find(|id| *id != leader).unwrap();
+    let fallback = (1..=3)
+        .find(|id| *id != leader && *id != preferred)
+        .unwrap();
+    let client =
+        conclave_client::Client::connect([cluster.endpoint(preferred), cluster.endpoint(fallback)])
+            .await
+            .unwrap();
+    client.set("before", "1").await.unwrap();
+    assert_eq!(client.endpoint(), cluster.endpoint(preferred));
+
+    cluster.kill(preferred);
+    client.set("after", "2").await.unwrap();
+    assert_eq!(client.endpoint(), cluster.endpoint(fallback));
+    // Session reads on the fallback node see both writes.
+    assert_eq!(
+        client.get("before").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        client.get("after").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    let client = cluster.client(leader).await;
+    let revision = client.set("k", "v").await.unwrap();
+    cluster
+        .wait_applied(victim, revision, Duration::from_secs(10))
+        .await;
+
+    cluster.kill(victim);
+    std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).unwrap();
+    let output = cluster.command(victim).output().unwrap();
+    assert!(
+        !output.status.success(),
+        "a wiped node rejoined under its old id"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("data was lost"), "{stderr}");
+    assert!(stderr.contains("members remove"), "{stderr}");
+
+    // The cluster is unharmed and keeps serving.
+    client.set("still", "serving").await.unwrap();
+    assert_eq!(
+        read_linearizable(&client, "k").await.as_deref(),
+        Some(&b"v"[..])
+    );
+}

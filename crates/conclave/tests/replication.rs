@@ -80,6 +80,17 @@ async fn follower_catches_up_from_snapshot_and_a_new_member_gets_the_full_state(
     let status = cluster.status(4).await.unwrap();
     assert_eq!(status.cluster_id, leader_status.cluster_id);
     assert_full_state(&cluster, 4).await;
+
+    // Removed again, the cluster is back to three voters and keeps taking writes.
+    let removed = admin
+        .remove_member(v1::RemoveMemberRequest { id: 4 })
+        .await
+        .expect("remove")
+        .into_inner();
+    assert!(removed.members.iter().all(|m| m.id != 4));
+    assert_eq!(removed.members.len(), 3);
+    cluster.kill(4);
+    client.set("after-removal", "ok").await.unwrap();
 }
 
 /// Everything the snapshot test wrote is readable from node `id`'s own replica.
