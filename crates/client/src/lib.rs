@@ -149,10 +149,7 @@ impl Client {
             let index = self.current.load(Ordering::Relaxed) % self.channels.len();
             match call(self.channels[index].1.clone()).await {
                 Ok(value) => return Ok(value),
-                Err(status)
-                    if status.code() == Code::Unavailable
-                        && started.elapsed() < FAILOVER_BUDGET =>
-                {
+                Err(status) if node_unreachable(&status) && started.elapsed() < FAILOVER_BUDGET => {
                     attempts += 1;
                     let _ = self.current.compare_exchange(
                         index,
@@ -330,6 +327,24 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// Whether a call failed because its node could not be reached or could not serve it now (the
+/// node said `UNAVAILABLE`, or the connection broke, as when the node was killed mid-call). Such a
+/// call is retried on the next endpoint: reads are safe to repeat, and writes carry the same
+/// (client id, sequence), so they apply once.
+fn node_unreachable(status: &Status) -> bool {
+    if status.code() == Code::Unavailable {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Replies that carry a [`v1::ResponseHeader`].
