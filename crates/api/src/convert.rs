@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use conclave_consensus::{Consistency, NodeError};
 use conclave_proto::v1;
-use conclave_state::{InvalidRequest, Limits, ReadError, RequestId, WriteRequest};
+use conclave_state::{Bytes, InvalidRequest, Limits, ReadError, RequestId, WriteRequest};
 use tonic::{Request, Status};
 
 /// The deadline of a request: the node's request timeout, shortened by the client's
@@ -77,6 +77,16 @@ pub(crate) fn node_error(e: NodeError) -> Status {
 
 pub(crate) fn wrong_type(_: ReadError) -> Status {
     Status::failed_precondition(ReadError.to_string())
+}
+
+/// Wire byte strings as the state machine's [`Bytes`].
+pub(crate) fn all(items: Vec<Vec<u8>>) -> Vec<Bytes> {
+    items.into_iter().map(Bytes::from).collect()
+}
+
+/// A hash field or set member to look up in the state machine's maps.
+pub(crate) fn field(bytes: &[u8]) -> &serde_bytes::Bytes {
+    serde_bytes::Bytes::new(bytes)
 }
 
 pub(crate) fn header(revision: u64, node_id: u64) -> Option<v1::ResponseHeader> {

@@ -5,11 +5,14 @@ use std::time::Instant;
 use conclave_consensus::{now_ms, Consistency, Node};
 use conclave_proto::v1::kv_server::{Kv, KvServer};
 use conclave_proto::v1::*;
-use conclave_state::{Command, Expiry, Machine, Outcome, Revision, WriteReply, WriteRequest};
+use conclave_state::{
+    Bytes, Command, Expiry, Machine, Outcome, Revision, WriteReply, WriteRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
-    check_key, checked, consistency, deadline, header, node_error, request_id, wrong_type,
+    all, check_key, checked, consistency, deadline, field, header, node_error, request_id,
+    wrong_type,
 };
 
 /// Serves `conclave.v1.Kv` from one node.
@@ -103,7 +106,7 @@ impl Kv for KvService {
                 Ok(record.map(|rec| KeyValue {
                     key: r.key.clone(),
                     value: match &rec.value {
-                        conclave_state::Value::String(v) => v.clone(),
+                        conclave_state::Value::String(v) => v.to_vec(),
                         _ => unreachable!("get() returns strings only"),
                     },
                     create_revision: rec.created,
@@ -133,8 +136,8 @@ impl Kv for KvService {
             (ms, _) => Expiry::AfterMillis(ms),
         };
         let command = Command::Set {
-            key: r.key,
-            value: r.value,
+            key: r.key.into(),
+            value: r.value.into(),
             condition,
             expiry,
             return_previous: r.return_previous,
@@ -149,7 +152,7 @@ impl Kv for KvService {
         Ok(Response::new(SetResponse {
             header: self.header(reply.revision),
             applied,
-            previous,
+            previous: previous.map(Bytes::into_vec),
         }))
     }
 
@@ -157,7 +160,7 @@ impl Kv for KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let reply = self
-            .write(r.write, Command::Delete { keys: r.keys }, deadline)
+            .write(r.write, Command::Delete { keys: all(r.keys) }, deadline)
             .await?;
         let deleted = match reply.outcome {
             Outcome::Count(n) => n,
@@ -172,9 +175,20 @@ impl Kv for KvService {
     async fn h_set(&self, request: Request<HSetRequest>) -> Reply<HSetResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let fields = r.fields.into_iter().map(|f| (f.field, f.value)).collect();
+        let fields = r
+            .fields
+            .into_iter()
+            .map(|f| (f.field.into(), f.value.into()))
+            .collect();
         let reply = self
-            .write(r.write, Command::HashSet { key: r.key, fields }, deadline)
+            .write(
+                r.write,
+                Command::HashSet {
+                    key: r.key.into(),
+                    fields,
+                },
+                deadline,
+            )
             .await?;
         let added = match reply.outcome {
             Outcome::Count(n) => n,
@@ -192,7 +206,7 @@ impl Kv for KvService {
         let (revision, value) = self
             .read(&r.key, consistency(r.read), deadline, |m, now| {
                 let hash = m.hash(&r.key, now).map_err(wrong_type)?;
-                Ok(hash.and_then(|h| h.get(&r.field).cloned()))
+                Ok(hash.and_then(|h| h.get(field(&r.field)).map(|v| v.to_vec())))
             })
             .await?;
         Ok(Response::new(HGetResponse {
@@ -210,7 +224,7 @@ impl Kv for KvService {
                 Ok(r.fields
                     .iter()
                     .map(|f| OptionalValue {
-                        value: hash.and_then(|h| h.get(f).cloned()),
+                        value: hash.and_then(|h| h.get(field(f)).map(|v| v.to_vec())),
                     })
                     .collect())
             })
@@ -225,8 +239,8 @@ impl Kv for KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let command = Command::HashDelete {
-            key: r.key,
-            fields: r.fields,
+            key: r.key.into(),
+            fields: all(r.fields),
         };
         Ok(self.count(self.write(r.write, command, deadline).await?))
     }
@@ -241,8 +255,8 @@ impl Kv for KvService {
                     .into_iter()
                     .flatten()
                     .map(|(field, value)| HashField {
-                        field: field.clone(),
-                        value: value.clone(),
+                        field: field.to_vec(),
+                        value: value.to_vec(),
                     })
                     .collect())
             })
@@ -259,7 +273,10 @@ impl Kv for KvService {
         let (revision, items) = self
             .read(&r.key, consistency(r.read), deadline, |m, now| {
                 let hash = m.hash(&r.key, now).map_err(wrong_type)?;
-                Ok(hash.into_iter().flat_map(|h| h.keys().cloned()).collect())
+                Ok(hash
+                    .into_iter()
+                    .flat_map(|h| h.keys().map(|k| k.to_vec()))
+                    .collect())
             })
             .await?;
         Ok(Response::new(ItemsResponse {
@@ -274,7 +291,10 @@ impl Kv for KvService {
         let (revision, items) = self
             .read(&r.key, consistency(r.read), deadline, |m, now| {
                 let hash = m.hash(&r.key, now).map_err(wrong_type)?;
-                Ok(hash.into_iter().flat_map(|h| h.values().cloned()).collect())
+                Ok(hash
+                    .into_iter()
+                    .flat_map(|h| h.values().map(|v| v.to_vec()))
+                    .collect())
             })
             .await?;
         Ok(Response::new(ItemsResponse {
@@ -287,8 +307,8 @@ impl Kv for KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let command = Command::SetAdd {
-            key: r.key,
-            members: r.members,
+            key: r.key.into(),
+            members: all(r.members),
         };
         Ok(self.count(self.write(r.write, command, deadline).await?))
     }
@@ -297,8 +317,8 @@ impl Kv for KvService {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
         let command = Command::SetRemove {
-            key: r.key,
-            members: r.members,
+            key: r.key.into(),
+            members: all(r.members),
         };
         Ok(self.count(self.write(r.write, command, deadline).await?))
     }
@@ -309,7 +329,7 @@ impl Kv for KvService {
         let (revision, items) = self
             .read(&r.key, consistency(r.read), deadline, |m, now| {
                 let set = m.set_members(&r.key, now).map_err(wrong_type)?;
-                Ok(set.into_iter().flatten().cloned().collect())
+                Ok(set.into_iter().flatten().map(|m| m.to_vec()).collect())
             })
             .await?;
         Ok(Response::new(ItemsResponse {

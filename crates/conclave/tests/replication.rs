@@ -288,3 +288,32 @@ async fn a_write_retried_on_another_node_is_applied_once_with_its_original_reply
         "the retried add was applied a second time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_megabytes_of_values_catches_up() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill(follower);
+    let client = cluster.client(leader).await;
+    // 24 values at the 1 MiB limit: far more than one AppendEntries batch may carry.
+    let value = vec![b'v'; 1024 * 1024];
+    for i in 0..24 {
+        client.set(format!("big/{i}"), &value).await.unwrap();
+    }
+    let applied = cluster.status(leader).await.unwrap().applied;
+    cluster.restart(follower);
+    cluster
+        .wait_applied(follower, applied, Duration::from_secs(30))
+        .await;
+    let on_follower = cluster.client(follower).await;
+    for i in 0..24 {
+        let kv = on_follower
+            .get_with(format!("big/{i}"), Consistency::Local)
+            .await
+            .unwrap()
+            .expect("value replicated");
+        assert_eq!(kv.value.len(), value.len());
+    }
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use conclave_state::{WriteReply, WriteRequest};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,10 @@ impl MembershipView {
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> LeaderError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LeaderError::NotLeader,
+        // Another membership change is still being committed: wait and retry.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(e),
+        )) => LeaderError::Unavailable(e.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             LeaderError::Rejected(e.to_string())
         }

@@ -8,7 +8,8 @@ use conclave_proto::peer::peer_client::PeerClient;
 use conclave_proto::peer::{ForwardRequest, IdentifyRequest, IdentifyResponse, RaftMessage};
 use conclave_proto::CLUSTER_ID_HEADER;
 use openraft::error::{
-    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -22,6 +23,17 @@ use tonic::{Code, Request, Status};
 use crate::codec::{decode, encode};
 use crate::leader::{LeaderReply, LeaderRequest, LeaderResult};
 use crate::{NodeId, TypeConfig};
+
+/// Largest AppendEntries batch sent in one RPC, in bytes of application data.
+const MAX_APPEND_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The application bytes an entry carries (keys and values), which dominate its encoded size.
+fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> u64 {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(request) => request.command.payload_bytes() as u64,
+        _ => 64,
+    }
+}
 
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -194,6 +206,18 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
+        // A batch that would take longer to send than the heartbeat-long RPC timeout is split:
+        // openraft retries with at most the hinted number of entries.
+        let entries = rpc.entries.len() as u64;
+        if entries > 1 {
+            let bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
+            if bytes > MAX_APPEND_BYTES {
+                let hint = (entries * MAX_APPEND_BYTES / bytes).clamp(1, entries - 1);
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint),
+                ));
+            }
+        }
         self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
             .await
     }

@@ -82,6 +82,27 @@ pub enum Command {
 }
 
 impl Command {
+    /// Bytes of keys, fields, members and values the command carries.
+    pub fn payload_bytes(&self) -> usize {
+        let sum = |items: &[Bytes]| items.iter().map(|i| i.len()).sum::<usize>();
+        match self {
+            Command::Set { key, value, .. } => key.len() + value.len(),
+            Command::Delete { keys } | Command::Reap { keys } => sum(keys),
+            Command::HashSet { key, fields } => {
+                key.len() + fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
+            }
+            Command::HashDelete { key, fields: items }
+            | Command::SetAdd {
+                key,
+                members: items,
+            }
+            | Command::SetRemove {
+                key,
+                members: items,
+            } => key.len() + sum(items),
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

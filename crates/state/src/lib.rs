@@ -22,11 +22,12 @@ mod record;
 
 pub use command::{Command, Expiry, Outcome, RequestId, SetCondition, WriteReply, WriteRequest};
 pub use limits::{InvalidRequest, Limits};
-pub use machine::{Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT};
+pub use machine::{Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT, MIN_REPLY_AGE_MS};
 pub use record::{Record, Value};
 
-/// A key, a hash field, a set member or a value: arbitrary bytes.
-pub type Bytes = Vec<u8>;
+/// A key, a hash field, a set member or a value: arbitrary bytes. A `Vec<u8>` that serializes
+/// as one byte string (not a sequence of numbers), so large values encode at memcpy speed.
+pub type Bytes = serde_bytes::ByteBuf;
 
 /// The index of the log entry that produced a state; every reply carries one.
 pub type Revision = u64;

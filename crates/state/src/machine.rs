@@ -1,6 +1,7 @@
 //! The keyspace and its deterministic transitions.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +14,13 @@ use crate::{
 /// than this is applied again.
 pub const DEDUP_WINDOW_MS: Millis = 5 * 60 * 1000;
 
-/// Most replies kept per client; the oldest sequence numbers are forgotten first.
+/// Most replies kept per client; the oldest sequence numbers are forgotten first, but never one
+/// younger than [`MIN_REPLY_AGE_MS`].
 pub const MAX_REPLIES_PER_CLIENT: usize = 4096;
+
+/// A reply is kept at least this long (by entry stamps), however many writes the client sends:
+/// far longer than any request deadline, within which retries happen.
+pub const MIN_REPLY_AGE_MS: Millis = 60 * 1000;
 
 /// Every this many revisions, clients idle for longer than [`DEDUP_WINDOW_MS`] are forgotten.
 const SESSION_SWEEP_EVERY: Revision = 1024;
@@ -149,12 +155,15 @@ impl Machine {
         let session = self.sessions.entry(id.client_id).or_default();
         session.last_seen = now;
         session.replies.insert(id.sequence, (now, reply));
-        // Forget from the oldest sequence number on: replies older than the window, and any
-        // beyond the cap. Sequence numbers grow with time, so this stops at the first fresh one
-        // instead of scanning every remembered reply on each write.
-        let horizon = now.saturating_sub(DEDUP_WINDOW_MS);
+        // Forget from the oldest sequence number on: replies older than the window, and replies
+        // beyond the cap that are old enough. Sequence numbers grow with time, so this stops at
+        // the first one to keep instead of scanning every remembered reply on each write.
+        let window = now.saturating_sub(DEDUP_WINDOW_MS);
+        let young = now.saturating_sub(MIN_REPLY_AGE_MS);
         while let Some((_, (stamp, _))) = session.replies.first_key_value() {
-            if *stamp >= horizon && session.replies.len() <= MAX_REPLIES_PER_CLIENT {
+            let expired = *stamp < window;
+            let evictable = session.replies.len() > MAX_REPLIES_PER_CLIENT && *stamp < young;
+            if !expired && !evictable {
                 break;
             }
             session.replies.pop_first();
@@ -373,7 +382,9 @@ impl Machine {
 
     /// The live record under `key`.
     pub fn record(&self, key: &[u8], now: Millis) -> Option<&Record> {
-        self.keys.get(key).filter(|r| !r.is_expired(now))
+        self.keys
+            .get(serde_bytes::Bytes::new(key))
+            .filter(|r| !r.is_expired(now))
     }
 
     /// A string value.
@@ -417,7 +428,12 @@ impl Machine {
         prefix: &'a [u8],
         now: Millis,
     ) -> impl Iterator<Item = (&'a Bytes, &'a Record)> + 'a {
-        let range: btree_map::Range<'a, Bytes, Record> = self.keys.range(prefix.to_vec()..);
+        let start: (Bound<&serde_bytes::Bytes>, Bound<&serde_bytes::Bytes>) = (
+            Bound::Included(serde_bytes::Bytes::new(prefix)),
+            Bound::Unbounded,
+        );
+        let range: btree_map::Range<'a, Bytes, Record> =
+            self.keys.range::<serde_bytes::Bytes, _>(start);
         range
             .take_while(move |(k, _)| k.starts_with(prefix))
             .filter(move |(_, r)| !r.is_expired(now))

@@ -9,10 +9,9 @@ use std::time::Duration;
 use conclave_state::{Machine, Outcome, Revision, WriteReply};
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    EntryPayload, LogId, RaftLogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    AnyError, EntryPayload, LogId, RaftLogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
 use sled::{Db, Tree};
 use tokio::sync::watch;
 
@@ -22,7 +21,9 @@ type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig
 type Meta<C> =
     SnapshotMeta<<C as openraft::RaftTypeConfig>::NodeId, <C as openraft::RaftTypeConfig>::Node>;
 
-const CURRENT_SNAPSHOT: &[u8] = b"current";
+/// The current snapshot is kept under two keys, written in one atomic batch.
+const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_DATA: &[u8] = b"data";
 
 /// The replica: what has been applied, and up to where.
 struct Replica<C: StoreConfig> {
@@ -32,8 +33,6 @@ struct Replica<C: StoreConfig> {
 }
 
 /// A snapshot as kept on disk.
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
 struct StoredSnapshot<C: StoreConfig> {
     meta: Meta<C>,
     /// The encoded [`Machine`].
@@ -44,9 +43,60 @@ struct StoredSnapshot<C: StoreConfig> {
 pub struct StateMachineStore<C: StoreConfig> {
     replica: Arc<RwLock<Replica<C>>>,
     applied: watch::Sender<Revision>,
+    snapshots: SnapshotFile,
+}
+
+/// Where the current snapshot is persisted. Building (in openraft's background task) and
+/// installing (from the leader) may overlap: saves are serialized, and a snapshot never replaces a
+/// newer one, or a restart would find the log purged past the snapshot it loads.
+#[derive(Clone)]
+struct SnapshotFile {
     db: Db,
-    snapshots: Tree,
-    snapshots_built: Arc<AtomicU64>,
+    tree: Tree,
+    saving: Arc<tokio::sync::Mutex<()>>,
+    built: Arc<AtomicU64>,
+}
+
+impl SnapshotFile {
+    fn load<C: StoreConfig>(&self) -> Result<Option<StoredSnapshot<C>>, String> {
+        let meta = self.tree.get(SNAPSHOT_META).map_err(|e| e.to_string())?;
+        let data = self.tree.get(SNAPSHOT_DATA).map_err(|e| e.to_string())?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => Ok(Some(StoredSnapshot {
+                meta: decode(&meta).map_err(|e| e.to_string())?,
+                data: data.to_vec(),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Persists `stored` unless the snapshot already kept is at least as recent.
+    async fn save<C: StoreConfig>(&self, stored: &StoredSnapshot<C>) -> StorageResult<(), C> {
+        let _saving = self.saving.lock().await;
+        let signature = Some(stored.meta.signature());
+        let kept = self
+            .tree
+            .get(SNAPSHOT_META)
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        if let Some(kept) = kept {
+            let kept: Meta<C> =
+                decode(&kept).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &*e))?;
+            if kept.last_log_id >= stored.meta.last_log_id {
+                return Ok(());
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META, encode(&stored.meta));
+        batch.insert(SNAPSHOT_DATA, stored.data.as_slice());
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        Ok(())
+    }
 }
 
 /// A read-only handle on the replica, for serving reads.
@@ -79,18 +129,18 @@ impl<C: StoreConfig> StateView<C> {
 impl<C: StoreConfig> StateMachineStore<C> {
     /// Opens the snapshot tree and restores the replica from the latest snapshot, if any.
     pub(crate) fn open(db: &Db) -> Result<Self, OpenError> {
-        let snapshots = db.open_tree("snapshots")?;
-        let replica = match snapshots.get(CURRENT_SNAPSHOT)? {
-            Some(bytes) => {
-                let stored: StoredSnapshot<C> =
-                    decode(&bytes).map_err(|e| OpenError::Snapshot(e.to_string()))?;
-                Replica {
-                    machine: decode(&stored.data)
-                        .map_err(|e| OpenError::Snapshot(e.to_string()))?,
-                    last_applied: stored.meta.last_log_id,
-                    membership: stored.meta.last_membership,
-                }
-            }
+        let snapshots = SnapshotFile {
+            db: db.clone(),
+            tree: db.open_tree("snapshots")?,
+            saving: Arc::default(),
+            built: Arc::default(),
+        };
+        let replica = match snapshots.load::<C>().map_err(OpenError::Snapshot)? {
+            Some(stored) => Replica {
+                machine: decode(&stored.data).map_err(|e| OpenError::Snapshot(e.to_string()))?,
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership,
+            },
             None => Replica {
                 machine: Machine::new(),
                 last_applied: None,
@@ -101,9 +151,7 @@ impl<C: StoreConfig> StateMachineStore<C> {
         Ok(StateMachineStore {
             replica: Arc::new(RwLock::new(replica)),
             applied,
-            db: db.clone(),
             snapshots,
-            snapshots_built: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -118,9 +166,7 @@ impl<C: StoreConfig> StateMachineStore<C> {
     fn snapshot_builder(&self) -> SnapshotBuilder<C> {
         SnapshotBuilder {
             replica: self.replica.clone(),
-            db: self.db.clone(),
             snapshots: self.snapshots.clone(),
-            snapshots_built: self.snapshots_built.clone(),
         }
     }
 }
@@ -128,24 +174,7 @@ impl<C: StoreConfig> StateMachineStore<C> {
 /// Builds a snapshot of the replica and keeps it as the current one.
 pub struct SnapshotBuilder<C: StoreConfig> {
     replica: Arc<RwLock<Replica<C>>>,
-    db: Db,
-    snapshots: Tree,
-    snapshots_built: Arc<AtomicU64>,
-}
-
-async fn save_snapshot<C: StoreConfig>(
-    db: &Db,
-    snapshots: &Tree,
-    stored: &StoredSnapshot<C>,
-) -> StorageResult<(), C> {
-    let signature = Some(stored.meta.signature());
-    snapshots
-        .insert(CURRENT_SNAPSHOT, encode(stored))
-        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-    db.flush_async()
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
-    Ok(())
+    snapshots: SnapshotFile,
 }
 
 impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
@@ -158,7 +187,7 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
                 replica.membership.clone(),
             )
         };
-        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        let built = self.snapshots.built.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
             None => format!("empty-{built}"),
@@ -171,7 +200,7 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
             },
             data,
         };
-        save_snapshot(&self.db, &self.snapshots, &stored).await?;
+        self.snapshots.save(&stored).await?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -253,7 +282,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
             meta: meta.clone(),
             data,
         };
-        save_snapshot(&self.db, &self.snapshots, &stored).await?;
+        self.snapshots.save(&stored).await?;
         let revision = machine.revision();
         {
             let mut replica = self.replica.write().expect("replica lock poisoned");
@@ -266,13 +295,13 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>, C> {
-        let bytes = self
+        let stored = self
             .snapshots
-            .get(CURRENT_SNAPSHOT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        let stored: StoredSnapshot<C> =
-            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &*e))?;
+            .load::<C>()
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
         Ok(Some(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

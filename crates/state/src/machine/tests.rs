@@ -2,6 +2,10 @@
 
 use super::*;
 
+fn b(text: &str) -> Bytes {
+    Bytes::from(text.as_bytes().to_vec())
+}
+
 fn write(stamp: Millis, command: Command) -> WriteRequest {
     WriteRequest {
         id: None,
@@ -12,8 +16,8 @@ fn write(stamp: Millis, command: Command) -> WriteRequest {
 
 fn set(key: &str, value: &str) -> Command {
     Command::Set {
-        key: key.into(),
-        value: value.into(),
+        key: b(key),
+        value: b(value),
         condition: SetCondition::Always,
         expiry: Expiry::Never,
         return_previous: false,
@@ -22,8 +26,8 @@ fn set(key: &str, value: &str) -> Command {
 
 fn set_with(key: &str, value: &str, condition: SetCondition, expiry: Expiry) -> Command {
     Command::Set {
-        key: key.into(),
-        value: value.into(),
+        key: b(key),
+        value: b(value),
         condition,
         expiry,
         return_previous: false,
@@ -32,7 +36,7 @@ fn set_with(key: &str, value: &str, condition: SetCondition, expiry: Expiry) -> 
 
 fn string_at(m: &Machine, key: &str, now: Millis) -> Option<Vec<u8>> {
     m.get(key.as_bytes(), now).unwrap().map(|r| match &r.value {
-        Value::String(v) => v.clone(),
+        Value::String(v) => v.to_vec(),
         other => panic!("not a string: {other:?}"),
     })
 }
@@ -45,15 +49,7 @@ fn set_records_create_and_modify_revisions() {
     let r = m.record(b"a", 11).unwrap();
     assert_eq!((r.created, r.modified), (1, 2));
     assert_eq!(m.revision(), 2);
-    m.apply(
-        3,
-        &write(
-            12,
-            Command::Delete {
-                keys: vec!["a".into()],
-            },
-        ),
-    );
+    m.apply(3, &write(12, Command::Delete { keys: vec![b("a")] }));
     m.apply(4, &write(13, set("a", "3")));
     let r = m.record(b"a", 13).unwrap();
     assert_eq!((r.created, r.modified), (4, 4));
@@ -150,15 +146,7 @@ fn stamps_never_go_backwards() {
     // An entry stamped earlier by a new leader with a slower clock still runs at time 5000+.
     m.apply(2, &write(10, set("other", "v")));
     assert_eq!(m.clock(), 5000);
-    let r = m.apply(
-        3,
-        &write(
-            5100,
-            Command::Reap {
-                keys: vec!["k".into()],
-            },
-        ),
-    );
+    let r = m.apply(3, &write(5100, Command::Reap { keys: vec![b("k")] }));
     assert_eq!(r.outcome, Outcome::Count(1));
 }
 
@@ -187,7 +175,7 @@ fn reap_removes_only_keys_still_expired() {
         &write(
             12,
             Command::Reap {
-                keys: vec!["a".into(), "b".into()],
+                keys: vec![b("a"), b("b")],
             },
         ),
     );
@@ -225,8 +213,8 @@ fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
         sequence: 1,
     });
     let hset = Command::HashSet {
-        key: "room".into(),
-        fields: vec![("p1".into(), "x".into())],
+        key: b("room"),
+        fields: vec![(b("p1"), b("x"))],
     };
     let first = m.apply(
         1,
@@ -242,8 +230,8 @@ fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
         &write(
             2,
             Command::HashDelete {
-                key: "room".into(),
-                fields: vec!["p1".into()],
+                key: b("room"),
+                fields: vec![b("p1")],
             },
         ),
     );
@@ -266,7 +254,9 @@ fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
 #[test]
 fn dedup_window_is_bounded() {
     let mut m = Machine::new();
-    for seq in 0..(MAX_REPLIES_PER_CLIENT as u64 + 10) {
+    let over = MAX_REPLIES_PER_CLIENT as u64 + 10;
+    // Young replies are all kept, however many.
+    for seq in 0..over {
         let id = Some(RequestId {
             client_id: 1,
             sequence: seq,
@@ -280,16 +270,31 @@ fn dedup_window_is_bounded() {
             },
         );
     }
+    assert_eq!(m.sessions[&1].replies.len(), over as usize);
+    // Once they are older than the minimum age, the cap applies, oldest first.
+    let later = MIN_REPLY_AGE_MS + 2;
+    let id = Some(RequestId {
+        client_id: 1,
+        sequence: over,
+    });
+    m.apply(
+        over + 1,
+        &WriteRequest {
+            id,
+            stamp: later,
+            command: set("k", "v"),
+        },
+    );
     let session = &m.sessions[&1];
     assert_eq!(session.replies.len(), MAX_REPLIES_PER_CLIENT);
-    assert_eq!(*session.replies.keys().next().unwrap(), 10);
+    assert_eq!(*session.replies.keys().next().unwrap(), 11);
     // Idle clients are forgotten once the window has passed.
-    let later = DEDUP_WINDOW_MS + 10;
+    let much_later = DEDUP_WINDOW_MS + MIN_REPLY_AGE_MS + 10;
     let mut index = m.revision();
     while index % 1024 != 1023 {
         index += 1;
     }
-    m.apply(index + 1, &write(later, set("x", "y")));
+    m.apply(index + 1, &write(much_later, set("x", "y")));
     assert!(m.sessions.is_empty());
 }
 
@@ -302,8 +307,8 @@ fn wrong_type_is_a_reply_not_a_failure() {
         &write(
             0,
             Command::SetAdd {
-                key: "s".into(),
-                members: vec!["m".into()],
+                key: b("s"),
+                members: vec![b("m")],
             },
         ),
     );
@@ -315,8 +320,8 @@ fn wrong_type_is_a_reply_not_a_failure() {
         &write(
             0,
             Command::HashSet {
-                key: "s".into(),
-                fields: vec![("f".into(), "v".into())],
+                key: b("s"),
+                fields: vec![(b("f"), b("v"))],
             },
         ),
     );
@@ -331,8 +336,8 @@ fn emptied_collections_are_deleted() {
         &write(
             0,
             Command::SetAdd {
-                key: "s".into(),
-                members: vec!["a".into(), "b".into(), "a".into()],
+                key: b("s"),
+                members: vec![b("a"), b("b"), b("a")],
             },
         ),
     );
@@ -342,8 +347,8 @@ fn emptied_collections_are_deleted() {
         &write(
             0,
             Command::SetRemove {
-                key: "s".into(),
-                members: vec!["a".into(), "b".into(), "c".into()],
+                key: b("s"),
+                members: vec![b("a"), b("b"), b("c")],
             },
         ),
     );
@@ -354,8 +359,8 @@ fn emptied_collections_are_deleted() {
         &write(
             0,
             Command::HashSet {
-                key: "h".into(),
-                fields: vec![("f".into(), "1".into())],
+                key: b("h"),
+                fields: vec![(b("f"), b("1"))],
             },
         ),
     );
@@ -364,8 +369,8 @@ fn emptied_collections_are_deleted() {
         &write(
             0,
             Command::HashDelete {
-                key: "h".into(),
-                fields: vec!["f".into()],
+                key: b("h"),
+                fields: vec![b("f")],
             },
         ),
     );
@@ -382,15 +387,18 @@ fn binary_keys_and_values_round_trip() {
         &write(
             0,
             Command::Set {
-                key: key.clone(),
-                value: value.clone(),
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(value.clone()),
                 condition: SetCondition::Always,
                 expiry: Expiry::Never,
                 return_previous: false,
             },
         ),
     );
-    assert_eq!(m.record(&key, 0).unwrap().value, Value::String(value));
+    assert_eq!(
+        m.record(&key, 0).unwrap().value,
+        Value::String(Bytes::from(value))
+    );
 }
 
 #[test]
@@ -427,18 +435,18 @@ fn replicas_are_deterministic_across_snapshot_restore() {
                     Expiry::AfterMillis(i % 50),
                 ),
                 1 => Command::HashSet {
-                    key: format!("h{}", i % 7).into(),
-                    fields: vec![(key.into(), vec![i as u8])],
+                    key: b(&format!("h{}", i % 7)),
+                    fields: vec![(b(&key), Bytes::from(vec![i as u8]))],
                 },
                 2 => Command::SetAdd {
-                    key: format!("s{}", i % 3).into(),
-                    members: vec![key.into()],
+                    key: b(&format!("s{}", i % 3)),
+                    members: vec![b(&key)],
                 },
                 3 => Command::Reap {
-                    keys: vec![key.into()],
+                    keys: vec![b(&key)],
                 },
                 _ => Command::Delete {
-                    keys: vec![key.into()],
+                    keys: vec![b(&key)],
                 },
             };
             WriteRequest {
@@ -474,8 +482,8 @@ fn a_retry_after_the_dedup_window_is_applied_again() {
         sequence: 1,
     });
     let add = Command::SetAdd {
-        key: "s".into(),
-        members: vec!["a".into()],
+        key: b("s"),
+        members: vec![b("a")],
     };
     m.apply(
         1,
@@ -485,15 +493,7 @@ fn a_retry_after_the_dedup_window_is_applied_again() {
             command: add.clone(),
         },
     );
-    m.apply(
-        2,
-        &write(
-            1,
-            Command::Delete {
-                keys: vec!["s".into()],
-            },
-        ),
-    );
+    m.apply(2, &write(1, Command::Delete { keys: vec![b("s")] }));
     // A later write of the same client moves the window past the first reply.
     let next = Some(RequestId {
         client_id: 3,
