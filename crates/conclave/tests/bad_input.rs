@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{binary, free_port, serial, serial_blocking, Cluster};
+use common::{binary, free_port, run_to_exit, serial, serial_blocking, Cluster};
 use conclave_client::v1;
 use tonic::Code;
 
@@ -144,9 +144,10 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
 
 /// Runs `conclave server` with these flags, expecting it to refuse to start; returns its stderr.
 fn refused_start(id: &str, listen: &str, data_dir: &Path, initial_cluster: &str) -> String {
-    let output = server(id, listen, data_dir, initial_cluster)
-        .output()
-        .unwrap();
+    let output = run_to_exit(
+        server(id, listen, data_dir, initial_cluster),
+        Duration::from_secs(15),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "the server started: {stderr}");
     stderr

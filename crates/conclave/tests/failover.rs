@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{read_linearizable, serial, Cluster};
+use common::{read_linearizable, run_to_exit, serial, Cluster};
 
 /// Acknowledged writes: key -> value, and when each was sent and acknowledged.
 #[derive(Default)]
@@ -197,17 +197,19 @@ async fn the_client_fails_over_to_the_next_endpoint_when_its_node_dies() {
 async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
     let _serial = serial().await;
     let mut cluster = Cluster::start(3, &[]);
-    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
-    let victim = (1..=3).find(|id| *id != leader).unwrap();
-    let client = cluster.client(leader).await;
-    let revision = client.set("k", "v").await.unwrap();
-    cluster
-        .wait_applied(victim, revision, Duration::from_secs(10))
-        .await;
+    // The victim is the leader: once it is gone, the new leader has never replicated to it, so
+    // only the registered incarnation of its data directory can tell that its data was lost.
+    let victim = cluster.wait_leader(Duration::from_secs(15)).await;
+    let survivor = (1..=3).find(|id| *id != victim).unwrap();
+    let client = cluster.client(survivor).await;
+    client.set("k", "v").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await; // nodes register within 200 ms
 
     cluster.kill(victim);
     std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).unwrap();
-    let output = cluster.command(victim).output().unwrap();
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, victim);
+    let output = run_to_exit(cluster.command(victim), Duration::from_secs(15));
     assert!(
         !output.status.success(),
         "a wiped node rejoined under its old id"
@@ -216,10 +218,39 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
     assert!(stderr.contains("data was lost"), "{stderr}");
     assert!(stderr.contains("members remove"), "{stderr}");
 
-    // The cluster is unharmed and keeps serving.
+    // The cluster is unharmed and keeps serving. Removing the lost node lets it come back under
+    // its old id with an empty directory, as a joining node.
     client.set("still", "serving").await.unwrap();
     assert_eq!(
         read_linearizable(&client, "k").await.as_deref(),
         Some(&b"v"[..])
+    );
+    let mut admin = client.cluster();
+    admin
+        .remove_member(conclave_client::v1::RemoveMemberRequest { id: victim })
+        .await
+        .expect("remove the lost node");
+    std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).ok();
+    cluster.nodes.get_mut(&victim).unwrap().join = true;
+    cluster.restart(victim);
+    admin
+        .add_member(conclave_client::v1::AddMemberRequest {
+            id: victim,
+            address: cluster.endpoint(victim),
+            learner_only: false,
+        })
+        .await
+        .expect("add the node back");
+    let applied = cluster.status(survivor).await.unwrap().applied;
+    cluster
+        .wait_applied(victim, applied, Duration::from_secs(15))
+        .await;
+    let back = cluster.client(victim).await;
+    assert_eq!(
+        back.get_with("k", conclave_client::Consistency::Local)
+            .await
+            .unwrap()
+            .map(|kv| kv.value),
+        Some(b"v".to_vec())
     );
 }

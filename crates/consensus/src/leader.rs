@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use conclave_state::{WriteReply, WriteRequest};
+use conclave_state::{Command, WriteReply, WriteRequest};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership};
 use serde::{Deserialize, Serialize};
@@ -151,6 +151,13 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
                     if membership.get_node(&id).is_none() {
                         return Err(LeaderError::Rejected(format!("node {id} is not a member")));
                     }
+                    // Forget its data directory first, so the id can be added back fresh.
+                    let forget = WriteRequest {
+                        id: None,
+                        stamp: now,
+                        command: Command::ForgetNode { node: id },
+                    };
+                    raft.client_write(forget).await.map_err(write_error)?;
                     if is_voter {
                         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
                         if voters.len() == 1 {

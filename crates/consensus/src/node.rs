@@ -99,12 +99,8 @@ pub enum StartError {
         theirs: u64,
         ours: u64,
     },
-    #[error("the leader (node {leader}) has already replicated up to index {index} to node {id}, but this data directory is empty: the node's data was lost. Remove it (`conclave ctl members remove {id}`) and add a node with a new id (`--join`, then `ctl members add`)")]
-    DataLost {
-        id: NodeId,
-        leader: NodeId,
-        index: u64,
-    },
+    #[error("node {peer} remembers node {id} with another data directory: node {id}'s data was lost. Remove it (`conclave ctl members remove {id}`), then add it back with an empty data directory (`--join`, then `ctl members add`)")]
+    DataLost { id: NodeId, peer: NodeId },
     #[error("invalid raft configuration: {0}")]
     Config(String),
     #[error("raft failed to start: {0}")]
@@ -154,6 +150,8 @@ struct Inner {
     peers: Peers,
     identity: Identity,
     log_stats: Arc<LogStats>,
+    /// The incarnation of this node's data directory.
+    incarnation: u64,
     timing: Timing,
     /// Identifies this process's own writes for de-duplication across its internal retries.
     client_id: u64,
@@ -199,6 +197,7 @@ impl Node {
         })?;
         let storage = conclave_storage::open(&options.data_dir, StorageOptions::default())?;
         storage.identity.claim_node(id).await?;
+        let incarnation = storage.identity.incarnation().await?;
 
         let requested = options.cluster.cluster_id();
         let recorded = storage.identity.cluster_id().map_err(IdentityError::from)?;
@@ -238,6 +237,7 @@ impl Node {
                 peers,
                 identity: storage.identity,
                 log_stats,
+                incarnation,
                 timing: options.timing,
                 client_id: random_client_id(id),
                 sequence: AtomicU64::new(1),
@@ -250,17 +250,23 @@ impl Node {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            node.check_not_lost(&options.cluster).await?;
+        }
         if !initialized && !options.join {
             node.bootstrap(&options.cluster).await?;
         }
         tokio::spawn(node.clone().reap_expired_keys());
+        tokio::spawn(node.clone().register_incarnation());
         Ok(node)
     }
 
-    /// Checks that the peers belong to this cluster and that this node's data was not lost, then
-    /// initializes Raft with the listed members.
-    async fn bootstrap(&self, cluster: &ClusterSpec) -> Result<(), StartError> {
-        let ours = cluster.cluster_id();
+    /// For a node with no Raft state: asks the listed peers whether they belong to another
+    /// cluster, or remember this node id with another data directory (its data was lost, and
+    /// rejoining under the same id would let it vote with an empty log). Peers that do not answer
+    /// are skipped: a cluster being created starts its nodes in any order.
+    async fn check_not_lost(&self, cluster: &ClusterSpec) -> Result<(), StartError> {
+        let ours = self.inner.peers.cluster_id();
         for (peer, address) in cluster.members() {
             if *peer == self.inner.id {
                 continue;
@@ -271,9 +277,9 @@ impl Node {
                 .identify(address, self.inner.id, PROBE_TIMEOUT)
                 .await
             else {
-                continue; // not up yet: fine, it will bootstrap with the same list
+                continue;
             };
-            if answer.cluster_id != ours {
+            if let Some(ours) = ours.filter(|o| answer.cluster_id != 0 && answer.cluster_id != *o) {
                 return Err(StartError::PeerInOtherCluster {
                     peer: *peer,
                     address: address.clone(),
@@ -281,14 +287,23 @@ impl Node {
                     ours,
                 });
             }
-            if let Some(index) = answer.replicated_to_caller.filter(|i| *i > 0) {
+            let remembered = answer
+                .recorded_incarnation
+                .is_some_and(|i| i != self.inner.incarnation);
+            let replicated = answer.replicated_to_caller.filter(|i| *i > 0);
+            if remembered || replicated.is_some() {
                 return Err(StartError::DataLost {
                     id: self.inner.id,
-                    leader: *peer,
-                    index,
+                    peer: *peer,
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Records the cluster id and initializes Raft with the listed members.
+    async fn bootstrap(&self, cluster: &ClusterSpec) -> Result<(), StartError> {
+        let ours = cluster.cluster_id();
         self.inner.identity.claim_cluster(ours).await?;
         let members: BTreeMap<NodeId, BasicNode> = cluster
             .members()
@@ -498,6 +513,7 @@ impl Node {
             node_id: self.inner.id,
             cluster_id: self.inner.peers.cluster_id().unwrap_or(0),
             replicated_to_caller,
+            recorded_incarnation: self.inner.view.read(|m| m.incarnation(caller)),
         }
     }
 
@@ -558,6 +574,47 @@ impl Node {
             let deadline = Instant::now() + self.inner.timing.request_timeout;
             if let Err(e) = self.write(request, deadline).await {
                 tracing::debug!("reaping expired keys failed: {e}");
+            }
+        }
+    }
+
+    /// Records this node's incarnation in the replicated state once the node is a member that
+    /// can reach a leader; retried until it is there.
+    async fn register_incarnation(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let id = self.inner.id;
+            if self.inner.raft.metrics().borrow().state == ServerState::Shutdown {
+                return;
+            }
+            if self.inner.view.read(|m| m.incarnation(id)) == Some(self.inner.incarnation) {
+                return;
+            }
+            let is_member = {
+                let metrics = self.inner.raft.metrics();
+                let metrics = metrics.borrow();
+                metrics.current_leader.is_some()
+                    && metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .is_some()
+            };
+            if !is_member {
+                continue;
+            }
+            let request = WriteRequest {
+                id: None,
+                stamp: 0,
+                command: Command::RegisterNode {
+                    node: id,
+                    incarnation: self.inner.incarnation,
+                },
+            };
+            let deadline = Instant::now() + self.inner.timing.request_timeout;
+            if let Err(e) = self.write(request, deadline).await {
+                tracing::debug!("registering this node's incarnation failed: {e}");
             }
         }
     }

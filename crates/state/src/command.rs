@@ -79,6 +79,11 @@ pub enum Command {
     /// Remove keys whose deadline has passed at the entry's stamp. Proposed by the leader; keys
     /// that were rewritten since (and so are no longer expired) are left alone.
     Reap { keys: Vec<Bytes> },
+    /// Record which data directory (its incarnation, chosen when the directory was created) node
+    /// `node` runs on, so a node that lost its data cannot rejoin under its old id unnoticed.
+    RegisterNode { node: u64, incarnation: u64 },
+    /// Forget node `node`'s incarnation (it was removed from the cluster).
+    ForgetNode { node: u64 },
 }
 
 impl Command {
@@ -100,6 +105,7 @@ impl Command {
                 key,
                 members: items,
             } => key.len() + sum(items),
+            Command::RegisterNode { .. } | Command::ForgetNode { .. } => 16,
         }
     }
 
@@ -113,6 +119,8 @@ impl Command {
             Command::SetAdd { .. } => "sadd",
             Command::SetRemove { .. } => "srem",
             Command::Reap { .. } => "reap",
+            Command::RegisterNode { .. } => "register-node",
+            Command::ForgetNode { .. } => "forget-node",
         }
     }
 }

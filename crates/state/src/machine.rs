@@ -52,6 +52,8 @@ struct ClientSession {
 pub struct Machine {
     keys: BTreeMap<Bytes, Record>,
     sessions: BTreeMap<u64, ClientSession>,
+    /// node id -> incarnation of the data directory it runs on.
+    incarnations: BTreeMap<u64, u64>,
     /// The largest stamp applied so far: the machine's notion of "now".
     clock: Millis,
     /// The index of the last entry applied.
@@ -66,6 +68,7 @@ pub struct Machine {
 struct MachineImage {
     keys: BTreeMap<Bytes, Record>,
     sessions: BTreeMap<u64, ClientSession>,
+    incarnations: BTreeMap<u64, u64>,
     clock: Millis,
     revision: Revision,
 }
@@ -80,6 +83,7 @@ impl From<MachineImage> for Machine {
         Machine {
             keys: image.keys,
             sessions: image.sessions,
+            incarnations: image.incarnations,
             clock: image.clock,
             revision: image.revision,
             deadlines,
@@ -220,6 +224,13 @@ impl Machine {
                 let Value::Set(set) = value else { return None };
                 Some(members.iter().filter(|m| set.remove(*m)).count() as u64)
             }),
+            Command::RegisterNode { node, incarnation } => {
+                let changed = self.incarnations.insert(*node, *incarnation) != Some(*incarnation);
+                Outcome::Count(u64::from(changed))
+            }
+            Command::ForgetNode { node } => {
+                Outcome::Count(u64::from(self.incarnations.remove(node).is_some()))
+            }
             Command::Reap { keys } => {
                 let expired = keys
                     .iter()
@@ -437,6 +448,11 @@ impl Machine {
         range
             .take_while(move |(k, _)| k.starts_with(prefix))
             .filter(move |(_, r)| !r.is_expired(now))
+    }
+
+    /// The incarnation recorded for `node`'s data directory, if it registered one.
+    pub fn incarnation(&self, node: u64) -> Option<u64> {
+        self.incarnations.get(&node).copied()
     }
 
     /// Up to `limit` keys whose deadline is at or before `now`: what the leader should reap.

@@ -10,6 +10,7 @@ pub struct Identity {
 }
 
 const NODE_ID: &[u8] = b"node_id";
+const INCARNATION: &[u8] = b"incarnation";
 const CLUSTER_ID: &[u8] = b"cluster_id";
 
 /// A data directory that belongs elsewhere.
@@ -66,6 +67,18 @@ impl Identity {
         }
     }
 
+    /// The incarnation of this data directory: a random number chosen the first time it is asked
+    /// for, so a directory that was wiped and recreated has a new one.
+    pub async fn incarnation(&self) -> Result<u64, IdentityError> {
+        if let Some(incarnation) = self.read(INCARNATION)? {
+            return Ok(incarnation);
+        }
+        let incarnation = random_u64();
+        self.tree.insert(INCARNATION, &incarnation.to_be_bytes())?;
+        self.tree.flush_async().await?;
+        Ok(incarnation)
+    }
+
     /// Records `cluster_id` in a directory that has none yet, or checks that it matches.
     pub async fn claim_cluster(&self, cluster_id: u64) -> Result<(), IdentityError> {
         match self.cluster_id()? {
@@ -81,4 +94,16 @@ impl Identity {
             }
         }
     }
+}
+
+/// A random number from the standard library's randomly keyed hasher, the clock and the pid.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish() | 1
 }

@@ -236,3 +236,26 @@ pub async fn read_linearizable(client: &Client, key: &str) -> Option<Vec<u8>> {
         .expect("linearizable read")
         .map(|kv| kv.value)
 }
+
+/// Runs `command`, expecting it to exit by itself within `timeout`; a process still running then
+/// is killed and reported as having started instead of exiting.
+pub fn run_to_exit(mut command: Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "the process kept running instead of exiting: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}

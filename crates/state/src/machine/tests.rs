@@ -529,3 +529,36 @@ fn a_retry_after_the_dedup_window_is_applied_again() {
         1
     );
 }
+
+#[test]
+fn nodes_register_and_forget_their_incarnation() {
+    let mut m = Machine::new();
+    let r = m.apply(
+        1,
+        &write(
+            0,
+            Command::RegisterNode {
+                node: 2,
+                incarnation: 77,
+            },
+        ),
+    );
+    assert_eq!(r.outcome, Outcome::Count(1));
+    let again = m.apply(
+        2,
+        &write(
+            0,
+            Command::RegisterNode {
+                node: 2,
+                incarnation: 77,
+            },
+        ),
+    );
+    assert_eq!(again.outcome, Outcome::Count(0));
+    assert_eq!(m.incarnation(2), Some(77));
+    let restored: Machine = bincode::deserialize(&bincode::serialize(&m).unwrap()).unwrap();
+    assert_eq!(restored.incarnation(2), Some(77));
+    m.apply(3, &write(0, Command::ForgetNode { node: 2 }));
+    assert_eq!(m.incarnation(2), None);
+    assert!(m.is_empty(), "registrations are not keys");
+}
