@@ -10,17 +10,16 @@
 //! networking, clocks.
 //!
 //! Durability: appends and votes are acknowledged only after `sled::Db::flush_async` has
-//! returned, with one flush covering every append that arrived while the previous flush ran (group
-//! commit). On Linux sled writes its log with `sync_file_range` and calls `sync_all` only from its
-//! periodic flusher, so an acknowledged write survives `kill -9` of the process at any moment; a
-//! power loss may lose the last few hundred milliseconds on the node that lost power. A majority
-//! of nodes losing power at once is outside that guarantee.
+//! returned, with one flush covering every append that arrived while the previous flush ran. On
+//! Linux sled writes its log with `sync_file_range` and calls `sync_all` only from its periodic
+//! flusher, so an acknowledged write survives `kill -9` of the process at any moment. A power loss
+//! may make the node forget its latest entries and its latest vote; see docs/architecture.md.
 //!
 //! The state machine lives in memory and is persisted as snapshots. On restart the last snapshot is
 //! loaded and openraft re-applies the log from there up to the saved commit index.
 //!
-//! Known to be missing: snapshots are built and shipped whole in memory (fine for room state of
-//! tens of megabytes, not for gigabytes); no on-disk checksum beyond sled's own.
+//! Known to be missing: an fsync per flush (power-loss durability); snapshots are built and
+//! shipped whole in memory (fine for room state of tens of megabytes, not for gigabytes).
 
 // openraft's StorageError is large, and its traits dictate that our helpers return it.
 #![allow(clippy::result_large_err)]
