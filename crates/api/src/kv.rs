@@ -6,7 +6,7 @@ use conclave_consensus::{now_ms, Consistency, Node};
 use conclave_proto::v1::kv_server::{Kv, KvServer};
 use conclave_proto::v1::*;
 use conclave_state::{
-    Bytes, Command, Expiry, Machine, Outcome, Revision, WriteReply, WriteRequest,
+    Bytes, Command, Expiry, Machine, Outcome, ReadError, Revision, WriteReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -71,6 +71,25 @@ impl KvService {
         self.node
             .view()
             .read(|m| read(m, now).map(|r| (m.revision(), r)))
+    }
+
+    /// Reads a list of byte strings (hash fields or values, set members) under the request's key.
+    async fn items(
+        &self,
+        request: Request<KeyReadRequest>,
+        pick: impl FnOnce(&Machine, &[u8], u64) -> Result<Vec<Vec<u8>>, ReadError>,
+    ) -> Reply<ItemsResponse> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let (revision, items) = self
+            .read(&r.key, consistency(r.read), deadline, |m, now| {
+                pick(m, &r.key, now).map_err(wrong_type)
+            })
+            .await?;
+        Ok(Response::new(ItemsResponse {
+            header: self.header(revision),
+            items,
+        }))
     }
 
     fn header(&self, revision: Revision) -> Option<ResponseHeader> {
@@ -268,39 +287,25 @@ impl Kv for KvService {
     }
 
     async fn h_keys(&self, request: Request<KeyReadRequest>) -> Reply<ItemsResponse> {
-        let deadline = self.deadline(&request);
-        let r = request.into_inner();
-        let (revision, items) = self
-            .read(&r.key, consistency(r.read), deadline, |m, now| {
-                let hash = m.hash(&r.key, now).map_err(wrong_type)?;
-                Ok(hash
-                    .into_iter()
-                    .flat_map(|h| h.keys().map(|k| k.to_vec()))
-                    .collect())
-            })
-            .await?;
-        Ok(Response::new(ItemsResponse {
-            header: self.header(revision),
-            items,
-        }))
+        self.items(request, |m, key, now| {
+            let hash = m.hash(key, now)?;
+            Ok(hash
+                .into_iter()
+                .flat_map(|h| h.keys().map(|k| k.to_vec()))
+                .collect())
+        })
+        .await
     }
 
     async fn h_vals(&self, request: Request<KeyReadRequest>) -> Reply<ItemsResponse> {
-        let deadline = self.deadline(&request);
-        let r = request.into_inner();
-        let (revision, items) = self
-            .read(&r.key, consistency(r.read), deadline, |m, now| {
-                let hash = m.hash(&r.key, now).map_err(wrong_type)?;
-                Ok(hash
-                    .into_iter()
-                    .flat_map(|h| h.values().map(|v| v.to_vec()))
-                    .collect())
-            })
-            .await?;
-        Ok(Response::new(ItemsResponse {
-            header: self.header(revision),
-            items,
-        }))
+        self.items(request, |m, key, now| {
+            let hash = m.hash(key, now)?;
+            Ok(hash
+                .into_iter()
+                .flat_map(|h| h.values().map(|v| v.to_vec()))
+                .collect())
+        })
+        .await
     }
 
     async fn s_add(&self, request: Request<SAddRequest>) -> Reply<CountResponse> {
@@ -324,17 +329,10 @@ impl Kv for KvService {
     }
 
     async fn s_members(&self, request: Request<KeyReadRequest>) -> Reply<ItemsResponse> {
-        let deadline = self.deadline(&request);
-        let r = request.into_inner();
-        let (revision, items) = self
-            .read(&r.key, consistency(r.read), deadline, |m, now| {
-                let set = m.set_members(&r.key, now).map_err(wrong_type)?;
-                Ok(set.into_iter().flatten().map(|m| m.to_vec()).collect())
-            })
-            .await?;
-        Ok(Response::new(ItemsResponse {
-            header: self.header(revision),
-            items,
-        }))
+        self.items(request, |m, key, now| {
+            let set = m.set_members(key, now)?;
+            Ok(set.into_iter().flatten().map(|m| m.to_vec()).collect())
+        })
+        .await
     }
 }
