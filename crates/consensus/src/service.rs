@@ -26,7 +26,7 @@ impl PeerService {
 
     /// The tonic service to mount on the node's listener.
     pub fn into_server(self) -> PeerServer<Self> {
-        PeerServer::new(self).max_decoding_message_size(usize::MAX)
+        PeerServer::new(self).max_decoding_message_size(crate::network::MAX_PEER_MESSAGE_BYTES)
     }
 
     /// Refuses calls from another cluster; a joining node adopts the first cluster id it hears.
