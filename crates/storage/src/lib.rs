@@ -9,21 +9,22 @@
 //! are generic over any config whose application data is [`conclave_state::WriteRequest`]),
 //! networking, clocks.
 //!
-//! Durability: appends and votes are acknowledged only after `sled::Db::flush_async` has
-//! returned, with one flush covering every append that arrived while the previous flush ran. On
-//! Linux sled writes its log with `sync_file_range` and calls `sync_all` only from its periodic
-//! flusher, so an acknowledged write survives `kill -9` of the process at any moment. A power loss
-//! may make the node forget its latest entries and its latest vote; see docs/architecture.md.
+//! Durability: appends, votes, truncations, purge points and snapshots are acknowledged only
+//! after `sled::Db::flush_async` and a `syncfs(2)` of the data directory's filesystem
+//! ([`durable`]), with one flush covering every append that arrived while the previous one ran.
+//! They survive `kill -9` and power loss.
 //!
 //! The state machine lives in memory and is persisted as snapshots. On restart the last snapshot is
 //! loaded and openraft re-applies the log from there up to the saved commit index.
 //!
-//! Known to be missing: an fsync per flush (power-loss durability); snapshots are built and
-//! shipped whole in memory (fine for room state of tens of megabytes, not for gigabytes).
+//! Known to be missing: snapshots are built and shipped whole in memory (fine for room state of
+//! tens of megabytes, not for gigabytes); `syncfs` also flushes other programs' writes on the
+//! same filesystem, so give the data directory a filesystem of its own in production.
 
 // openraft's StorageError is large, and its traits dictate that our helpers return it.
 #![allow(clippy::result_large_err)]
 
+mod durable;
 mod identity;
 mod log_store;
 mod state_machine;
@@ -86,6 +87,8 @@ impl Default for StorageOptions {
 pub enum OpenError {
     #[error("cannot open the data directory: {0}")]
     Engine(#[from] sled::Error),
+    #[error("cannot open the data directory's log file: {0}")]
+    File(#[from] std::io::Error),
     #[error("the data directory's snapshot is unreadable: {0}")]
     Snapshot(String),
 }
@@ -97,9 +100,10 @@ pub fn open<C: StoreConfig>(dir: &Path, options: StorageOptions) -> Result<Stora
         .cache_capacity(options.cache_bytes)
         .mode(sled::Mode::HighThroughput)
         .open()?;
+    let disk = durable::Disk::open(&db, dir)?;
     Ok(Storage {
-        log: LogStore::open(&db)?,
-        state: StateMachineStore::open(&db)?,
+        log: LogStore::open(&db, disk.clone())?,
+        state: StateMachineStore::open(&db, disk)?,
         identity: Identity::open(&db)?,
     })
 }

@@ -12,6 +12,8 @@ use openraft::{
     Vote,
 };
 use sled::{Db, Tree};
+
+use crate::durable::Disk;
 use tokio::sync::mpsc;
 
 use crate::{decode, encode, StoreConfig};
@@ -25,7 +27,7 @@ type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig
 /// openraft's log storage: entries keyed by big-endian index (so iteration is numeric), plus the
 /// vote, the commit index and the last purged log id.
 pub struct LogStore<C: StoreConfig> {
-    db: Db,
+    disk: Disk,
     entries: Tree,
     meta: Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<C>>,
@@ -54,7 +56,7 @@ impl LogStats {
 impl<C: StoreConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
-            db: self.db.clone(),
+            disk: self.disk.clone(),
             entries: self.entries.clone(),
             meta: self.meta.clone(),
             flusher: self.flusher.clone(),
@@ -69,12 +71,12 @@ fn index_key(index: u64) -> [u8; 8] {
 
 impl<C: StoreConfig> LogStore<C> {
     /// Opens the log trees and starts the group-commit flusher (needs a Tokio runtime).
-    pub(crate) fn open(db: &Db) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &Db, disk: Disk) -> Result<Self, sled::Error> {
         let (flusher, pending) = mpsc::unbounded_channel();
         let stats = Arc::new(LogStats::default());
-        tokio::spawn(group_commit::<C>(db.clone(), pending, stats.clone()));
+        tokio::spawn(group_commit::<C>(disk.clone(), pending, stats.clone()));
         Ok(LogStore {
-            db: db.clone(),
+            disk,
             entries: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher,
@@ -102,8 +104,8 @@ impl<C: StoreConfig> LogStore<C> {
     }
 
     async fn flush(&self) -> StorageResult<(), C> {
-        self.db
-            .flush_async()
+        self.disk
+            .persist()
             .await
             .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
@@ -129,7 +131,7 @@ impl<C: StoreConfig> LogStore<C> {
 /// Completes append callbacks in order, with one flush for every batch of appends that queued up
 /// while the previous flush ran.
 async fn group_commit<C: StoreConfig>(
-    db: Db,
+    disk: Disk,
     mut pending: mpsc::UnboundedReceiver<LogFlushed<C>>,
     stats: Arc<LogStats>,
 ) {
@@ -138,7 +140,7 @@ async fn group_commit<C: StoreConfig>(
         while let Ok(more) = pending.try_recv() {
             batch.push(more);
         }
-        let result = db.flush_async().await;
+        let result = disk.persist().await;
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         for callback in batch {
             let outcome = match &result {

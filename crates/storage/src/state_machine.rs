@@ -13,6 +13,8 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use sled::{Db, Tree};
+
+use crate::durable::Disk;
 use tokio::sync::watch;
 
 use crate::{decode, encode, OpenError, StoreConfig};
@@ -51,7 +53,7 @@ pub struct StateMachineStore<C: StoreConfig> {
 /// newer one, or a restart would find the log purged past the snapshot it loads.
 #[derive(Clone)]
 struct SnapshotFile {
-    db: Db,
+    disk: Disk,
     tree: Tree,
     saving: Arc<tokio::sync::Mutex<()>>,
     built: Arc<AtomicU64>,
@@ -91,8 +93,8 @@ impl SnapshotFile {
         self.tree
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.db
-            .flush_async()
+        self.disk
+            .persist()
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         Ok(())
@@ -128,9 +130,9 @@ impl<C: StoreConfig> StateView<C> {
 
 impl<C: StoreConfig> StateMachineStore<C> {
     /// Opens the snapshot tree and restores the replica from the latest snapshot, if any.
-    pub(crate) fn open(db: &Db) -> Result<Self, OpenError> {
+    pub(crate) fn open(db: &Db, disk: Disk) -> Result<Self, OpenError> {
         let snapshots = SnapshotFile {
-            db: db.clone(),
+            disk,
             tree: db.open_tree("snapshots")?,
             saving: Arc::default(),
             built: Arc::default(),

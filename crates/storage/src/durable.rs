@@ -1,0 +1,48 @@
+//! Making sled's writes durable: sled's flush writes its log with `sync_file_range`, which leaves
+//! the file's metadata and the disk's write cache unflushed; an `fdatasync` of its log file
+//! afterwards completes it.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use sled::Db;
+
+/// The sled database and its log file, flushed and synced together.
+#[derive(Clone)]
+pub(crate) struct Disk {
+    db: Db,
+    log_file: Arc<File>,
+}
+
+impl Disk {
+    pub(crate) fn open(db: &Db, dir: &Path) -> io::Result<Self> {
+        Ok(Disk {
+            db: db.clone(),
+            log_file: Arc::new(File::open(dir.join("db"))?),
+        })
+    }
+
+    /// Returns once every write made before the call is on disk.
+    pub(crate) async fn persist(&self) -> io::Result<()> {
+        self.db.flush_async().await.map_err(io::Error::other)?;
+        let file = self.log_file.clone();
+        tokio::task::spawn_blocking(move || sync_filesystem(&file))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+/// `syncfs(2)` on the filesystem holding `file`: sled writes values above its blob threshold
+/// (about 128 KiB) to files of their own that it never syncs, so syncing the log file alone is
+/// not enough.
+fn sync_filesystem(file: &File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: `file` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
