@@ -11,7 +11,7 @@
 //!
 //! Durability: appends, votes, truncations, purge points and snapshots are acknowledged only
 //! after `sled::Db::flush_async` and a `syncfs(2)` of the data directory's filesystem
-//! ([`durable`]), with one flush covering every append that arrived while the previous one ran.
+//! (module `durable`), with one flush covering every append that arrived while the previous one ran.
 //! They survive `kill -9` and power loss.
 //!
 //! The state machine lives in memory and is persisted as snapshots. On restart the last snapshot is
