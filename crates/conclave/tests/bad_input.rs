@@ -180,11 +180,25 @@ fn a_node_refuses_an_unlisted_id_and_a_data_dir_of_another_cluster() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Serving (and so bootstrapped) once it names itself leader.
     let started = std::time::Instant::now();
-    while !data.join("db").exists() && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
+    loop {
+        let status = std::process::Command::new(binary())
+            .args(["ctl", "--endpoint", &a, "status"])
+            .output()
+            .unwrap();
+        let leader = serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .ok()
+            .and_then(|json| json["leader"].as_u64());
+        if leader == Some(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the one-node cluster did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
     first.kill().unwrap();
     first.wait().unwrap();
 

@@ -203,7 +203,8 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
     let survivor = (1..=3).find(|id| *id != victim).unwrap();
     let client = cluster.client(survivor).await;
     client.set("k", "v").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await; // nodes register within 200 ms
+    // Nodes register their data directory a few hundred ms after a leader is known.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     cluster.kill(victim);
     std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).unwrap();
