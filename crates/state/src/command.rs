@@ -62,6 +62,8 @@ pub enum Command {
         expiry: Expiry,
         /// Reply with the previous string value (SET ... GET).
         return_previous: bool,
+        /// Delete the key when this lease ends. A write without a lease detaches the key.
+        lease: Option<LeaseId>,
     },
     /// Delete keys of any type.
     Delete { keys: Vec<Bytes> },
@@ -69,6 +71,8 @@ pub enum Command {
     HashSet {
         key: Bytes,
         fields: Vec<(Bytes, Bytes)>,
+        /// Delete these fields when this lease ends. A write without a lease detaches them.
+        lease: Option<LeaseId>,
     },
     /// Remove hash fields; an emptied hash is deleted.
     HashDelete { key: Bytes, fields: Vec<Bytes> },
@@ -84,6 +88,87 @@ pub enum Command {
     RegisterNode { node: u64, incarnation: u64 },
     /// Forget node `node`'s incarnation (it was removed from the cluster).
     ForgetNode { node: u64 },
+    /// Check every comparison, then run `success` if all hold, else `failure`, as one entry.
+    Txn(Box<Transaction>),
+    /// Start a lease that lives `ttl_ms` (at least [`MIN_LEASE_TTL_MS`]) unless kept alive.
+    /// Its id is the revision of this entry.
+    LeaseGrant { ttl_ms: u64 },
+    /// Restart a lease's time to live from the entry's stamp.
+    LeaseKeepAlive { lease: LeaseId },
+    /// End a lease now, deleting what is attached to it.
+    LeaseRevoke { lease: LeaseId },
+    /// End the listed leases whose deadline has passed at the entry's stamp (proposed by the
+    /// leader; leases kept alive since are left alone).
+    LeaseExpire { leases: Vec<LeaseId> },
+    /// Give every lease its full time to live again from the entry's stamp. A new leader proposes
+    /// this before it expires any lease, so keep-alives lost to an election do not end leases.
+    LeaseRenewAll,
+}
+
+/// The shortest lease a grant hands out; shorter requests are raised to it.
+pub const MIN_LEASE_TTL_MS: u64 = 1000;
+/// The longest lease a grant hands out; longer requests are lowered to it.
+pub const MAX_LEASE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A lease is named by the revision of the entry that granted it.
+pub type LeaseId = u64;
+
+/// An atomic compare-then-write: all comparisons are checked against the state as of the entry,
+/// then one branch runs. Commands inside a branch are applied in order; like Redis's EXEC, a
+/// command that fails (a wrong type) reports it and the others still apply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub compares: Vec<Compare>,
+    pub success: Vec<Command>,
+    pub failure: Vec<Command>,
+}
+
+/// One comparison of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Bytes,
+    /// Compare a hash field (or set member) instead of the key: `Exists` and `Value` then look at
+    /// the field; revisions are always the key's.
+    pub field: Option<Bytes>,
+    pub check: Check,
+}
+
+/// What a comparison checks. An absent key (or field) has no value and revisions 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// The key (or field) exists, or does not.
+    Exists(bool),
+    /// The string value (or field value) compared bytewise; an absent one only satisfies
+    /// `NotEqual`.
+    Value(CmpOp, Bytes),
+    /// The revision that last changed the key.
+    Modified(CmpOp, Revision),
+    /// The revision that created the key.
+    Created(CmpOp, Revision),
+    /// Nothing changed the key (any field, a delete or an expiry included) after this revision.
+    /// Fails when the history no longer reaches back that far. This is Redis's WATCH.
+    UnchangedSince(Revision),
+}
+
+/// A comparison operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+impl CmpOp {
+    /// Whether `actual <op> expected` holds.
+    pub fn holds<T: Ord + ?Sized>(self, actual: &T, expected: &T) -> bool {
+        match self {
+            CmpOp::Equal => actual == expected,
+            CmpOp::NotEqual => actual != expected,
+            CmpOp::Less => actual < expected,
+            CmpOp::Greater => actual > expected,
+        }
+    }
 }
 
 impl Command {
@@ -93,7 +178,7 @@ impl Command {
         match self {
             Command::Set { key, value, .. } => key.len() + value.len(),
             Command::Delete { keys } | Command::Reap { keys } => sum(keys),
-            Command::HashSet { key, fields } => {
+            Command::HashSet { key, fields, .. } => {
                 key.len() + fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
             }
             Command::HashDelete { key, fields: items }
@@ -105,8 +190,41 @@ impl Command {
                 key,
                 members: items,
             } => key.len() + sum(items),
-            Command::RegisterNode { .. } | Command::ForgetNode { .. } => 16,
+            Command::Txn(txn) => {
+                let compares: usize = txn
+                    .compares
+                    .iter()
+                    .map(|c| c.key.len() + c.field.as_ref().map_or(0, |f| f.len()) + 16)
+                    .sum();
+                let branches: usize = txn
+                    .success
+                    .iter()
+                    .chain(&txn.failure)
+                    .map(Command::payload_bytes)
+                    .sum();
+                compares + branches
+            }
+            Command::LeaseExpire { leases } => 8 * leases.len(),
+            Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseKeepAlive { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseRenewAll => 16,
         }
+    }
+
+    /// Whether a client may put this command in a transaction: keyspace writes only.
+    pub fn allowed_in_transaction(&self) -> bool {
+        matches!(
+            self,
+            Command::Set { .. }
+                | Command::Delete { .. }
+                | Command::HashSet { .. }
+                | Command::HashDelete { .. }
+                | Command::SetAdd { .. }
+                | Command::SetRemove { .. }
+        )
     }
 
     /// A short name for logs and metrics.
@@ -121,6 +239,12 @@ impl Command {
             Command::Reap { .. } => "reap",
             Command::RegisterNode { .. } => "register-node",
             Command::ForgetNode { .. } => "forget-node",
+            Command::Txn(_) => "txn",
+            Command::LeaseGrant { .. } => "lease-grant",
+            Command::LeaseKeepAlive { .. } => "lease-keepalive",
+            Command::LeaseRevoke { .. } => "lease-revoke",
+            Command::LeaseExpire { .. } => "lease-expire",
+            Command::LeaseRenewAll => "lease-renew-all",
         }
     }
 }
@@ -148,4 +272,13 @@ pub enum Outcome {
     Count(u64),
     /// The command addressed a key holding another type.
     WrongType,
+    /// A transaction: which branch ran, and the outcome of each of its commands.
+    Txn {
+        succeeded: bool,
+        outcomes: Vec<Outcome>,
+    },
+    /// A lease granted or kept alive, with the time to live it now has.
+    Lease { id: LeaseId, ttl_ms: u64 },
+    /// The command named a lease that does not exist (never granted, expired or revoked).
+    LeaseNotFound,
 }

@@ -1,8 +1,11 @@
 //! The replicated state machine of Conclave.
 //!
 //! Owns: the data model (binary-safe strings, hashes and sets), per-key revisions, TTLs driven by
-//! the leader's stamp on each entry, request de-duplication by (client id, sequence), the limits
-//! every request must respect, and the read helpers that answer from a replica.
+//! the leader's stamp on each entry, leases (keys and hash fields deleted when their lease ends),
+//! transactions (compare, then one branch of writes, as one entry), the change events every
+//! applied entry produces and the bounded history watchers read them from, request
+//! de-duplication by (client id, sequence), the limits every request must respect, and the read
+//! helpers that answer from a replica.
 //!
 //! Does not own: IO of any kind, clocks, async, serialization formats, Raft. The storage crate
 //! persists this machine; the consensus crate orders the [`WriteRequest`]s fed to
@@ -12,17 +15,28 @@
 //! [`WriteRequest::stamp`], which the leader sets from its clock; the machine never lets it go
 //! backwards. Errors that depend on the input (a wrong type) are replies, never panics.
 //!
-//! Known to be missing (later issues): leases, locks, transactions, watch events, EXPIRE on an
-//! existing key, counters.
+//! Locks and room state are built by the API layer from these parts (a lock is a key set only if
+//! absent, with a TTL or lease, whose creation revision is its fencing token).
+//!
+//! Known to be missing (later issues): EXPIRE on an existing key, counters.
 
 mod command;
+mod history;
 mod limits;
 mod machine;
 mod record;
 
-pub use command::{Command, Expiry, Outcome, RequestId, SetCondition, WriteReply, WriteRequest};
+pub use command::{
+    Check, CmpOp, Command, Compare, Expiry, LeaseId, Outcome, RequestId, SetCondition, Transaction,
+    WriteReply, WriteRequest, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
+};
+pub use history::{
+    Compacted, Event, EventKind, History, KeyFilter, HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS,
+};
 pub use limits::{InvalidRequest, Limits};
-pub use machine::{Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT, MIN_REPLY_AGE_MS};
+pub use machine::{
+    Lease, Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT, MIN_REPLY_AGE_MS,
+};
 pub use record::{Record, Value};
 
 /// A key, a hash field, a set member or a value: arbitrary bytes. A `Vec<u8>` that serializes

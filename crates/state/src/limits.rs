@@ -13,15 +13,21 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most keys, fields or members in one command.
     pub max_items: usize,
+    /// Most comparisons plus commands in one transaction.
+    pub max_txn_ops: usize,
+    /// Most bytes of keys, fields and values in one command (a transaction included).
+    pub max_command_bytes: usize,
 }
 
 impl Limits {
-    /// The limits a node enforces: keys up to 64 KiB, values up to 1 MiB, 10,000 items per
-    /// command.
+    /// The limits a node enforces: keys up to 64 KiB, values up to 1 MiB, 10,000 items and
+    /// 16 MiB per command, 1,000 operations per transaction.
     pub const DEFAULT: Limits = Limits {
         max_key_bytes: 64 * 1024,
         max_value_bytes: 1024 * 1024,
         max_items: 10_000,
+        max_txn_ops: 1_000,
+        max_command_bytes: 16 * 1024 * 1024,
     };
 
     /// Checks one key against the key limit (reads use it too).
@@ -63,7 +69,19 @@ impl Limits {
 
     /// Checks a whole write.
     pub fn check(&self, request: &WriteRequest) -> Result<(), InvalidRequest> {
-        match &request.command {
+        self.check_command(&request.command)?;
+        let bytes = request.command.payload_bytes();
+        if bytes > self.max_command_bytes {
+            return Err(InvalidRequest::TooLarge {
+                bytes,
+                max: self.max_command_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_command(&self, command: &Command) -> Result<(), InvalidRequest> {
+        match command {
             Command::Set { key, value, .. } => {
                 self.check_key(key)?;
                 self.check_value(value)
@@ -72,7 +90,7 @@ impl Limits {
                 self.check_items(keys.len())?;
                 keys.iter().try_for_each(|k| self.check_key(k))
             }
-            Command::HashSet { key, fields } => {
+            Command::HashSet { key, fields, .. } => {
                 self.check_key(key)?;
                 self.check_items(fields.len())?;
                 fields.iter().try_for_each(|(f, v)| {
@@ -93,7 +111,35 @@ impl Limits {
                 self.check_items(items.len())?;
                 items.iter().try_for_each(|i| self.check_value(i))
             }
-            Command::RegisterNode { .. } | Command::ForgetNode { .. } => Ok(()),
+            Command::Txn(txn) => {
+                let ops = txn.compares.len() + txn.success.len() + txn.failure.len();
+                if ops > self.max_txn_ops {
+                    return Err(InvalidRequest::TooManyItems {
+                        count: ops,
+                        max: self.max_txn_ops,
+                    });
+                }
+                for compare in &txn.compares {
+                    self.check_key(&compare.key)?;
+                    if let Some(field) = &compare.field {
+                        self.check_value(field)?;
+                    }
+                }
+                for command in txn.success.iter().chain(&txn.failure) {
+                    if !command.allowed_in_transaction() {
+                        return Err(InvalidRequest::NotInTransaction(command.name()));
+                    }
+                    self.check_command(command)?;
+                }
+                Ok(())
+            }
+            Command::LeaseExpire { leases } => self.check_items(leases.len()),
+            Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseKeepAlive { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseRenewAll => Ok(()),
         }
     }
 }
@@ -112,6 +158,8 @@ pub enum InvalidRequest {
     ValueTooLong { len: usize, max: usize },
     NoItems,
     TooManyItems { count: usize, max: usize },
+    TooLarge { bytes: usize, max: usize },
+    NotInTransaction(&'static str),
 }
 
 impl fmt::Display for InvalidRequest {
@@ -127,6 +175,12 @@ impl fmt::Display for InvalidRequest {
             InvalidRequest::NoItems => write!(f, "the command names no keys, fields or members"),
             InvalidRequest::TooManyItems { count, max } => {
                 write!(f, "the command names {count} items; the limit is {max}")
+            }
+            InvalidRequest::TooLarge { bytes, max } => {
+                write!(f, "the command carries {bytes} bytes; the limit is {max}")
+            }
+            InvalidRequest::NotInTransaction(name) => {
+                write!(f, "a transaction cannot contain {name}")
             }
         }
     }

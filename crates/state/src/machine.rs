@@ -5,10 +5,32 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history::{Event, EventKind, History};
 use crate::{
-    Bytes, Command, Expiry, Millis, Outcome, Record, RequestId, Revision, SetCondition, Value,
-    WriteReply, WriteRequest,
+    Bytes, Command, Expiry, LeaseId, Millis, Outcome, Record, RequestId, Revision, SetCondition,
+    Value, WriteReply, WriteRequest,
 };
+
+mod leases;
+mod txn;
+
+pub use leases::Lease;
+
+/// The options of a SET.
+#[derive(Clone, Copy)]
+struct SetOptions {
+    condition: SetCondition,
+    expiry: Expiry,
+    return_previous: bool,
+    lease: Option<LeaseId>,
+}
+
+/// What a removal addresses inside a collection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ItemKind {
+    HashField,
+    SetMember,
+}
 
 /// How long (by entry stamps) the reply to a de-duplicated write is kept. A retry arriving later
 /// than this is applied again.
@@ -54,6 +76,9 @@ pub struct Machine {
     sessions: BTreeMap<u64, ClientSession>,
     /// node id -> incarnation of the data directory it runs on.
     incarnations: BTreeMap<u64, u64>,
+    leases: BTreeMap<LeaseId, Lease>,
+    /// Recent change events, for watchers and for WATCH-style comparisons.
+    history: History,
     /// The largest stamp applied so far: the machine's notion of "now".
     clock: Millis,
     /// The index of the last entry applied.
@@ -69,6 +94,8 @@ struct MachineImage {
     keys: BTreeMap<Bytes, Record>,
     sessions: BTreeMap<u64, ClientSession>,
     incarnations: BTreeMap<u64, u64>,
+    leases: BTreeMap<LeaseId, Lease>,
+    history: History,
     clock: Millis,
     revision: Revision,
 }
@@ -84,6 +111,8 @@ impl From<MachineImage> for Machine {
             keys: image.keys,
             sessions: image.sessions,
             incarnations: image.incarnations,
+            leases: image.leases,
+            history: image.history,
             clock: image.clock,
             revision: image.revision,
             deadlines,
@@ -182,14 +211,18 @@ impl Machine {
                 condition,
                 expiry,
                 return_previous,
+                lease,
             } => self.set(
                 index,
                 now,
                 key,
                 value,
-                *condition,
-                *expiry,
-                *return_previous,
+                SetOptions {
+                    condition: *condition,
+                    expiry: *expiry,
+                    return_previous: *return_previous,
+                    lease: *lease,
+                },
             ),
             Command::Delete { keys } => {
                 let removed = keys
@@ -200,30 +233,16 @@ impl Machine {
                 removed.iter().for_each(|k| self.remove(k));
                 Outcome::Count(removed.len() as u64)
             }
-            Command::HashSet { key, fields } => {
-                self.update_collection(index, now, key, Value::Hash(BTreeMap::new()), |value| {
-                    let Value::Hash(map) = value else { return None };
-                    let added = fields
-                        .iter()
-                        .filter(|(f, v)| map.insert(f.clone(), v.clone()).is_none())
-                        .count();
-                    Some(added as u64)
-                })
+            Command::HashSet { key, fields, lease } => {
+                self.hash_set(index, now, key, fields, *lease)
             }
-            Command::HashDelete { key, fields } => self.update_existing(index, now, key, |value| {
-                let Value::Hash(map) = value else { return None };
-                Some(fields.iter().filter(|f| map.remove(*f).is_some()).count() as u64)
-            }),
-            Command::SetAdd { key, members } => {
-                self.update_collection(index, now, key, Value::Set(BTreeSet::new()), |value| {
-                    let Value::Set(set) = value else { return None };
-                    Some(members.iter().filter(|m| set.insert((*m).clone())).count() as u64)
-                })
+            Command::HashDelete { key, fields } => {
+                self.remove_items(index, now, key, fields, ItemKind::HashField)
             }
-            Command::SetRemove { key, members } => self.update_existing(index, now, key, |value| {
-                let Value::Set(set) = value else { return None };
-                Some(members.iter().filter(|m| set.remove(*m)).count() as u64)
-            }),
+            Command::SetAdd { key, members } => self.set_add(index, now, key, members),
+            Command::SetRemove { key, members } => {
+                self.remove_items(index, now, key, members, ItemKind::SetMember)
+            }
             Command::RegisterNode { node, incarnation } => {
                 let changed = self.incarnations.insert(*node, *incarnation) != Some(*incarnation);
                 Outcome::Count(u64::from(changed))
@@ -240,22 +259,31 @@ impl Machine {
                 expired.iter().for_each(|k| self.remove(k));
                 Outcome::Count(expired.len() as u64)
             }
+            Command::Txn(txn) => self.transaction(index, now, txn),
+            Command::LeaseGrant { ttl_ms } => self.grant_lease(index, now, *ttl_ms),
+            Command::LeaseKeepAlive { lease } => self.keep_lease_alive(now, *lease),
+            Command::LeaseRevoke { lease } => match self.end_lease(index, *lease) {
+                Some(deleted) => Outcome::Count(deleted),
+                None => Outcome::LeaseNotFound,
+            },
+            Command::LeaseExpire { leases } => self.expire_leases(index, now, leases),
+            Command::LeaseRenewAll => self.renew_all_leases(now),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn set(
         &mut self,
         index: Revision,
         now: Millis,
         key: &Bytes,
         value: &Bytes,
-        condition: SetCondition,
-        expiry: Expiry,
-        return_previous: bool,
+        options: SetOptions,
     ) -> Outcome {
+        if options.lease.is_some_and(|l| !self.leases.contains_key(&l)) {
+            return Outcome::LeaseNotFound;
+        }
         let existing = self.live_mut(key, now);
-        if return_previous
+        if options.return_previous
             && existing
                 .as_ref()
                 .is_some_and(|r| !matches!(r.value, Value::String(_)))
@@ -263,7 +291,7 @@ impl Machine {
             return Outcome::WrongType;
         }
         let present = existing.is_some();
-        let previous = match (return_previous, existing) {
+        let previous = match (options.return_previous, existing) {
             (
                 true,
                 Some(Record {
@@ -273,7 +301,7 @@ impl Machine {
             ) => Some(v.clone()),
             _ => None,
         };
-        let allowed = match condition {
+        let allowed = match options.condition {
             SetCondition::Always => true,
             SetCondition::IfAbsent => !present,
             SetCondition::IfPresent => present,
@@ -285,81 +313,132 @@ impl Machine {
             };
         }
         let old = self.keys.get(key);
-        let created = old.map_or(index, |r| r.created);
-        let expires_at = match expiry {
+        let expires_at = match options.expiry {
             Expiry::Never => None,
             Expiry::Keep => old.and_then(|r| r.expires_at),
             Expiry::AfterMillis(ms) => Some(now.saturating_add(ms)),
             Expiry::AtMillis(at) => Some(at),
         };
-        self.put(
-            key.clone(),
-            Record {
-                value: Value::String(value.clone()),
-                created,
-                modified: index,
-                expires_at,
-            },
-        );
+        let record = Record {
+            created: old.map_or(index, |r| r.created),
+            expires_at,
+            lease: options.lease,
+            ..Record::new(Value::String(value.clone()), index)
+        };
+        self.put(key.clone(), record);
         Outcome::Set {
             applied: true,
             previous,
         }
     }
 
-    /// Applies `change` to the hash or set under `key`, creating it from `empty` if absent.
-    /// `change` returns None when the value has the wrong type.
-    fn update_collection(
+    fn hash_set(
         &mut self,
         index: Revision,
         now: Millis,
         key: &Bytes,
-        empty: Value,
-        change: impl FnOnce(&mut Value) -> Option<u64>,
+        fields: &[(Bytes, Bytes)],
+        lease: Option<LeaseId>,
     ) -> Outcome {
-        if self.live_mut(key, now).is_none() {
-            self.keys.insert(
-                key.clone(),
-                Record {
-                    value: empty,
-                    created: index,
-                    modified: index,
-                    expires_at: None,
-                },
-            );
+        if lease.is_some_and(|l| !self.leases.contains_key(&l)) {
+            return Outcome::LeaseNotFound;
         }
-        self.update_existing(index, now, key, change)
+        let record = self.live_or_insert(key, now, || {
+            Record::new(Value::Hash(BTreeMap::new()), index)
+        });
+        let Value::Hash(map) = &mut record.value else {
+            return Outcome::WrongType;
+        };
+        let mut added = 0;
+        let mut moved = Vec::new();
+        for (field, value) in fields {
+            if map.insert(field.clone(), value.clone()).is_none() {
+                added += 1;
+            }
+            let before = match lease {
+                Some(l) => record.field_leases.insert(field.clone(), l),
+                None => record.field_leases.remove(field),
+            };
+            if before != lease {
+                moved.push((field.clone(), before));
+            }
+        }
+        record.modified = index;
+        for (field, before) in moved {
+            self.move_field_lease(key, &field, before, lease);
+        }
+        for (field, value) in fields {
+            self.emit(EventKind::Put, key, Some(field), value);
+        }
+        Outcome::Count(added)
     }
 
-    /// Applies `change` to the hash or set under `key` if it exists; deletes it if emptied.
-    fn update_existing(
+    fn set_add(&mut self, index: Revision, now: Millis, key: &Bytes, members: &[Bytes]) -> Outcome {
+        let record =
+            self.live_or_insert(key, now, || Record::new(Value::Set(BTreeSet::new()), index));
+        let Value::Set(set) = &mut record.value else {
+            return Outcome::WrongType;
+        };
+        let added: Vec<&Bytes> = members
+            .iter()
+            .filter(|m| set.insert((*m).clone()))
+            .collect();
+        if !added.is_empty() {
+            record.modified = index;
+        }
+        for member in &added {
+            self.emit(EventKind::Put, key, Some(member), &Bytes::new());
+        }
+        Outcome::Count(added.len() as u64)
+    }
+
+    /// Removes hash fields or set members; deletes the key once it is empty.
+    fn remove_items(
         &mut self,
         index: Revision,
         now: Millis,
         key: &Bytes,
-        change: impl FnOnce(&mut Value) -> Option<u64>,
+        items: &[Bytes],
+        kind: ItemKind,
     ) -> Outcome {
         let Some(record) = self.live_mut(key, now) else {
             return Outcome::Count(0);
         };
-        let Some(count) = change(&mut record.value) else {
-            return Outcome::WrongType;
-        };
-        if count > 0 {
+        let mut removed = Vec::new();
+        let mut detached = Vec::new();
+        match (&mut record.value, kind) {
+            (Value::Hash(map), ItemKind::HashField) => {
+                for field in items {
+                    if map.remove(field).is_some() {
+                        removed.push(field.clone());
+                        if let Some(lease) = record.field_leases.remove(field) {
+                            detached.push((field.clone(), lease));
+                        }
+                    }
+                }
+            }
+            (Value::Set(set), ItemKind::SetMember) => {
+                removed.extend(items.iter().filter(|m| set.remove(*m)).cloned());
+            }
+            _ => return Outcome::WrongType,
+        }
+        if !removed.is_empty() {
             record.modified = index;
         }
-        let emptied = match &record.value {
-            Value::Hash(m) => m.is_empty(),
-            Value::Set(s) => s.is_empty(),
-            Value::String(_) => false,
-        };
+        let emptied = record.value.is_empty_collection();
+        for (field, lease) in detached {
+            self.move_field_lease(key, &field, Some(lease), None);
+        }
+        for item in &removed {
+            self.emit(EventKind::Delete, key, Some(item), &Bytes::new());
+        }
         if emptied {
             self.remove(key);
         }
-        Outcome::Count(count)
+        Outcome::Count(removed.len() as u64)
     }
 
-    /// The record under `key` unless absent or expired at `now`; an expired one is dropped.
+    /// The record under `key` unless absent or expired at `now`; an expired one is removed.
     fn live_mut(&mut self, key: &Bytes, now: Millis) -> Option<&mut Record> {
         if self.keys.get(key).is_some_and(|r| r.is_expired(now)) {
             self.remove(key);
@@ -367,26 +446,80 @@ impl Machine {
         self.keys.get_mut(key)
     }
 
+    /// The live record under `key`, created by `empty` if absent.
+    fn live_or_insert(
+        &mut self,
+        key: &Bytes,
+        now: Millis,
+        empty: impl FnOnce() -> Record,
+    ) -> &mut Record {
+        if self.live_mut(key, now).is_none() {
+            self.keys.insert(key.clone(), empty());
+        }
+        self.keys.get_mut(key).expect("just ensured")
+    }
+
+    /// Stores a string under `key`, replacing whatever was there, and records the event.
     fn put(&mut self, key: Bytes, record: Record) {
-        if let Some(deadline) = record.expires_at {
+        let new_deadline = record.expires_at;
+        let new_lease = record.lease;
+        let Value::String(value) = &record.value else {
+            unreachable!("put stores strings; collections are changed in place");
+        };
+        let value = value.clone();
+        if let Some(old) = self.keys.insert(key.clone(), record) {
+            self.forget_bookkeeping(&key, &old, new_deadline, new_lease);
+        }
+        if let Some(deadline) = new_deadline {
             self.deadlines.insert((deadline, key.clone()));
         }
-        if let Some(old) = self.keys.insert(key.clone(), record) {
-            if let Some(deadline) = old.expires_at {
-                let still = self.keys.get(&key).and_then(|r| r.expires_at) == Some(deadline);
-                if !still {
-                    self.deadlines.remove(&(deadline, key));
-                }
+        if let Some(lease) = new_lease {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.insert(key.clone());
             }
+        }
+        self.emit(EventKind::Put, &key, None, &value);
+    }
+
+    /// Removes `key` with its TTL and lease attachments, and records the event.
+    fn remove(&mut self, key: &Bytes) {
+        if let Some(old) = self.keys.remove(key) {
+            self.forget_bookkeeping(key, &old, None, None);
+            self.emit(EventKind::Delete, key, None, &Bytes::new());
         }
     }
 
-    fn remove(&mut self, key: &Bytes) {
-        if let Some(old) = self.keys.remove(key) {
-            if let Some(deadline) = old.expires_at {
-                self.deadlines.remove(&(deadline, key.clone()));
+    /// Drops the deadline and lease attachments of a replaced or removed record, except those the
+    /// new record keeps.
+    fn forget_bookkeeping(
+        &mut self,
+        key: &Bytes,
+        old: &Record,
+        kept_deadline: Option<Millis>,
+        kept_lease: Option<LeaseId>,
+    ) {
+        if let Some(deadline) = old.expires_at.filter(|d| Some(*d) != kept_deadline) {
+            self.deadlines.remove(&(deadline, key.clone()));
+        }
+        if let Some(lease) = old.lease.filter(|l| Some(*l) != kept_lease) {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.remove(key);
             }
         }
+        for (field, lease) in &old.field_leases {
+            self.move_field_lease(key, field, Some(*lease), None);
+        }
+    }
+
+    /// Records one change at the revision being applied.
+    fn emit(&mut self, kind: EventKind, key: &Bytes, field: Option<&Bytes>, value: &Bytes) {
+        self.history.record(Event {
+            revision: self.revision,
+            kind,
+            key: key.clone(),
+            field: field.cloned(),
+            value: value.clone(),
+        });
     }
 
     // ----- Reads. `now` is the reader's clock: a key past its deadline reads as absent. -----
@@ -450,6 +583,11 @@ impl Machine {
             .filter(move |(_, r)| !r.is_expired(now))
     }
 
+    /// The recent change events.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
     /// The incarnation recorded for `node`'s data directory, if it registered one.
     pub fn incarnation(&self, node: u64) -> Option<u64> {
         self.incarnations.get(&node).copied()
@@ -468,3 +606,6 @@ impl Machine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod coordination_tests;

@@ -21,6 +21,7 @@ fn set(key: &str, value: &str) -> Command {
         condition: SetCondition::Always,
         expiry: Expiry::Never,
         return_previous: false,
+        lease: None,
     }
 }
 
@@ -31,6 +32,7 @@ fn set_with(key: &str, value: &str, condition: SetCondition, expiry: Expiry) -> 
         condition,
         expiry,
         return_previous: false,
+        lease: None,
     }
 }
 
@@ -215,6 +217,7 @@ fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
     let hset = Command::HashSet {
         key: b("room"),
         fields: vec![(b("p1"), b("x"))],
+        lease: None,
     };
     let first = m.apply(
         1,
@@ -322,6 +325,7 @@ fn wrong_type_is_a_reply_not_a_failure() {
             Command::HashSet {
                 key: b("s"),
                 fields: vec![(b("f"), b("v"))],
+                lease: None,
             },
         ),
     );
@@ -361,6 +365,7 @@ fn emptied_collections_are_deleted() {
             Command::HashSet {
                 key: b("h"),
                 fields: vec![(b("f"), b("1"))],
+                lease: None,
             },
         ),
     );
@@ -392,6 +397,7 @@ fn binary_keys_and_values_round_trip() {
                 condition: SetCondition::Always,
                 expiry: Expiry::Never,
                 return_previous: false,
+                lease: None,
             },
         ),
     );
@@ -437,6 +443,7 @@ fn replicas_are_deterministic_across_snapshot_restore() {
                 1 => Command::HashSet {
                     key: b(&format!("h{}", i % 7)),
                     fields: vec![(b(&key), Bytes::from(vec![i as u8]))],
+                    lease: None,
                 },
                 2 => Command::SetAdd {
                     key: b(&format!("s{}", i % 3)),

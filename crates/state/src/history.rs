@@ -1,0 +1,168 @@
+//! The change events produced by applied entries, and the bounded history watchers read from.
+//!
+//! Every change to the keyspace (a key or hash field or set member written or removed, by a
+//! client, a transaction, an expiry or a lease) becomes an [`Event`] stamped with the revision of
+//! the entry that caused it. Every replica derives the same events at the same revisions, so a
+//! watcher can resume on any node from the last revision it saw. The most recent events are kept
+//! (bounded by count and bytes, trimmed deterministically) and travel in snapshots; a watcher
+//! asking for older events gets [`Compacted`].
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Bytes, Revision};
+
+/// Most events the history keeps.
+pub const HISTORY_MAX_EVENTS: usize = 50_000;
+/// Most bytes (keys, fields and values) the history keeps.
+pub const HISTORY_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bookkeeping bytes counted per event on top of its payload.
+const EVENT_OVERHEAD: usize = 48;
+
+/// Whether something was written or removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to the keyspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The entry that made the change.
+    pub revision: Revision,
+    pub kind: EventKind,
+    pub key: Bytes,
+    /// The hash field or set member changed; None when the whole key changed (a string written,
+    /// or any key removed).
+    pub field: Option<Bytes>,
+    /// The new value of a put string or hash field; empty for set members and deletes.
+    pub value: Bytes,
+}
+
+impl Event {
+    fn weight(&self) -> usize {
+        EVENT_OVERHEAD
+            + self.key.len()
+            + self.field.as_ref().map_or(0, |f| f.len())
+            + self.value.len()
+    }
+}
+
+/// The events a watch wants: one key, or every key starting with a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyFilter {
+    Key(Bytes),
+    Prefix(Bytes),
+}
+
+impl KeyFilter {
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            KeyFilter::Key(k) => k.as_slice() == key,
+            KeyFilter::Prefix(p) => key.starts_with(p),
+        }
+    }
+}
+
+/// Events at or before this revision are no longer kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    /// The history holds every event after this revision.
+    pub compacted: Revision,
+}
+
+impl std::fmt::Display for Compacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the requested revision has been compacted; history starts after revision {}",
+            self.compacted
+        )
+    }
+}
+
+impl std::error::Error for Compacted {}
+
+/// The most recent events, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    events: VecDeque<Event>,
+    bytes: usize,
+    /// Every event after this revision is kept.
+    compacted: Revision,
+}
+
+impl History {
+    /// Appends an event (revisions never decrease) and trims the oldest revisions past the bounds.
+    pub(crate) fn record(&mut self, event: Event) {
+        self.bytes += event.weight();
+        self.events.push_back(event);
+        while self.events.len() > HISTORY_MAX_EVENTS || self.bytes > HISTORY_MAX_BYTES {
+            let Some(oldest) = self.events.front().map(|e| e.revision) else {
+                break;
+            };
+            // Drop whole revisions, so what is kept of a revision is all of it.
+            while self.events.front().is_some_and(|e| e.revision == oldest) {
+                let dropped = self.events.pop_front().expect("front exists");
+                self.bytes -= dropped.weight();
+            }
+            self.compacted = oldest;
+        }
+    }
+
+    /// The revision after which every event is kept.
+    pub fn compacted(&self) -> Revision {
+        self.compacted
+    }
+
+    /// Index of the first event with a revision greater than `revision`.
+    fn first_after(&self, revision: Revision) -> usize {
+        self.events.partition_point(|e| e.revision <= revision)
+    }
+
+    /// Events after revision `after` that match `filter`, whole revisions only, stopping once at
+    /// least `limit` events are collected. Fails when events after `after` were already dropped.
+    pub fn events_after(
+        &self,
+        after: Revision,
+        filter: &KeyFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, Compacted> {
+        if after < self.compacted {
+            return Err(Compacted {
+                compacted: self.compacted,
+            });
+        }
+        let mut found: Vec<Event> = Vec::new();
+        for event in self.events.range(self.first_after(after)..) {
+            if found.len() >= limit && found.last().is_some_and(|l| l.revision != event.revision) {
+                break;
+            }
+            if filter.matches(&event.key) {
+                found.push(event.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether any event touched `key` after revision `after`; None when that cannot be known
+    /// because those events were dropped.
+    pub fn touched_since(&self, key: &[u8], after: Revision) -> Option<bool> {
+        if after < self.compacted {
+            return None;
+        }
+        let start = self.first_after(after);
+        Some(self.events.range(start..).any(|e| e.key.as_slice() == key))
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
