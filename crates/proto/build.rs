@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "conclave/v1/kv.proto",
         "conclave/v1/cluster.proto",
+        "conclave/v1/coordination.proto",
+        "conclave/v1/pubsub.proto",
+        "conclave/v1/rooms.proto",
         "conclave/peer/v1/peer.proto",
     ];
     for file in &files {

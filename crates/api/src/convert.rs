@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use conclave_consensus::{Consistency, NodeError};
 use conclave_proto::v1;
-use conclave_state::{Bytes, InvalidRequest, Limits, ReadError, RequestId, WriteRequest};
+use conclave_state::{
+    Bytes, Check, CmpOp, Command, Expiry, InvalidRequest, Limits, ReadError, RequestId,
+    WriteRequest,
+};
 use tonic::{Request, Status};
 
 /// The deadline of a request: the node's request timeout, shortened by the client's
@@ -89,8 +92,110 @@ pub(crate) fn field(bytes: &[u8]) -> &serde_bytes::Bytes {
     serde_bytes::Bytes::new(bytes)
 }
 
-pub(crate) fn header(revision: u64, node_id: u64) -> Option<v1::ResponseHeader> {
-    Some(v1::ResponseHeader { revision, node_id })
+/// A lease id from the wire, where 0 means none.
+pub(crate) fn lease(id: u64) -> Option<conclave_state::LeaseId> {
+    (id != 0).then_some(id)
+}
+
+// ----- Wire writes as commands: one conversion per request type, shared by the unary calls and
+// by transactions. -----
+
+pub(crate) fn set_command(r: v1::SetRequest) -> Result<Command, Status> {
+    let condition = match v1::SetCondition::try_from(r.condition) {
+        Ok(v1::SetCondition::SetAlways) => conclave_state::SetCondition::Always,
+        Ok(v1::SetCondition::SetIfAbsent) => conclave_state::SetCondition::IfAbsent,
+        Ok(v1::SetCondition::SetIfPresent) => conclave_state::SetCondition::IfPresent,
+        Err(_) => return Err(Status::invalid_argument("unknown set condition")),
+    };
+    let expiry = match (r.ttl_ms, r.keep_ttl) {
+        (0, true) => Expiry::Keep,
+        (0, false) => Expiry::Never,
+        (ms, _) => Expiry::AfterMillis(ms),
+    };
+    Ok(Command::Set {
+        key: r.key.into(),
+        value: r.value.into(),
+        condition,
+        expiry,
+        return_previous: r.return_previous,
+        lease: lease(r.lease),
+    })
+}
+
+pub(crate) fn delete_command(r: v1::DeleteRequest) -> Command {
+    Command::Delete { keys: all(r.keys) }
+}
+
+pub(crate) fn hset_command(r: v1::HSetRequest) -> Command {
+    Command::HashSet {
+        key: r.key.into(),
+        fields: r
+            .fields
+            .into_iter()
+            .map(|f| (f.field.into(), f.value.into()))
+            .collect(),
+        lease: lease(r.lease),
+    }
+}
+
+pub(crate) fn hdel_command(r: v1::HDelRequest) -> Command {
+    Command::HashDelete {
+        key: r.key.into(),
+        fields: all(r.fields),
+    }
+}
+
+pub(crate) fn sadd_command(r: v1::SAddRequest) -> Command {
+    Command::SetAdd {
+        key: r.key.into(),
+        members: all(r.members),
+    }
+}
+
+pub(crate) fn srem_command(r: v1::SRemRequest) -> Command {
+    Command::SetRemove {
+        key: r.key.into(),
+        members: all(r.members),
+    }
+}
+
+pub(crate) fn txn_op(op: v1::TxnOp) -> Result<Command, Status> {
+    use v1::txn_op::Op;
+    match op.op {
+        Some(Op::Set(r)) => set_command(r),
+        Some(Op::Delete(r)) => Ok(delete_command(r)),
+        Some(Op::Hset(r)) => Ok(hset_command(r)),
+        Some(Op::Hdel(r)) => Ok(hdel_command(r)),
+        Some(Op::Sadd(r)) => Ok(sadd_command(r)),
+        Some(Op::Srem(r)) => Ok(srem_command(r)),
+        None => Err(Status::invalid_argument(
+            "a transaction op names no operation",
+        )),
+    }
+}
+
+pub(crate) fn compare(c: v1::Compare) -> Result<conclave_state::Compare, Status> {
+    use v1::compare::Target;
+    let op = match v1::CompareOp::try_from(c.op) {
+        Ok(v1::CompareOp::CompareEqual) => CmpOp::Equal,
+        Ok(v1::CompareOp::CompareNotEqual) => CmpOp::NotEqual,
+        Ok(v1::CompareOp::CompareLess) => CmpOp::Less,
+        Ok(v1::CompareOp::CompareGreater) => CmpOp::Greater,
+        Err(_) => return Err(Status::invalid_argument("unknown compare op")),
+    };
+    let check = match c.target {
+        Some(Target::Exists(exists)) => Check::Exists(exists),
+        Some(Target::Value(value)) => Check::Value(op, value.into()),
+        Some(Target::ModRevision(r)) => Check::Modified(op, r),
+        Some(Target::CreateRevision(r)) => Check::Created(op, r),
+        Some(Target::UnchangedSince(r)) => Check::UnchangedSince(r),
+        None => return Err(Status::invalid_argument("a compare names no target")),
+    };
+    Ok(conclave_state::Compare {
+        key: c.key.into(),
+        field: c.field.map(Bytes::from),
+        check,
+    })
 }
 
 #[cfg(test)]

@@ -1,29 +1,33 @@
-//! The `Kv` service: strings, hashes and sets.
+//! The `Kv` service: strings, hashes, sets, transactions and scans.
 
 use std::time::Instant;
 
-use conclave_consensus::{now_ms, Consistency, Node};
+use conclave_consensus::{Consistency, Node};
 use conclave_proto::v1::kv_server::{Kv, KvServer};
 use conclave_proto::v1::*;
-use conclave_state::{
-    Bytes, Command, Expiry, Machine, Outcome, ReadError, Revision, WriteReply, WriteRequest,
-};
+use conclave_state::{Bytes, Command, Machine, Outcome, ReadError, Revision, Value, WriteReply};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
-    all, check_key, checked, consistency, deadline, field, header, node_error, request_id,
-    wrong_type,
+    check_key, compare, consistency, delete_command, field, hdel_command, hset_command,
+    sadd_command, set_command, srem_command, txn_op, wrong_type,
 };
+use crate::gateway::{outcome_status, Gateway};
+
+/// Most keys one scan returns.
+const SCAN_LIMIT: usize = 10_000;
 
 /// Serves `conclave.v1.Kv` from one node.
 #[derive(Clone)]
 pub struct KvService {
-    node: Node,
+    gw: Gateway,
 }
 
 impl KvService {
     pub fn new(node: Node) -> Self {
-        KvService { node }
+        KvService {
+            gw: Gateway::new(node),
+        }
     }
 
     /// The tonic service to mount on the node's listener.
@@ -31,30 +35,16 @@ impl KvService {
         KvServer::new(self)
     }
 
-    /// Proposes a write and returns its reply; a wrong type becomes `FAILED_PRECONDITION`.
     async fn write(
         &self,
         options: Option<WriteOptions>,
         command: Command,
         deadline: Instant,
     ) -> Result<WriteReply, Status> {
-        let request = checked(WriteRequest {
-            id: request_id(options),
-            stamp: 0,
-            command,
-        })?;
-        let reply = self
-            .node
-            .write(request, deadline)
-            .await
-            .map_err(node_error)?;
-        if reply.outcome == Outcome::WrongType {
-            return Err(wrong_type(conclave_state::ReadError));
-        }
-        Ok(reply)
+        self.gw.write(options, command, deadline).await
     }
 
-    /// Waits for the read barrier, then runs `read` on the replica at this node's clock.
+    /// Reads under one key: checks the key, waits for the read barrier, then runs `read`.
     async fn read<R>(
         &self,
         key: &[u8],
@@ -63,14 +53,7 @@ impl KvService {
         read: impl FnOnce(&Machine, u64) -> Result<R, Status>,
     ) -> Result<(Revision, R), Status> {
         check_key(key)?;
-        self.node
-            .read_barrier(consistency, deadline)
-            .await
-            .map_err(node_error)?;
-        let now = now_ms();
-        self.node
-            .view()
-            .read(|m| read(m, now).map(|r| (m.revision(), r)))
+        self.gw.read(consistency, deadline, read).await
     }
 
     /// Reads a list of byte strings (hash fields or values, set members) under the request's key.
@@ -93,11 +76,11 @@ impl KvService {
     }
 
     fn header(&self, revision: Revision) -> Option<ResponseHeader> {
-        header(revision, self.node.id())
+        self.gw.header(revision)
     }
 
     fn deadline<T>(&self, request: &Request<T>) -> Instant {
-        deadline(request, self.node.request_timeout())
+        self.gw.deadline(request)
     }
 
     fn count(&self, reply: WriteReply) -> Response<CountResponse> {
@@ -109,6 +92,18 @@ impl KvService {
             header: self.header(reply.revision),
             count,
         })
+    }
+}
+
+/// A SET's outcome on the wire.
+fn set_response(outcome: Outcome, header: Option<ResponseHeader>) -> Result<SetResponse, Status> {
+    match outcome {
+        Outcome::Set { applied, previous } => Ok(SetResponse {
+            header,
+            applied,
+            previous: previous.map(Bytes::into_vec),
+        }),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
     }
 }
 
@@ -125,7 +120,7 @@ impl Kv for KvService {
                 Ok(record.map(|rec| KeyValue {
                     key: r.key.clone(),
                     value: match &rec.value {
-                        conclave_state::Value::String(v) => v.to_vec(),
+                        Value::String(v) => v.to_vec(),
                         _ => unreachable!("get() returns strings only"),
                     },
                     create_revision: rec.created,
@@ -143,44 +138,19 @@ impl Kv for KvService {
     async fn set(&self, request: Request<SetRequest>) -> Reply<SetResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let condition = match SetCondition::try_from(r.condition) {
-            Ok(SetCondition::SetAlways) => conclave_state::SetCondition::Always,
-            Ok(SetCondition::SetIfAbsent) => conclave_state::SetCondition::IfAbsent,
-            Ok(SetCondition::SetIfPresent) => conclave_state::SetCondition::IfPresent,
-            Err(_) => return Err(Status::invalid_argument("unknown set condition")),
-        };
-        let expiry = match (r.ttl_ms, r.keep_ttl) {
-            (0, true) => Expiry::Keep,
-            (0, false) => Expiry::Never,
-            (ms, _) => Expiry::AfterMillis(ms),
-        };
-        let command = Command::Set {
-            key: r.key.into(),
-            value: r.value.into(),
-            condition,
-            expiry,
-            return_previous: r.return_previous,
-        };
-        let reply = self.write(r.write, command, deadline).await?;
-        let Outcome::Set { applied, previous } = reply.outcome else {
-            return Err(Status::internal(format!(
-                "unexpected outcome {:?}",
-                reply.outcome
-            )));
-        };
-        Ok(Response::new(SetResponse {
-            header: self.header(reply.revision),
-            applied,
-            previous: previous.map(Bytes::into_vec),
-        }))
+        let options = r.write;
+        let reply = self.write(options, set_command(r)?, deadline).await?;
+        Ok(Response::new(set_response(
+            reply.outcome,
+            self.header(reply.revision),
+        )?))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Reply<DeleteResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let reply = self
-            .write(r.write, Command::Delete { keys: all(r.keys) }, deadline)
-            .await?;
+        let options = r.write;
+        let reply = self.write(options, delete_command(r), deadline).await?;
         let deleted = match reply.outcome {
             Outcome::Count(n) => n,
             _ => 0,
@@ -194,21 +164,8 @@ impl Kv for KvService {
     async fn h_set(&self, request: Request<HSetRequest>) -> Reply<HSetResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let fields = r
-            .fields
-            .into_iter()
-            .map(|f| (f.field.into(), f.value.into()))
-            .collect();
-        let reply = self
-            .write(
-                r.write,
-                Command::HashSet {
-                    key: r.key.into(),
-                    fields,
-                },
-                deadline,
-            )
-            .await?;
+        let options = r.write;
+        let reply = self.write(options, hset_command(r), deadline).await?;
         let added = match reply.outcome {
             Outcome::Count(n) => n,
             _ => 0,
@@ -257,11 +214,8 @@ impl Kv for KvService {
     async fn h_del(&self, request: Request<HDelRequest>) -> Reply<CountResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let command = Command::HashDelete {
-            key: r.key.into(),
-            fields: all(r.fields),
-        };
-        Ok(self.count(self.write(r.write, command, deadline).await?))
+        let options = r.write;
+        Ok(self.count(self.write(options, hdel_command(r), deadline).await?))
     }
 
     async fn h_get_all(&self, request: Request<KeyReadRequest>) -> Reply<HGetAllResponse> {
@@ -311,21 +265,15 @@ impl Kv for KvService {
     async fn s_add(&self, request: Request<SAddRequest>) -> Reply<CountResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let command = Command::SetAdd {
-            key: r.key.into(),
-            members: all(r.members),
-        };
-        Ok(self.count(self.write(r.write, command, deadline).await?))
+        let options = r.write;
+        Ok(self.count(self.write(options, sadd_command(r), deadline).await?))
     }
 
     async fn s_rem(&self, request: Request<SRemRequest>) -> Reply<CountResponse> {
         let deadline = self.deadline(&request);
         let r = request.into_inner();
-        let command = Command::SetRemove {
-            key: r.key.into(),
-            members: all(r.members),
-        };
-        Ok(self.count(self.write(r.write, command, deadline).await?))
+        let options = r.write;
+        Ok(self.count(self.write(options, srem_command(r), deadline).await?))
     }
 
     async fn s_members(&self, request: Request<KeyReadRequest>) -> Reply<ItemsResponse> {
@@ -334,5 +282,110 @@ impl Kv for KvService {
             Ok(set.into_iter().flatten().map(|m| m.to_vec()).collect())
         })
         .await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Reply<TxnResponse> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let txn = conclave_state::Transaction {
+            compares: r
+                .compares
+                .into_iter()
+                .map(compare)
+                .collect::<Result<_, _>>()?,
+            success: r
+                .success
+                .into_iter()
+                .map(txn_op)
+                .collect::<Result<_, _>>()?,
+            failure: r
+                .failure
+                .into_iter()
+                .map(txn_op)
+                .collect::<Result<_, _>>()?,
+        };
+        let reply = self
+            .gw
+            .write_unchecked_outcome(r.write, Command::Txn(Box::new(txn)), deadline)
+            .await?;
+        let Outcome::Txn {
+            succeeded,
+            outcomes,
+        } = reply.outcome
+        else {
+            return Err(Status::internal(format!(
+                "unexpected outcome {:?}",
+                reply.outcome
+            )));
+        };
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| {
+                use txn_op_result::Result as R;
+                let result = match outcome_status(&outcome) {
+                    Err(status) => R::Error(status.message().to_string()),
+                    Ok(()) => match outcome {
+                        Outcome::Count(n) => R::Count(n),
+                        set @ Outcome::Set { .. } => R::Set(set_response(set, None)?),
+                        other => {
+                            return Err(Status::internal(format!("unexpected outcome {other:?}")))
+                        }
+                    },
+                };
+                Ok(TxnOpResult {
+                    result: Some(result),
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Response::new(TxnResponse {
+            header: self.header(reply.revision),
+            succeeded,
+            results,
+        }))
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Reply<ScanResponse> {
+        let deadline = self.deadline(&request);
+        let r = request.into_inner();
+        let limit = match r.limit as usize {
+            0 => SCAN_LIMIT,
+            n => n.min(SCAN_LIMIT),
+        };
+        let (revision, (entries, more)) = self
+            .gw
+            .read(consistency(r.read), deadline, |m, now| {
+                let mut entries = Vec::new();
+                let mut more = false;
+                for (key, record) in m.keys_with_prefix(&r.prefix, now) {
+                    if !r.after.is_empty() && key.as_slice() <= r.after.as_slice() {
+                        continue;
+                    }
+                    if entries.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    entries.push(ScanEntry {
+                        key: key.to_vec(),
+                        r#type: record.value.type_name().to_string(),
+                        create_revision: record.created,
+                        mod_revision: record.modified,
+                        value: match &record.value {
+                            Value::String(v) => v.to_vec(),
+                            _ => Vec::new(),
+                        },
+                        ttl_ms: record
+                            .expires_at
+                            .map_or(0, |d| d.saturating_sub(now).max(1)),
+                        lease: record.lease.unwrap_or(0),
+                    });
+                }
+                Ok((entries, more))
+            })
+            .await?;
+        Ok(Response::new(ScanResponse {
+            header: self.header(revision),
+            entries,
+            more,
+        }))
     }
 }

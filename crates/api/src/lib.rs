@@ -11,7 +11,18 @@
 
 mod cluster;
 mod convert;
+mod gateway;
 mod kv;
+mod lease;
+mod lock;
+mod pubsub;
+mod rooms;
+mod watch;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use lease::LeaseService;
+pub use lock::{lock_key, LockService};
+pub use pubsub::PubSubService;
+pub use rooms::{participants_key, RoomsService, MEDIA_NODES_KEY, ROOMS_KEY};
+pub use watch::WatchService;

@@ -1,11 +1,20 @@
-//! A minimal Rust client for Conclave's gRPC API (the full SDK comes later).
+//! The Rust SDK of Conclave's gRPC API.
 //!
-//! Owns: connecting to one of several endpoints (the first listed is preferred, normally the
-//! node on the same host), failing over to the next when a node is unreachable, tracking the
-//! session revision so reads see the client's own writes on any node, and numbering writes
-//! (client id, sequence) so a write retried after a failover is applied once.
+//! One [`Client`] is built from a list of endpoints; the first is preferred (normally the node on
+//! the same host) and the others are used when it cannot be reached. The client
+//! - fails over to the next endpoint when a node is unreachable or unavailable,
+//! - tracks its session revision (the highest revision it has seen, from replies, watch events
+//!   and pub/sub messages) and sends it with every read, so reads see its own writes on any node,
+//! - numbers every write (client id, sequence) and retries it with the same numbers after a
+//!   failover, so it applies once,
+//! - resumes watch streams ([`Watcher`]) from the last revision delivered and re-subscribes
+//!   pub/sub streams ([`Subscriber`]) on another node after a node loss.
 //!
-//! Does not own: leases, watch, pub/sub, typed room state (later issues).
+//! Modules by capability: keys, hashes, sets, transactions and scans (`kv`); leases and their
+//! keep-alive ([`LeaseKeeper`]); locks with fencing tokens ([`LockGuard`]); watch; pub/sub; typed
+//! room state for media servers (`rooms`, [`MediaNodeRegistration`]).
+//!
+//! Does not own: the wire types (generated in `conclave-proto`, re-exported as [`v1`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), conclave_client::Error> {
@@ -14,6 +23,20 @@
 //! assert_eq!(client.get("room/1").await?.as_deref(), Some(&b"meta"[..]));
 //! # Ok(()) }
 //! ```
+
+mod kv;
+mod lease;
+mod lock;
+mod pubsub;
+mod rooms;
+mod watch;
+
+pub use kv::{cmp, op, Txn};
+pub use lease::{Lease, LeaseKeeper};
+pub use lock::{LockGuard, LockOptions};
+pub use pubsub::{Message, Subscriber};
+pub use rooms::{keys as room_keys, MediaNodeRegistration};
+pub use watch::{WatchBatch, WatchTarget, Watcher};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +57,26 @@ pub enum Error {
     BadEndpoint(String),
     #[error("{}: {}", .0.code(), .0.message())]
     Rpc(#[from] Status),
+    /// A watch asked for events the history no longer holds: re-read, then watch from the
+    /// revision read.
+    #[error("the history was compacted up to revision {compacted}")]
+    Compacted { compacted: u64 },
+    /// A subscriber fell too far behind and the node disconnected it.
+    #[error("subscriber disconnected: {0}")]
+    Disconnected(String),
+    /// The lease ended (it expired or was revoked).
+    #[error("lease {0} no longer exists")]
+    LeaseLost(u64),
+}
+
+impl Error {
+    /// The gRPC status code, for errors that came from a node.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Rpc(status) => Some(status.code()),
+            _ => None,
+        }
+    }
 }
 
 /// How fresh a read must be; see `conclave.v1.Consistency`.
@@ -112,8 +155,29 @@ impl Client {
 
     fn observe(&self, header: Option<&v1::ResponseHeader>) {
         if let Some(h) = header {
-            self.session.fetch_max(h.revision, Ordering::Relaxed);
+            self.observe_revision(h.revision);
         }
+    }
+
+    /// Advances the session to `revision` if it is ahead.
+    fn observe_revision(&self, revision: u64) {
+        self.session.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// The channel of the endpoint in use, and its index.
+    fn channel(&self) -> (usize, Channel) {
+        let index = self.current.load(Ordering::Relaxed) % self.channels.len();
+        (index, self.channels[index].1.clone())
+    }
+
+    /// Moves to the endpoint after `index` (unless another call already moved on).
+    fn fail_over_from(&self, index: usize) {
+        let _ = self.current.compare_exchange(
+            index,
+            (index + 1) % self.channels.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     fn next_write(&self) -> Option<v1::WriteOptions> {
@@ -146,17 +210,12 @@ impl Client {
         let started = Instant::now();
         let mut attempts = 0;
         loop {
-            let index = self.current.load(Ordering::Relaxed) % self.channels.len();
-            match call(self.channels[index].1.clone()).await {
+            let (index, channel) = self.channel();
+            match call(channel).await {
                 Ok(value) => return Ok(value),
                 Err(status) if node_unreachable(&status) && started.elapsed() < FAILOVER_BUDGET => {
                     attempts += 1;
-                    let _ = self.current.compare_exchange(
-                        index,
-                        (index + 1) % self.channels.len(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    self.fail_over_from(index);
                     if attempts % self.channels.len() == 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -166,7 +225,23 @@ impl Client {
         }
     }
 
-    /// One `Kv` call with failover; the reply's revision advances the session.
+    /// One unary call with failover; the reply's revision advances the session.
+    async fn call<Req, Resp, F, Fut>(&self, request: Req, rpc: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Resp: Revisioned,
+        F: Fn(Channel, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let response = self
+            .with_failover(|channel| rpc(channel, request.clone()))
+            .await?
+            .into_inner();
+        self.observe(response.header());
+        Ok(response)
+    }
+
+    /// One `Kv` call with failover.
     async fn kv_call<Req, Resp, F, Fut>(&self, request: Req, rpc: F) -> Result<Resp, Error>
     where
         Req: Clone,
@@ -174,149 +249,18 @@ impl Client {
         F: Fn(KvClient<Channel>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let response = self
-            .with_failover(|channel| rpc(KvClient::new(channel), request.clone()))
-            .await?
-            .into_inner();
-        self.observe(response.header());
-        Ok(response)
-    }
-
-    /// Reads a string at session consistency; None if absent.
-    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self
-            .get_with(key, Consistency::Session)
-            .await?
-            .map(|kv| kv.value))
-    }
-
-    /// Reads a string with its revisions at the given consistency.
-    pub async fn get_with(
-        &self,
-        key: impl AsRef<[u8]>,
-        consistency: Consistency,
-    ) -> Result<Option<v1::KeyValue>, Error> {
-        let request = v1::GetRequest {
-            key: key.as_ref().to_vec(),
-            read: self.read_options(consistency),
-        };
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.get(r).await })
-            .await?;
-        Ok(response.kv)
-    }
-
-    /// Sets a string (no condition, no TTL); returns the write's revision.
-    pub async fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, Error> {
-        let response = self
-            .set_with(v1::SetRequest {
-                key: key.as_ref().to_vec(),
-                value: value.as_ref().to_vec(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(response.header.map_or(0, |h| h.revision))
-    }
-
-    /// Sets a string with every option of `SetRequest` (its write id is filled in).
-    pub async fn set_with(&self, mut request: v1::SetRequest) -> Result<v1::SetResponse, Error> {
-        request.write = self.next_write();
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.set(r).await })
-            .await?;
-        Ok(response)
-    }
-
-    /// Deletes keys; returns how many existed.
-    pub async fn delete<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<u64, Error> {
-        let request = v1::DeleteRequest {
-            keys: keys.iter().map(|k| k.as_ref().to_vec()).collect(),
-            write: self.next_write(),
-        };
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.delete(r).await })
-            .await?;
-        Ok(response.deleted)
-    }
-
-    /// Sets hash fields; returns how many were new.
-    pub async fn hset<F: AsRef<[u8]>, V: AsRef<[u8]>>(
-        &self,
-        key: impl AsRef<[u8]>,
-        fields: &[(F, V)],
-    ) -> Result<u64, Error> {
-        let request = v1::HSetRequest {
-            key: key.as_ref().to_vec(),
-            fields: fields
-                .iter()
-                .map(|(f, v)| v1::HashField {
-                    field: f.as_ref().to_vec(),
-                    value: v.as_ref().to_vec(),
-                })
-                .collect(),
-            write: self.next_write(),
-        };
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.h_set(r).await })
-            .await?;
-        Ok(response.added)
-    }
-
-    /// Reads a whole hash at session consistency.
-    pub async fn hgetall(&self, key: impl AsRef<[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
-        let request = v1::KeyReadRequest {
-            key: key.as_ref().to_vec(),
-            read: self.read_options(Consistency::Session),
-        };
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.h_get_all(r).await })
-            .await?;
-        Ok(response
-            .fields
-            .into_iter()
-            .map(|f| (f.field, f.value))
-            .collect())
-    }
-
-    /// Adds set members; returns how many were new.
-    pub async fn sadd<M: AsRef<[u8]>>(
-        &self,
-        key: impl AsRef<[u8]>,
-        members: &[M],
-    ) -> Result<u64, Error> {
-        let request = v1::SAddRequest {
-            key: key.as_ref().to_vec(),
-            members: members.iter().map(|m| m.as_ref().to_vec()).collect(),
-            write: self.next_write(),
-        };
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.s_add(r).await })
-            .await?;
-        Ok(response.count)
-    }
-
-    /// Reads a set's members at session consistency.
-    pub async fn smembers(&self, key: impl AsRef<[u8]>) -> Result<Vec<Vec<u8>>, Error> {
-        let request = v1::KeyReadRequest {
-            key: key.as_ref().to_vec(),
-            read: self.read_options(Consistency::Session),
-        };
-        let response = self
-            .kv_call(request, |mut kv, r| async move { kv.s_members(r).await })
-            .await?;
-        Ok(response.items)
+        self.call(request, |channel, r| rpc(KvClient::new(channel), r))
+            .await
     }
 
     /// The raw `Kv` client of the endpoint in use, for calls this client does not wrap.
     pub fn kv(&self) -> KvClient<Channel> {
-        let index = self.current.load(Ordering::Relaxed) % self.channels.len();
-        KvClient::new(self.channels[index].1.clone())
+        KvClient::new(self.channel().1)
     }
 
     /// The raw `Cluster` client of the endpoint in use.
     pub fn cluster(&self) -> ClusterClient<Channel> {
-        let index = self.current.load(Ordering::Relaxed) % self.channels.len();
-        ClusterClient::new(self.channels[index].1.clone())
+        ClusterClient::new(self.channel().1)
     }
 
     /// The status of the node in use (no failover: status is per node).
@@ -367,7 +311,31 @@ revisioned!(
     v1::SetResponse,
     v1::DeleteResponse,
     v1::HSetResponse,
+    v1::HGetResponse,
     v1::HGetAllResponse,
     v1::CountResponse,
     v1::ItemsResponse,
+    v1::TxnResponse,
+    v1::ScanResponse,
+    v1::LeaseGrantResponse,
+    v1::LeaseRevokeResponse,
+    v1::LeaseKeepAliveResponse,
+    v1::LeaseTimeToLiveResponse,
+    v1::LockAcquireResponse,
+    v1::LockReleaseResponse,
+    v1::RoomResponse,
+    v1::DeleteRoomResponse,
+    v1::ListRoomsResponse,
+    v1::ParticipantResponse,
+    v1::LeaveResponse,
+    v1::ListParticipantsResponse,
+    v1::NodeResponse,
+    v1::ListNodesResponse,
 );
+
+/// Replies without a header (the session is not advanced by them).
+impl Revisioned for v1::PublishResponse {
+    fn header(&self) -> Option<&v1::ResponseHeader> {
+        None
+    }
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use conclave_api::{ClusterService, KvService};
+use conclave_api::{
+    ClusterService, KvService, LeaseService, LockService, PubSubService, RoomsService, WatchService,
+};
 use conclave_consensus::{ClusterSpec, Node, NodeOptions, Timing};
 use tonic::transport::server::TcpIncoming;
 
@@ -70,11 +72,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(id = args.id, listen = %args.listen, "node serving");
     eprintln!("conclave node {} serving on {}", args.id, args.listen);
 
+    let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
+
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
         .add_service(node.peer_service().into_server())
+        .add_service(pubsub.mesh_service().into_server())
         .add_service(KvService::new(node.clone()).into_server())
         .add_service(ClusterService::new(node.clone()).into_server())
+        .add_service(LeaseService::new(node.clone()).into_server())
+        .add_service(LockService::new(node.clone()).into_server())
+        .add_service(WatchService::new(node.clone()).into_server())
+        .add_service(RoomsService::new(node.clone()).into_server())
+        .add_service(PubSubService::new(pubsub).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown_signal());
     served.await.context("serving")?;
     node.shutdown().await;

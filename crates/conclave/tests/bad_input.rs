@@ -76,6 +76,7 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
             key: b"k".to_vec(),
             fields: vec![],
             write: None,
+            lease: 0,
         })
         .await
         .unwrap_err();

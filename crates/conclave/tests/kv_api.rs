@@ -91,6 +91,7 @@ async fn every_kv_call_answers_with_its_documented_shape() {
                 },
             ],
             write: None,
+            lease: 0,
         })
         .await
         .unwrap()

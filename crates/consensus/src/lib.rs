@@ -3,7 +3,8 @@
 //! Owns: the openraft type configuration ([`TypeConfig`]), the node-to-node gRPC network
 //! ([`network`] as client, [`PeerService`] as server), cluster bootstrap from an initial member
 //! list, membership changes, forwarding of writes and read-index requests to the leader, read
-//! barriers for the three consistency levels, and the leader's TTL reaper.
+//! barriers for the three consistency levels, and the leader's housekeeping (reaping expired keys,
+//! renewing every lease after an election, then expiring leases past their deadline).
 //!
 //! Does not own: client-facing protocols (the API crates sit on top of [`Node`] and know nothing
 //! below it but its methods), the data model (the state crate), durability (the storage crate).
@@ -14,8 +15,7 @@
 //! client never sees a redirect. Every write carries a (client id, sequence), assigned here when
 //! the client gave none, so a retry after a lost answer is applied once.
 //!
-//! Known to be missing: leases, watch and pub/sub fan-out (later issues); snapshot transfer is
-//! openraft's chunked transfer of an in-memory snapshot.
+//! Known to be missing: snapshot transfer is openraft's chunked transfer of an in-memory snapshot.
 
 mod cluster;
 mod codec;

@@ -83,6 +83,23 @@ impl Peers {
         Ok(PeerClient::new(channel).max_decoding_message_size(MAX_PEER_MESSAGE_BYTES))
     }
 
+    /// A channel of its own to the node at `address` (not shared with Raft traffic, so a busy
+    /// stream cannot delay heartbeats behind it on one connection).
+    pub fn dedicated_channel(&self, address: &str) -> Result<Channel, Status> {
+        Self::connect(address)
+    }
+
+    /// Adds the cluster id header to a request of any node-to-node service.
+    pub fn stamp<T>(&self, mut request: Request<T>) -> Request<T> {
+        if let Some(id) = self.cluster_id() {
+            request.metadata_mut().insert(
+                CLUSTER_ID_HEADER,
+                format!("{id:016x}").parse().expect("hex is valid metadata"),
+            );
+        }
+        request
+    }
+
     fn connect(address: &str) -> Result<Channel, Status> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Status::invalid_argument(format!("bad peer address {address}: {e}")))?
@@ -96,13 +113,7 @@ impl Peers {
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
-        if let Some(id) = self.cluster_id() {
-            request.metadata_mut().insert(
-                CLUSTER_ID_HEADER,
-                format!("{id:016x}").parse().expect("hex is valid metadata"),
-            );
-        }
-        request
+        self.stamp(request)
     }
 
     /// Sends a request to be executed by the node at `address` as leader.

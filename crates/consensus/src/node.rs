@@ -19,9 +19,9 @@ use crate::{MemberView, NodeId, Raft, StateView};
 
 /// Pause between attempts while a request waits for a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// How often the leader looks for expired keys to reap.
-const REAP_EVERY: Duration = Duration::from_millis(100);
-/// Most keys removed by one reap entry.
+/// How often the leader looks for expired keys and leases.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
+/// Most keys (or leases) ended by one entry.
 const REAP_BATCH: usize = 1000;
 /// How long bootstrap waits for each peer to answer an identity probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -256,7 +256,7 @@ impl Node {
         if !initialized && !options.join {
             node.bootstrap(&options.cluster).await?;
         }
-        tokio::spawn(node.clone().reap_expired_keys());
+        tokio::spawn(node.clone().leader_housekeeping());
         tokio::spawn(node.clone().register_incarnation());
         Ok(node)
     }
@@ -327,6 +327,24 @@ impl Node {
     /// The node-to-node service to mount on this node's listener.
     pub fn peer_service(&self) -> crate::PeerService {
         crate::PeerService::new(self.clone())
+    }
+
+    /// Clients of the other nodes.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// Every other member (voter or learner) with its address, as this node knows them.
+    pub fn other_members(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.inner.id)
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
     }
 
     /// The openraft handle.
@@ -480,9 +498,22 @@ impl Node {
         leader::execute(&self.inner.raft, request, now_ms()).await
     }
 
-    /// Admits a call from a node announcing `cluster_id`; a node that does not know its cluster
-    /// yet (it was started with `--join`) adopts it.
-    pub(crate) async fn admit_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+    /// Admits a node-to-node call: refuses one from another cluster; a node that does not know
+    /// its cluster yet (it was started with `--join`) adopts the first cluster id it hears.
+    pub async fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let Some(value) = request.metadata().get(conclave_proto::CLUSTER_ID_HEADER) else {
+            return Ok(());
+        };
+        let theirs = value
+            .to_str()
+            .ok()
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(|| Status::invalid_argument("malformed cluster id header"))?;
+        self.admit_cluster(theirs).await
+    }
+
+    /// Admits a call from a node announcing `cluster_id`.
+    async fn admit_cluster(&self, cluster_id: u64) -> Result<(), Status> {
         match self.inner.peers.cluster_id() {
             Some(ours) if ours != cluster_id => Err(Status::failed_precondition(format!(
                 "node {} belongs to cluster {ours:016x}, the caller to cluster {cluster_id:016x}",
@@ -545,11 +576,13 @@ impl Node {
         }
     }
 
-    /// While this node leads, proposes the removal of keys whose deadline has passed, so every
-    /// replica removes them at the same log position.
-    async fn reap_expired_keys(self) {
-        let mut tick = tokio::time::interval(REAP_EVERY);
+    /// While this node leads: first renews every lease once per term (keep-alives sent during the
+    /// election could not commit), then proposes the removal of keys and the end of leases whose
+    /// deadline has passed, so every replica removes them at the same log position.
+    async fn leader_housekeeping(self) {
+        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed_in_term = None;
         loop {
             tick.tick().await;
             let metrics = self.inner.raft.metrics().borrow().clone();
@@ -559,23 +592,42 @@ impl Node {
             if metrics.current_leader != Some(self.inner.id) {
                 continue;
             }
-            let keys = self
-                .inner
-                .view
-                .read(|m| m.expired_keys(now_ms(), REAP_BATCH));
-            if keys.is_empty() {
+            if renewed_in_term != Some(metrics.current_term) {
+                match self.propose(Command::LeaseRenewAll).await {
+                    Ok(()) => renewed_in_term = Some(metrics.current_term),
+                    Err(e) => tracing::debug!("renewing leases after the election failed: {e}"),
+                }
                 continue;
             }
-            let request = WriteRequest {
-                id: None,
-                stamp: 0,
-                command: Command::Reap { keys },
-            };
-            let deadline = Instant::now() + self.inner.timing.request_timeout;
-            if let Err(e) = self.write(request, deadline).await {
-                tracing::debug!("reaping expired keys failed: {e}");
+            let now = now_ms();
+            let (keys, leases) = self.inner.view.read(|m| {
+                (
+                    m.expired_keys(now, REAP_BATCH),
+                    m.expired_leases(now, REAP_BATCH),
+                )
+            });
+            if !keys.is_empty() {
+                if let Err(e) = self.propose(Command::Reap { keys }).await {
+                    tracing::debug!("reaping expired keys failed: {e}");
+                }
+            }
+            if !leases.is_empty() {
+                if let Err(e) = self.propose(Command::LeaseExpire { leases }).await {
+                    tracing::debug!("expiring leases failed: {e}");
+                }
             }
         }
+    }
+
+    /// Writes one of the node's own commands, within the request timeout.
+    async fn propose(&self, command: Command) -> Result<(), NodeError> {
+        let request = WriteRequest {
+            id: None,
+            stamp: 0,
+            command,
+        };
+        let deadline = Instant::now() + self.inner.timing.request_timeout;
+        self.write(request, deadline).await.map(|_| ())
     }
 
     /// Records this node's incarnation in the replicated state once the node is a member that
@@ -604,16 +656,11 @@ impl Node {
             if !is_member {
                 continue;
             }
-            let request = WriteRequest {
-                id: None,
-                stamp: 0,
-                command: Command::RegisterNode {
-                    node: id,
-                    incarnation: self.inner.incarnation,
-                },
+            let command = Command::RegisterNode {
+                node: id,
+                incarnation: self.inner.incarnation,
             };
-            let deadline = Instant::now() + self.inner.timing.request_timeout;
-            if let Err(e) = self.write(request, deadline).await {
+            if let Err(e) = self.propose(command).await {
                 tracing::debug!("registering this node's incarnation failed: {e}");
             }
         }

@@ -4,7 +4,6 @@ use conclave_proto::peer::peer_server::{Peer, PeerServer};
 use conclave_proto::peer::{
     ForwardRequest, ForwardResponse, IdentifyRequest, IdentifyResponse, RaftMessage,
 };
-use conclave_proto::CLUSTER_ID_HEADER;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
@@ -29,17 +28,8 @@ impl PeerService {
         PeerServer::new(self).max_decoding_message_size(crate::network::MAX_PEER_MESSAGE_BYTES)
     }
 
-    /// Refuses calls from another cluster; a joining node adopts the first cluster id it hears.
     async fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(value) = request.metadata().get(CLUSTER_ID_HEADER) else {
-            return Ok(());
-        };
-        let theirs = value
-            .to_str()
-            .ok()
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| Status::invalid_argument("malformed cluster id header"))?;
-        self.node.admit_cluster(theirs).await
+        self.node.admit(request).await
     }
 }
 

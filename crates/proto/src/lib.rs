@@ -1,7 +1,7 @@
 //! Wire types generated from `proto/`, the single source of truth for every message.
 //!
-//! Owns: the client API (`conclave.v1`: `Kv`, `Cluster`) and the node-to-node service
-//! (`conclave.peer.v1`: `Peer`). Does not own: any conversion to or from the state machine's types
+//! Owns: the client API (`conclave.v1`: `Kv`, `Cluster`, `Lease`, `Lock`, `Watch`, `PubSub`,
+//! `Rooms`) and the node-to-node services (`conclave.peer.v1`: `Peer`, `Mesh`). Does not own: any conversion to or from the state machine's types
 //! (the API and consensus crates do that) or any behaviour.
 
 /// The client-facing API.
@@ -16,3 +16,6 @@ pub mod peer {
 
 /// The metadata header carrying the sender's cluster id on every node-to-node call.
 pub const CLUSTER_ID_HEADER: &str = "conclave-cluster-id";
+
+/// The trailer naming the compacted revision when a watch asks for history already dropped.
+pub const COMPACTED_REVISION_TRAILER: &str = "conclave-compacted-revision";

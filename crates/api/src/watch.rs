@@ -1,0 +1,178 @@
+//! The `Watch` service: a stream of change events for a key or a prefix, from a revision on.
+//!
+//! Events come from the replica's history (every replica derives the same events at the same
+//! revisions), so a watch resumes on any node from the last revision it saw. A revision's events
+//! are never split across responses. A watcher that asks for events already dropped from the
+//! history, or falls that far behind, gets OUT_OF_RANGE with the compacted revision.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use conclave_proto::v1::watch_server::{Watch, WatchServer};
+use conclave_proto::v1::*;
+use conclave_proto::COMPACTED_REVISION_TRAILER;
+use conclave_state::{Compacted, EventKind, KeyFilter};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::check_key;
+use crate::gateway::Gateway;
+
+/// Most events gathered into one response (a revision is never split, so it may hold more).
+const BATCH_EVENTS: usize = 1000;
+/// Default interval of progress responses on an idle watch.
+const DEFAULT_PROGRESS: Duration = Duration::from_secs(5);
+/// Responses buffered towards a slow watcher before the producer waits.
+const STREAM_BUFFER: usize = 64;
+
+/// Serves `conclave.v1.Watch` from one node.
+#[derive(Clone)]
+pub struct WatchService {
+    gw: Gateway,
+}
+
+impl WatchService {
+    pub fn new(node: conclave_consensus::Node) -> Self {
+        WatchService {
+            gw: Gateway::new(node),
+        }
+    }
+
+    pub fn into_server(self) -> WatchServer<Self> {
+        WatchServer::new(self)
+    }
+
+    /// Feeds `out` until the watcher goes away or falls behind the history.
+    async fn run(
+        self,
+        filter: KeyFilter,
+        mut cursor: u64,
+        progress: Duration,
+        out: mpsc::Sender<Result<WatchResponse, Status>>,
+    ) {
+        let view = self.gw.node().view().clone();
+        // The first response names where the watch starts, so a client that asked for "from
+        // now" knows where to resume.
+        let created = WatchResponse {
+            header: self.gw.header(cursor),
+            events: Vec::new(),
+        };
+        if out.send(Ok(created)).await.is_err() {
+            return;
+        }
+        let mut last_sent = tokio::time::Instant::now();
+        loop {
+            let batch = view.read(|m| {
+                m.history()
+                    .events_after(cursor, &filter, BATCH_EVENTS)
+                    .map(|events| (events, m.revision()))
+            });
+            let (events, revision) = match batch {
+                Ok(batch) => batch,
+                Err(compacted) => {
+                    let _ = out.send(Err(compacted_status(compacted))).await;
+                    return;
+                }
+            };
+            if !events.is_empty() {
+                let complete = events.len() < BATCH_EVENTS;
+                let through = if complete {
+                    revision
+                } else {
+                    events.last().expect("not empty").revision
+                };
+                let response = WatchResponse {
+                    header: self.gw.header(through),
+                    events: events.into_iter().map(wire_event).collect(),
+                };
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+                cursor = through;
+                if !complete {
+                    continue;
+                }
+            }
+            cursor = cursor.max(revision);
+            if tokio::time::Instant::now() >= last_sent + progress {
+                let response = WatchResponse {
+                    header: self.gw.header(cursor),
+                    events: Vec::new(),
+                };
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            let quiet_for =
+                (last_sent + progress).saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                _ = out.closed() => return,
+                _ = view.wait_applied(cursor + 1, quiet_for) => {}
+            }
+        }
+    }
+}
+
+fn wire_event(event: conclave_state::Event) -> Event {
+    Event {
+        r#type: match event.kind {
+            EventKind::Put => EventType::EventPut,
+            EventKind::Delete => EventType::EventDelete,
+        } as i32,
+        key: event.key.into_vec(),
+        field: event.field.map(|f| f.into_vec()),
+        value: event.value.into_vec(),
+        revision: event.revision,
+    }
+}
+
+fn compacted_status(compacted: Compacted) -> Status {
+    let mut status = Status::out_of_range(compacted.to_string());
+    if let Ok(value) = compacted.compacted.to_string().parse() {
+        status
+            .metadata_mut()
+            .insert(COMPACTED_REVISION_TRAILER, value);
+    }
+    status
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let filter = if r.prefix {
+            KeyFilter::Prefix(r.key.into())
+        } else {
+            check_key(&r.key)?;
+            KeyFilter::Key(r.key.into())
+        };
+        let view = self.gw.node().view();
+        let cursor = match r.start_revision {
+            0 => view.applied(),
+            start => start - 1,
+        };
+        // Refuse at once (rather than in the stream) what is already compacted.
+        let compacted = view.read(|m| m.history().compacted());
+        if cursor < compacted {
+            return Err(compacted_status(Compacted { compacted }));
+        }
+        let progress = match r.progress_interval_ms {
+            0 => DEFAULT_PROGRESS,
+            ms => Duration::from_millis(ms),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(self.clone().run(filter, cursor, progress, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
