@@ -33,6 +33,38 @@ pub fn participants_key(room: &str) -> Vec<u8> {
     format!("conclave:participants:{room}").into_bytes()
 }
 
+/// How fresh the reads of a compare-and-swap loop are. They start at the writer's session
+/// revision, move to the revision of a transaction whose compare failed (so the next attempt sees
+/// what made it fail), and a "does not exist" is confirmed by a linearizable read before it is
+/// reported: a replica that lags must not make a fresh room look missing.
+#[derive(Clone, Copy)]
+struct Freshness {
+    min_revision: Revision,
+    linearizable: bool,
+}
+
+impl Freshness {
+    fn of(options: &Option<WriteOptions>) -> Self {
+        Freshness {
+            min_revision: options.as_ref().map_or(0, |o| o.min_revision),
+            linearizable: false,
+        }
+    }
+
+    fn after(revision: Revision) -> Self {
+        Freshness {
+            min_revision: revision,
+            linearizable: false,
+        }
+    }
+
+    /// Before reporting something missing: true (read again, linearizably) unless that was
+    /// already a linearizable read.
+    fn confirm_missing(&mut self) -> bool {
+        !std::mem::replace(&mut self.linearizable, true)
+    }
+}
+
 /// Attempts of a compare-and-swap before giving up (each failure means another writer won).
 const CAS_ATTEMPTS: usize = 32;
 /// Longest room name, identity or node id.
@@ -126,16 +158,19 @@ impl RoomsService {
         RoomsServer::new(self)
     }
 
-    /// Reads at least at `revision` (the revision of a transaction that just failed, so the next
-    /// attempt sees what made it fail).
+    /// Reads at `fresh`.
     async fn read_at<R>(
         &self,
-        revision: Revision,
+        fresh: Freshness,
         deadline: Instant,
         read: impl FnOnce(&Machine, u64) -> Result<R, Status>,
     ) -> Result<(Revision, R), Status> {
-        let consistency = Consistency::Session {
-            min_revision: revision,
+        let consistency = if fresh.linearizable {
+            Consistency::Linearizable
+        } else {
+            Consistency::Session {
+                min_revision: fresh.min_revision,
+            }
         };
         self.gw.read(consistency, deadline, read).await
     }
@@ -175,10 +210,10 @@ impl RoomsService {
         T: prost::Message + Default,
         F: Fn(T) -> Result<T, Status>,
     {
-        let mut seen = 0;
+        let mut fresh = Freshness::of(&options);
         for _ in 0..CAS_ATTEMPTS {
             let (_, current) = self
-                .read_at(seen, deadline, |m, now| {
+                .read_at(fresh, deadline, |m, now| {
                     let stored = field_bytes(m, key, field, now)?;
                     let lease = m.record(key, now).and_then(|r| {
                         r.field_leases
@@ -189,6 +224,9 @@ impl RoomsService {
                 })
                 .await?;
             let Some((stored, lease)) = current else {
+                if fresh.confirm_missing() {
+                    continue;
+                }
                 return Err(missing());
             };
             let updated = change(decode(&stored)?)?;
@@ -200,7 +238,7 @@ impl RoomsService {
             if txn_succeeded(&reply)? {
                 return Ok((reply.revision, updated));
             }
-            seen = reply.revision;
+            fresh = Freshness::after(reply.revision);
         }
         Err(Status::aborted(format!(
             "{field} changed {CAS_ATTEMPTS} times while being updated; retry"
@@ -215,7 +253,7 @@ impl RoomsService {
         deadline: Instant,
     ) -> Result<(Revision, Option<Room>), Status> {
         let (revision, stored) = self
-            .read_at(revision, deadline, |m, now| {
+            .read_at(Freshness::after(revision), deadline, |m, now| {
                 field_bytes(m, ROOMS_KEY, name, now)
             })
             .await?;
@@ -348,11 +386,11 @@ impl Rooms for RoomsService {
     async fn assign_room(&self, request: Request<AssignRoomRequest>) -> Reply<RoomResponse> {
         let deadline = self.gw.deadline(&request);
         let r = request.into_inner();
-        let mut options = None;
-        let mut seen = 0;
+        let mut options = r.write;
+        let mut fresh = Freshness::of(&options);
         for _ in 0..CAS_ATTEMPTS {
             let (revision, (stored, nodes, rooms)) = self
-                .read_at(seen, deadline, |m, now| {
+                .read_at(fresh, deadline, |m, now| {
                     Ok((
                         field_bytes(m, ROOMS_KEY, &r.name, now)?,
                         m.hash(MEDIA_NODES_KEY, now)
@@ -364,7 +402,12 @@ impl Rooms for RoomsService {
                     ))
                 })
                 .await?;
-            let stored = stored.ok_or_else(room_not_found(&r.name))?;
+            let Some(stored) = stored else {
+                if fresh.confirm_missing() {
+                    continue;
+                }
+                return Err(room_not_found(&r.name)());
+            };
             let room: Room = decode(&stored)?;
             let registered = |id: &str| nodes.get(serde_bytes::Bytes::new(id.as_bytes()));
             // A room on a registered node stays there.
@@ -437,7 +480,7 @@ impl Rooms for RoomsService {
             if txn_succeeded(&reply)? {
                 return Ok(self.room_response(reply.revision, assigned, false));
             }
-            seen = reply.revision;
+            fresh = Freshness::after(reply.revision);
         }
         Err(Status::aborted(
             "the room or the nodes kept changing during assignment; retry",
@@ -457,10 +500,10 @@ impl Rooms for RoomsService {
             payload: std::mem::take(&mut r.payload),
         };
         let key = participants_key(&r.room);
-        let mut seen = 0;
+        let mut fresh = Freshness::of(&r.write);
         for _ in 0..CAS_ATTEMPTS {
             let (_, (room, node)) = self
-                .read_at(seen, deadline, |m, now| {
+                .read_at(fresh, deadline, |m, now| {
                     Ok((
                         field_bytes(m, ROOMS_KEY, &r.room, now)?,
                         field_bytes(m, MEDIA_NODES_KEY, &r.node_id, now)?,
@@ -504,7 +547,7 @@ impl Rooms for RoomsService {
                     participant: Some(participant),
                 }));
             }
-            seen = reply.revision;
+            fresh = Freshness::after(reply.revision);
         }
         Err(Status::aborted(
             "the room or the node kept changing during the join; retry",

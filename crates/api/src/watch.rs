@@ -20,8 +20,10 @@ use tonic::{Request, Response, Status};
 use crate::convert::check_key;
 use crate::gateway::Gateway;
 
-/// Most events gathered into one response (a revision is never split, so it may hold more).
+/// Most events, and bytes of keys and values, gathered into one response (a revision is never
+/// split, so one may hold more: up to a whole command, 16 MiB).
 const BATCH_EVENTS: usize = 1000;
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Default interval of progress responses on an idle watch.
 const DEFAULT_PROGRESS: Duration = Duration::from_secs(5);
 /// Responses buffered towards a slow watcher before the producer waits.
@@ -66,7 +68,7 @@ impl WatchService {
         loop {
             let batch = view.read(|m| {
                 m.history()
-                    .events_after(cursor, &filter, BATCH_EVENTS)
+                    .events_after(cursor, &filter, BATCH_EVENTS, BATCH_BYTES)
                     .map(|events| (events, m.revision()))
             });
             let (events, revision) = match batch {
@@ -77,7 +79,8 @@ impl WatchService {
                 }
             };
             if !events.is_empty() {
-                let complete = events.len() < BATCH_EVENTS;
+                let bytes: usize = events.iter().map(|e| e.key.len() + e.value.len()).sum();
+                let complete = events.len() < BATCH_EVENTS && bytes < BATCH_BYTES;
                 let through = if complete {
                     revision
                 } else {

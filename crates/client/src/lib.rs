@@ -91,6 +91,9 @@ pub enum Consistency {
     Linearizable,
 }
 
+/// Largest reply accepted (a watch response holds whole revisions: up to a 16 MiB command).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// How long a call may keep failing over before it gives up.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(10);
 
@@ -184,6 +187,7 @@ impl Client {
         Some(v1::WriteOptions {
             client_id: self.client_id,
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+            min_revision: self.session_revision(),
         })
     }
 
@@ -249,8 +253,13 @@ impl Client {
         F: Fn(KvClient<Channel>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.call(request, |channel, r| rpc(KvClient::new(channel), r))
-            .await
+        self.call(request, |channel, r| {
+            rpc(
+                KvClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+                r,
+            )
+        })
+        .await
     }
 
     /// The raw `Kv` client of the endpoint in use, for calls this client does not wrap.
@@ -278,17 +287,9 @@ impl Client {
 /// call is retried on the next endpoint: reads are safe to repeat, and writes carry the same
 /// (client id, sequence), so they apply once.
 fn node_unreachable(status: &Status) -> bool {
-    if status.code() == Code::Unavailable {
-        return true;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+    // A status that carries an error of the local transport stack (a refused or reset
+    // connection, an HTTP/2 stream broken mid-body) was not sent by a node.
+    status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
 /// Replies that carry a [`v1::ResponseHeader`].

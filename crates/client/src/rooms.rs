@@ -95,6 +95,7 @@ impl Client {
         let request = v1::AssignRoomRequest {
             name: name.to_string(),
             node_id: node.unwrap_or_default().to_string(),
+            write: self.next_write(),
         };
         Ok(rooms_call!(self, assign_room, request)?
             .room

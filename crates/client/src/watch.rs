@@ -50,15 +50,20 @@ impl Client {
     }
 }
 
+/// The compaction error, if the node refused the watch for that reason (tonic also reports an
+/// oversized message as OUT_OF_RANGE, so the trailer decides).
 fn compacted(status: &Status) -> Option<Error> {
-    (status.code() == Code::OutOfRange).then(|| Error::Compacted {
-        compacted: status
-            .metadata()
-            .get(COMPACTED_REVISION_TRAILER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    })
+    if status.code() != Code::OutOfRange {
+        return None;
+    }
+    let compacted = status
+        .metadata()
+        .get(COMPACTED_REVISION_TRAILER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Error::Compacted { compacted })
 }
 
 impl Watcher {
@@ -102,7 +107,9 @@ impl Watcher {
                         start_revision: self.next_start,
                         progress_interval_ms: self.progress_interval.as_millis() as u64,
                     };
-                    match WatchClient::new(channel).watch(request).await {
+                    let mut client = WatchClient::new(channel)
+                        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES);
+                    match client.watch(request).await {
                         Ok(response) => (Some(index), self.stream.insert(response.into_inner())),
                         Err(status) => {
                             if let Some(e) = compacted(&status) {

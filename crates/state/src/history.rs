@@ -124,12 +124,14 @@ impl History {
     }
 
     /// Events after revision `after` that match `filter`, whole revisions only, stopping once at
-    /// least `limit` events are collected. Fails when events after `after` were already dropped.
+    /// least `limit` events or `max_bytes` of keys and values are collected. Fails when events
+    /// after `after` were already dropped.
     pub fn events_after(
         &self,
         after: Revision,
         filter: &KeyFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Event>, Compacted> {
         if after < self.compacted {
             return Err(Compacted {
@@ -137,11 +139,14 @@ impl History {
             });
         }
         let mut found: Vec<Event> = Vec::new();
+        let mut bytes = 0;
         for event in self.events.range(self.first_after(after)..) {
-            if found.len() >= limit && found.last().is_some_and(|l| l.revision != event.revision) {
+            let full = found.len() >= limit || bytes >= max_bytes;
+            if full && found.last().is_some_and(|l| l.revision != event.revision) {
                 break;
             }
             if filter.matches(&event.key) {
+                bytes += event.weight();
                 found.push(event.clone());
             }
         }

@@ -28,6 +28,23 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_conclave")
 }
 
+/// The media-node simulator (`examples/media_node.rs`), which `cargo test` builds beside the
+/// binary.
+pub fn media_node_binary() -> PathBuf {
+    let bin = PathBuf::from(binary());
+    let path = bin
+        .parent()
+        .expect("binary has a directory")
+        .join("examples")
+        .join("media_node");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test` (which builds examples)",
+        path.display()
+    );
+    path
+}
+
 /// A free loopback port (bound, then released for the node to take).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -151,6 +168,30 @@ impl Cluster {
     /// A client bound to node `id` only (no failover).
     pub async fn client(&self, id: u64) -> Client {
         Client::connect([self.endpoint(id)]).await.expect("client")
+    }
+
+    /// A client preferring node `id` and failing over to the others.
+    pub async fn client_preferring(&self, id: u64) -> Client {
+        let mut endpoints = vec![self.endpoint(id)];
+        endpoints.extend(
+            self.nodes
+                .keys()
+                .filter(|other| **other != id)
+                .map(|other| self.endpoint(*other)),
+        );
+        Client::connect(endpoints).await.expect("client")
+    }
+
+    /// Every endpoint, comma-separated, node `id`'s first.
+    pub fn endpoints_preferring(&self, id: u64) -> String {
+        let mut endpoints = vec![self.endpoint(id)];
+        endpoints.extend(
+            self.nodes
+                .keys()
+                .filter(|other| **other != id)
+                .map(|other| self.endpoint(*other)),
+        );
+        endpoints.join(",")
     }
 
     /// Node `id`'s status, if it answers.

@@ -46,7 +46,7 @@ fn grant(m: &mut Machine, index: Revision, stamp: Millis, ttl_ms: u64) -> LeaseI
 
 fn all_events(m: &Machine) -> Vec<Event> {
     m.history()
-        .events_after(0, &KeyFilter::Prefix(Bytes::new()), usize::MAX)
+        .events_after(0, &KeyFilter::Prefix(Bytes::new()), usize::MAX, usize::MAX)
         .unwrap()
 }
 
@@ -405,10 +405,12 @@ fn history_keeps_whole_revisions_and_reports_compaction() {
     let history = m.history();
     assert!(history.compacted() > 0);
     let everything = KeyFilter::Key(b("h"));
-    let err = history.events_after(0, &everything, 10).unwrap_err();
+    let err = history
+        .events_after(0, &everything, 10, usize::MAX)
+        .unwrap_err();
     assert_eq!(err.compacted, history.compacted());
     let kept = history
-        .events_after(history.compacted(), &everything, usize::MAX)
+        .events_after(history.compacted(), &everything, usize::MAX, usize::MAX)
         .unwrap();
     assert_eq!(kept.len() % 2, 0, "never half a revision");
     assert_eq!(kept.first().unwrap().revision, history.compacted() + 1);
@@ -427,7 +429,7 @@ fn events_follow_the_filter() {
     m.apply(3, &write(0, set("roomy", "c", None)));
     let prefix = m
         .history()
-        .events_after(0, &KeyFilter::Prefix(b("room/")), 100)
+        .events_after(0, &KeyFilter::Prefix(b("room/")), 100, usize::MAX)
         .unwrap();
     assert_eq!(
         prefix.iter().map(|e| e.revision).collect::<Vec<_>>(),
@@ -435,7 +437,7 @@ fn events_follow_the_filter() {
     );
     let one = m
         .history()
-        .events_after(1, &KeyFilter::Key(b("room/2")), 100)
+        .events_after(1, &KeyFilter::Key(b("room/2")), 100, usize::MAX)
         .unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].value, b("b"));
