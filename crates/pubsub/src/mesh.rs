@@ -23,8 +23,8 @@ const RELAY_BATCH: usize = 512;
 /// A message still queued after this long (its peer was unreachable) is dropped: pub/sub is for
 /// the present, and request/response protocols on top of it have given up by then.
 const RELAY_MAX_AGE: Duration = Duration::from_secs(2);
-/// How often the set of peers is compared with the membership.
-const MEMBERSHIP_CHECK: Duration = Duration::from_millis(500);
+/// How often the set of peers is compared with the membership without a change being reported.
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(5);
 /// Pause before reconnecting to a peer whose stream failed.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -61,36 +61,56 @@ impl Relays {
     }
 }
 
-/// Keeps one relay per other member, following membership changes, until the hub is gone.
+/// Keeps one relay per other member, following membership changes (as openraft reports them),
+/// until the hub is gone.
 pub(crate) async fn maintain_relays(hub: Weak<Hub>) {
-    let mut tick = tokio::time::interval(MEMBERSHIP_CHECK);
+    let Some(mut metrics) = hub.upgrade().map(|h| h.node.raft().metrics()) else {
+        return;
+    };
     loop {
-        tick.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
-        let members: BTreeMap<u64, String> = hub.node.other_members().into_iter().collect();
-        let mut peers = hub.relays.peers.lock().expect("relays poisoned");
-        peers.retain(|id, relay| {
-            let keep = members.get(id) == Some(&relay.address);
-            if !keep {
-                relay.task.abort();
-            }
-            keep
-        });
-        for (id, address) in members {
-            if peers.contains_key(&id) {
-                continue;
-            }
-            let (queue, pending) = mpsc::channel(RELAY_QUEUE);
-            let task = tokio::spawn(relay(Arc::downgrade(&hub), address.clone(), pending));
-            peers.insert(
-                id,
-                Relay {
-                    address,
-                    queue,
-                    task,
-                },
-            );
+        {
+            let Some(hub) = hub.upgrade() else { return };
+            reconcile(&hub);
         }
+        // Wake on the next membership change (metrics change on every log write, so compare the
+        // membership's log id), or now and then to notice the hub is gone.
+        let seen = metrics.borrow().membership_config.log_id().clone();
+        let changed = tokio::time::timeout(
+            MEMBERSHIP_CHECK,
+            metrics.wait_for(|m| *m.membership_config.log_id() != seen),
+        )
+        .await;
+        if let Ok(Err(_)) = changed {
+            return; // Raft stopped.
+        }
+    }
+}
+
+/// Starts a relay for each member without one; stops those of removed or moved members.
+fn reconcile(hub: &Arc<Hub>) {
+    let members: BTreeMap<u64, String> = hub.node.other_members().into_iter().collect();
+    let mut peers = hub.relays.peers.lock().expect("relays poisoned");
+    peers.retain(|id, relay| {
+        let keep = members.get(id) == Some(&relay.address);
+        if !keep {
+            relay.task.abort();
+        }
+        keep
+    });
+    for (id, address) in members {
+        if peers.contains_key(&id) {
+            continue;
+        }
+        let (queue, pending) = mpsc::channel(RELAY_QUEUE);
+        let task = tokio::spawn(relay(Arc::downgrade(hub), address.clone(), pending));
+        peers.insert(
+            id,
+            Relay {
+                address,
+                queue,
+                task,
+            },
+        );
     }
 }
 
@@ -111,11 +131,13 @@ async fn relay(hub: Weak<Hub>, address: String, mut pending: mpsc::Receiver<Queu
         };
         let (batches, outgoing) = mpsc::channel::<RelayBatch>(32);
         let request = peers.stamp(Request::new(ReceiverStream::new(outgoing)));
-        let mut call = Box::pin(async move { MeshClient::new(channel).relay(request).await });
+        // The call runs as its own task, so it makes progress (sending the stream's batches)
+        // while this loop waits for room in `batches`.
+        let mut call = tokio::spawn(async move { MeshClient::new(channel).relay(request).await });
         loop {
             tokio::select! {
                 result = &mut call => {
-                    if let Err(status) = result {
+                    if let Ok(Err(status)) = result {
                         tracing::debug!("pub/sub relay to {address} ended: {}", status.message());
                     }
                     break;
@@ -153,6 +175,7 @@ async fn relay(hub: Weak<Hub>, address: String, mut pending: mpsc::Receiver<Queu
                 }
             }
         }
+        call.abort();
         tokio::time::sleep(RECONNECT_PAUSE).await;
     }
 }

@@ -157,6 +157,26 @@ impl Cluster {
         }
     }
 
+    /// Freezes node `id` (SIGSTOP): it holds its connections but processes nothing, like a
+    /// node stalled by its host.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Lets a paused node go on (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let child = self.nodes[&id].child.as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} node {id}");
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[&id].child.is_some()
     }

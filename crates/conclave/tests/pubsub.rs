@@ -1,0 +1,208 @@
+//! Cluster-wide pub/sub on real clusters: fan-out, order, causality, patterns, slow subscribers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{serial, Cluster};
+use conclave_client::{v1, Consistency, Message, Subscriber};
+
+/// Receives `count` messages, or fails after `within`.
+async fn receive(subscriber: &mut Subscriber, count: usize, within: Duration) -> Vec<Message> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, subscriber.next()).await {
+            Ok(Some(Ok(message))) => got.push(message),
+            Ok(other) => panic!("subscriber ended after {} messages: {other:?}", got.len()),
+            Err(_) => panic!("only {} of {count} messages arrived", got.len()),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_subscribers_on_every_node_in_publish_order() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let mut subscribers = Vec::new();
+    for id in 1..=3 {
+        let client = cluster.client(id).await;
+        let subscriber = client.subscriber();
+        subscriber.subscribe(&["room:42"]).await.unwrap();
+        subscribers.push((client, subscriber));
+    }
+    let publisher = cluster.client(1).await;
+    let total = 500;
+    for i in 0..total {
+        publisher.publish("room:42", i.to_string()).await.unwrap();
+    }
+    publisher
+        .publish("room:other", "not for them")
+        .await
+        .unwrap();
+    for (_, subscriber) in &mut subscribers {
+        let got = receive(subscriber, total, Duration::from_secs(20)).await;
+        let payloads: Vec<String> = got
+            .iter()
+            .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+        assert_eq!(payloads, expected);
+        assert!(got
+            .iter()
+            .all(|m| m.channel == b"room:42" && m.origin_node == 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_reads_its_own_node_upon_receipt_sees_the_write_before_the_message() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // The subscriber's reads use a separate client at LOCAL consistency, so nothing but the
+    // node's causal delivery can make the write visible.
+    let subscriber_client = cluster.client(follower).await;
+    let mut subscriber = subscriber_client.subscriber();
+    subscriber.subscribe(&["turns"]).await.unwrap();
+    let reader = cluster.client(follower).await;
+    let publisher = cluster.client(leader).await;
+    let rounds = 60;
+    let publishing = tokio::spawn(async move {
+        for i in 0..rounds {
+            publisher.set("turn", i.to_string()).await.unwrap();
+            publisher.publish("turns", i.to_string()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // Stall the subscriber's node for a while: the messages published meanwhile wait in its
+    // relay stream, and when it wakes they are there before the log entries they follow.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.pause(follower);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.resume(follower);
+    for received in 0..rounds {
+        let message = receive(&mut subscriber, 1, Duration::from_secs(30))
+            .await
+            .remove(0);
+        let announced: u64 = String::from_utf8(message.payload).unwrap().parse().unwrap();
+        assert_eq!(announced, received as u64, "in publish order");
+        let read = reader
+            .get_with("turn", Consistency::Local)
+            .await
+            .unwrap()
+            .expect("the write before the message is visible");
+        let current: u64 = String::from_utf8(read.value).unwrap().parse().unwrap();
+        assert!(
+            current >= announced,
+            "message {announced} delivered before its write (the node had {current})"
+        );
+    }
+    publishing.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_subscriptions_match_globs_and_unsubscribe_stops_delivery() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(2).await;
+    let mut subscriber = client.subscriber();
+    subscriber.psubscribe(&["rpc:node_*"]).await.unwrap();
+    subscriber.subscribe(&["direct"]).await.unwrap();
+    let publisher = cluster.client(3).await;
+    publisher.publish("rpc:node_7", "a").await.unwrap();
+    publisher.publish("rpc:room_7", "b").await.unwrap();
+    publisher.publish("direct", "c").await.unwrap();
+    let got = receive(&mut subscriber, 2, Duration::from_secs(10)).await;
+    assert_eq!(got[0].payload, b"a");
+    assert_eq!(got[0].pattern.as_deref(), Some(&b"rpc:node_*"[..]));
+    assert_eq!(got[1].payload, b"c");
+    assert_eq!(got[1].pattern, None);
+
+    subscriber.unsubscribe(&["direct"]).await.unwrap();
+    subscriber.punsubscribe(&["rpc:node_*"]).await.unwrap();
+    subscriber.subscribe(&["marker"]).await.unwrap();
+    publisher.publish("direct", "late").await.unwrap();
+    publisher.publish("rpc:node_1", "late").await.unwrap();
+    publisher.publish("marker", "end").await.unwrap();
+    let got = receive(&mut subscriber, 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].payload, b"end", "nothing after unsubscribing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_disconnected_and_never_stalls_others() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    // A raw gRPC subscriber that never reads its stream.
+    let endpoint = format!("http://{}", cluster.endpoint(2));
+    let mut raw = v1::pub_sub_client::PubSubClient::connect(endpoint)
+        .await
+        .unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    requests
+        .send(v1::SubscribeRequest {
+            subscribe: vec![b"flood".to_vec()],
+            ..Default::default()
+        })
+        .unwrap();
+    let mut stalled = raw
+        .subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            outgoing,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait for the acknowledgement, then stop reading.
+    stalled.message().await.unwrap().expect("subscribed");
+
+    let healthy_client = cluster.client(2).await;
+    let mut healthy = healthy_client.subscriber();
+    healthy.subscribe(&["flood"]).await.unwrap();
+
+    // 48 MiB towards a reader that takes none: beyond its 32 MiB buffer and the transport's
+    // windows.
+    let publisher = cluster.client(1).await;
+    let payload = vec![b'x'; 256 * 1024];
+    let count = 192;
+    let started = Instant::now();
+    let receiving = tokio::spawn(async move {
+        let got = receive(&mut healthy, count, Duration::from_secs(120)).await;
+        got.len()
+    });
+    for _ in 0..count {
+        publisher.publish("flood", &payload).await.unwrap();
+    }
+    let published_in = started.elapsed();
+    assert_eq!(
+        receiving.await.unwrap(),
+        count,
+        "the healthy subscriber got everything"
+    );
+
+    // The stalled subscriber, when it finally reads, finds it was cut off with a reason.
+    let mut read = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stalled.message()).await {
+            Ok(Ok(Some(_))) => read += 1,
+            Ok(Ok(None)) => panic!("stream ended without a reason after {read} messages"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the stalled subscriber was never disconnected"),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("disconnected"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        read < count,
+        "it was cut off before everything was queued for it"
+    );
+    eprintln!("published {count} x 256 KiB in {published_in:?}; the stalled reader got {read}");
+}
