@@ -74,7 +74,7 @@ pub(crate) async fn maintain_relays(hub: Weak<Hub>) {
         }
         // Wake on the next membership change (metrics change on every log write, so compare the
         // membership's log id), or now and then to notice the hub is gone.
-        let seen = metrics.borrow().membership_config.log_id().clone();
+        let seen = *metrics.borrow().membership_config.log_id();
         let changed = tokio::time::timeout(
             MEMBERSHIP_CHECK,
             metrics.wait_for(|m| *m.membership_config.log_id() != seen),
