@@ -237,6 +237,7 @@ async fn a_write_retried_on_another_node_is_applied_once_with_its_original_reply
     let write = Some(v1::WriteOptions {
         client_id: 0xC0FFEE,
         sequence: 7,
+        min_revision: 0,
     });
     let add = v1::SAddRequest {
         key: b"participants".to_vec(),
