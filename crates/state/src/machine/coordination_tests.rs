@@ -414,11 +414,15 @@ fn history_keeps_whole_revisions_and_reports_compaction() {
         .unwrap();
     assert_eq!(kept.len() % 2, 0, "never half a revision");
     assert_eq!(kept.first().unwrap().revision, history.compacted() + 1);
-    // A limit of one still returns the whole of the first revision.
-    let first = history
-        .events_after(history.compacted(), &everything, 1)
+    // A limit of one event, or of one byte, still returns the whole of the first revision.
+    let by_count = history
+        .events_after(history.compacted(), &everything, 1, usize::MAX)
         .unwrap();
-    assert_eq!(first.len(), 2);
+    assert_eq!(by_count.len(), 2);
+    let by_bytes = history
+        .events_after(history.compacted(), &everything, usize::MAX, 1)
+        .unwrap();
+    assert_eq!(by_bytes.len(), 2);
 }
 
 #[test]
