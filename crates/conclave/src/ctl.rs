@@ -1,10 +1,10 @@
-//! `conclave ctl`: status, keys and membership from the command line.
+//! `conclave ctl`: status, keys, watch, pub/sub, room state and membership from the command line.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use conclave_client::{v1, Client, Consistency};
+use conclave_client::{v1, Client, Consistency, WatchTarget};
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
@@ -38,6 +38,29 @@ enum CtlCommand {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Print changes to KEY (or every key starting with it) as JSON lines until interrupted.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (default: now).
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Publish MESSAGE on CHANNEL; prints the receivers on the node.
+    Publish { channel: String, message: String },
+    /// Print messages on CHANNELs (glob patterns with --pattern) until interrupted.
+    Subscribe {
+        #[arg(required = true)]
+        channels: Vec<String>,
+        #[arg(long)]
+        pattern: bool,
+    },
+    /// List rooms as JSON.
+    Rooms,
+    /// List registered media nodes as JSON (draining ones included).
+    MediaNodes,
     /// Change or list the membership.
     Members {
         #[command(subcommand)]
@@ -135,6 +158,85 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         CtlCommand::Del { keys } => {
             println!("{}", client.delete(&keys).await?);
+        }
+        CtlCommand::Watch { key, prefix, from } => {
+            let target = if prefix {
+                WatchTarget::Prefix(key.into_bytes())
+            } else {
+                WatchTarget::Key(key.into_bytes())
+            };
+            let mut watcher = client.watch(target, from);
+            loop {
+                let batch = watcher.next().await?;
+                for e in batch.events {
+                    let kind = match v1::EventType::try_from(e.r#type) {
+                        Ok(v1::EventType::EventDelete) => "delete",
+                        _ => "put",
+                    };
+                    let json = serde_json::json!({
+                        "revision": e.revision,
+                        "type": kind,
+                        "key": String::from_utf8_lossy(&e.key),
+                        "field": e.field.as_deref().map(String::from_utf8_lossy),
+                        "value": String::from_utf8_lossy(&e.value),
+                    });
+                    println!("{json}");
+                }
+            }
+        }
+        CtlCommand::Publish { channel, message } => {
+            println!("{}", client.publish(channel, message).await?);
+        }
+        CtlCommand::Subscribe { channels, pattern } => {
+            let mut subscriber = client.subscriber();
+            if pattern {
+                subscriber.psubscribe(&channels).await?;
+            } else {
+                subscriber.subscribe(&channels).await?;
+            }
+            while let Some(message) = subscriber.next().await {
+                let message = message?;
+                let json = serde_json::json!({
+                    "channel": String::from_utf8_lossy(&message.channel),
+                    "message": String::from_utf8_lossy(&message.payload),
+                    "origin_node": message.origin_node,
+                    "revision": message.revision,
+                });
+                println!("{json}");
+            }
+        }
+        CtlCommand::Rooms => {
+            let rooms: Vec<serde_json::Value> = client
+                .rooms()
+                .await?
+                .into_iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "name": r.name,
+                        "node": r.node_id,
+                        "metadata": String::from_utf8_lossy(&r.metadata),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::from(rooms));
+        }
+        CtlCommand::MediaNodes => {
+            let nodes: Vec<serde_json::Value> = client
+                .media_nodes(true)
+                .await?
+                .into_iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "id": n.id,
+                        "address": n.address,
+                        "draining": n.draining,
+                        "lease": n.lease,
+                        "rooms": n.rooms,
+                        "stats": String::from_utf8_lossy(&n.stats),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::from(nodes));
         }
         CtlCommand::Members { command } => {
             let mut cluster = client.cluster();
