@@ -109,9 +109,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 .status();
         }
     }
-    for child in &mut children {
-        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        let _ = child.kill().await;
+    for (i, child) in children.iter_mut().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+            Ok(Ok(status)) if !reported[i] => println!("node {} stopped ({status})", i + 1),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill().await;
+                println!("node {} did not stop within 5 s and was killed", i + 1);
+            }
+        }
     }
     println!("conclave dev cluster stopped");
     Ok(ExitCode::SUCCESS)

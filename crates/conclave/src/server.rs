@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +12,9 @@ use conclave_api::{
 };
 use conclave_consensus::{ClusterSpec, Node, NodeOptions, Timing};
 use tonic::transport::server::TcpIncoming;
+
+/// How long in-flight calls and open streams get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -75,6 +79,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = stop.clone();
     let served = tonic::transport::Server::builder()
         .add_service(node.peer_service().into_server())
         .add_service(pubsub.mesh_service().into_server())
@@ -85,8 +91,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .add_service(WatchService::new(node.clone()).into_server())
         .add_service(RoomsService::new(node.clone()).into_server())
         .add_service(PubSubService::new(pubsub).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown_signal());
-    served.await.context("serving")?;
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown_signal().await;
+            stopping.notify_one();
+        });
+    // On a signal the listener closes and unary calls finish; streams (watches, subscriptions,
+    // other nodes' relays) never end by themselves, so they get a grace period, then are cut.
+    tokio::select! {
+        served = served => served.context("serving")?,
+        _ = async {
+            stop.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {}
+    }
     node.shutdown().await;
     eprintln!("conclave node {} stopped", args.id);
     Ok(ExitCode::SUCCESS)

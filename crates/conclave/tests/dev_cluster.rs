@@ -83,7 +83,13 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     assert!(exit.success(), "dev exited with {exit}");
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
-    assert!(rest.contains("stopped"), "{rest}");
+    assert!(rest.contains("conclave dev cluster stopped"), "{rest}");
+    for id in 1..=3 {
+        assert!(
+            rest.contains(&format!("node {id} stopped (exit status: 0)")),
+            "node {id} did not stop cleanly on SIGTERM: {rest}"
+        );
+    }
     for port in base..base + 3 {
         assert!(
             TcpListener::bind(("127.0.0.1", port)).is_ok(),
