@@ -578,3 +578,57 @@ async fn room_state_assigns_joins_drains_and_cascades() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_hears_progress_and_the_keepalive_stream_answers_each_request() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(2).await;
+    let mut watcher = client
+        .watch(WatchTarget::Key(b"quiet".to_vec()), None)
+        .progress_interval(Duration::from_millis(200));
+    let created = watcher.next_batch().await.unwrap();
+    // Writes elsewhere in the keyspace: no event for this watch, but progress past them.
+    let written = client.set("noisy", "1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let batch = watcher.next_batch().await.unwrap();
+        assert!(batch.events.is_empty(), "no event matches the watch");
+        assert!(batch.revision >= created.revision);
+        if batch.revision >= written {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "progress never passed revision {written}"
+        );
+    }
+
+    // The KeepAlive stream: one answer per request, TTL 0 once the lease is gone.
+    let lease = client.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let endpoint = format!("http://{}", cluster.endpoint(3));
+    let mut raw = v1::lease_client::LeaseClient::connect(endpoint)
+        .await
+        .unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = raw
+        .keep_alive(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            outgoing,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        requests
+            .send(v1::LeaseKeepAliveRequest { id: lease.id })
+            .unwrap();
+        let answer = answers.message().await.unwrap().unwrap();
+        assert_eq!((answer.id, answer.ttl_ms), (lease.id, lease.ttl_ms));
+    }
+    client.revoke_lease(lease.id).await.unwrap();
+    requests
+        .send(v1::LeaseKeepAliveRequest { id: lease.id })
+        .unwrap();
+    assert_eq!(answers.message().await.unwrap().unwrap().ttl_ms, 0);
+}
