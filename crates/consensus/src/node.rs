@@ -593,7 +593,7 @@ impl Node {
                 continue;
             }
             if renewed_in_term != Some(metrics.current_term) {
-                match self.propose(Command::LeaseRenewAll).await {
+                match self.propose_as_leader(Command::LeaseRenewAll).await {
                     Ok(()) => renewed_in_term = Some(metrics.current_term),
                     Err(e) => tracing::debug!("renewing leases after the election failed: {e}"),
                 }
@@ -607,15 +607,38 @@ impl Node {
                 )
             });
             if !keys.is_empty() {
-                if let Err(e) = self.propose(Command::Reap { keys }).await {
+                if let Err(e) = self.propose_as_leader(Command::Reap { keys }).await {
                     tracing::debug!("reaping expired keys failed: {e}");
                 }
             }
             if !leases.is_empty() {
-                if let Err(e) = self.propose(Command::LeaseExpire { leases }).await {
+                if let Err(e) = self
+                    .propose_as_leader(Command::LeaseExpire { leases })
+                    .await
+                {
                     tracing::debug!("expiring leases failed: {e}");
                 }
             }
+        }
+    }
+
+    /// Proposes a housekeeping command if this node leads; never forwarded. A deposed leader's
+    /// expiry must not reach the next leader before that one has renewed the leases.
+    async fn propose_as_leader(&self, command: Command) -> Result<(), NodeError> {
+        let request = WriteRequest {
+            id: None,
+            stamp: 0,
+            command,
+        };
+        let proposed = tokio::time::timeout(
+            self.inner.timing.request_timeout,
+            self.execute_as_leader(LeaderRequest::Write(request)),
+        )
+        .await;
+        match proposed {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(NodeError::Unavailable(format!("{e:?}"))),
+            Err(_) => Err(NodeError::Unavailable("not committed in time".into())),
         }
     }
 
