@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bytes, Millis, Revision};
+use crate::{Answer, Bytes, Millis, Query, Revision};
 
 /// Identifies one write of one client, so that a retry is applied once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -80,6 +80,32 @@ pub enum Command {
     SetAdd { key: Bytes, members: Vec<Bytes> },
     /// Remove set members; an emptied set is deleted.
     SetRemove { key: Bytes, members: Vec<Bytes> },
+    /// Set a hash field only if the hash does not have it (HSETNX). Counts 1 if it was set.
+    HashSetIfAbsent {
+        key: Bytes,
+        field: Bytes,
+        value: Bytes,
+    },
+    /// Add `delta` to the integer in a string (INCRBY), creating it from 0; the TTL is kept.
+    IncrBy { key: Bytes, delta: i64 },
+    /// Add `delta` to the integer in a hash field (HINCRBY), creating it from 0.
+    HashIncrBy {
+        key: Bytes,
+        field: Bytes,
+        delta: i64,
+    },
+    /// Append to a string (APPEND), creating it if absent; the TTL is kept. Replies its length.
+    Append { key: Bytes, value: Bytes },
+    /// Change the time to live of an existing key of any type (EXPIRE, PEXPIREAT, PERSIST with
+    /// [`Expiry::Never`]). A deadline at or before the entry's stamp deletes the key. Counts 1
+    /// if the key's TTL changed (or it was deleted), 0 if it is absent or `condition` refused.
+    Expire {
+        key: Bytes,
+        expiry: Expiry,
+        condition: ExpireCondition,
+    },
+    /// Read inside a transaction, at the transaction's revision (a read in Redis's MULTI).
+    Query(Query),
     /// Remove keys whose deadline has passed at the entry's stamp. Proposed by the leader; keys
     /// that were rewritten since (and so are no longer expired) are left alone.
     Reap { keys: Vec<Bytes> },
@@ -103,6 +129,21 @@ pub enum Command {
     /// Give every lease its full time to live again from the entry's stamp. A new leader proposes
     /// this before it expires any lease, so keep-alives lost to an election do not end leases.
     LeaseRenewAll,
+}
+
+/// When an [`Command::Expire`] applies (Redis's EXPIRE options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ExpireCondition {
+    #[default]
+    Always,
+    /// Only if the key has no TTL (NX).
+    NoTtl,
+    /// Only if the key has a TTL (XX).
+    HasTtl,
+    /// Only if the new deadline is later than the current one; no TTL counts as infinite (GT).
+    Later,
+    /// Only if the new deadline is earlier than the current one (LT).
+    Earlier,
 }
 
 /// The shortest lease a grant hands out; shorter requests are raised to it.
@@ -204,6 +245,11 @@ impl Command {
                     .sum();
                 compares + branches
             }
+            Command::HashSetIfAbsent { key, field, value } => key.len() + field.len() + value.len(),
+            Command::IncrBy { key, .. } | Command::Expire { key, .. } => key.len() + 8,
+            Command::HashIncrBy { key, field, .. } => key.len() + field.len() + 8,
+            Command::Append { key, value } => key.len() + value.len(),
+            Command::Query(query) => query.payload_bytes(),
             Command::LeaseExpire { leases } => 8 * leases.len(),
             Command::RegisterNode { .. }
             | Command::ForgetNode { .. }
@@ -214,7 +260,7 @@ impl Command {
         }
     }
 
-    /// Whether a client may put this command in a transaction: keyspace writes only.
+    /// Whether a client may put this command in a transaction: keyspace reads and writes only.
     pub fn allowed_in_transaction(&self) -> bool {
         matches!(
             self,
@@ -224,6 +270,12 @@ impl Command {
                 | Command::HashDelete { .. }
                 | Command::SetAdd { .. }
                 | Command::SetRemove { .. }
+                | Command::HashSetIfAbsent { .. }
+                | Command::IncrBy { .. }
+                | Command::HashIncrBy { .. }
+                | Command::Append { .. }
+                | Command::Expire { .. }
+                | Command::Query(_)
         )
     }
 
@@ -236,6 +288,12 @@ impl Command {
             Command::HashDelete { .. } => "hdel",
             Command::SetAdd { .. } => "sadd",
             Command::SetRemove { .. } => "srem",
+            Command::HashSetIfAbsent { .. } => "hsetnx",
+            Command::IncrBy { .. } => "incrby",
+            Command::HashIncrBy { .. } => "hincrby",
+            Command::Append { .. } => "append",
+            Command::Expire { .. } => "expire",
+            Command::Query(_) => "query",
             Command::Reap { .. } => "reap",
             Command::RegisterNode { .. } => "register-node",
             Command::ForgetNode { .. } => "forget-node",
@@ -281,4 +339,14 @@ pub enum Outcome {
     Lease { id: LeaseId, ttl_ms: u64 },
     /// The command named a lease that does not exist (never granted, expired or revoked).
     LeaseNotFound,
+    /// The new value of a counter (INCRBY, HINCRBY) or the new length of a string (APPEND).
+    Integer(i64),
+    /// A counter's current value is not a 64-bit integer; nothing changed.
+    NotAnInteger,
+    /// A counter would overflow 64 bits; nothing changed.
+    Overflow,
+    /// The string would grow past the value limit ([`crate::Limits::DEFAULT`]); nothing changed.
+    TooLarge,
+    /// What a [`Command::Query`] read.
+    Answer(Answer),
 }

@@ -3,7 +3,8 @@
 //! Owns: the data model (binary-safe strings, hashes and sets), per-key revisions, TTLs driven by
 //! the leader's stamp on each entry, leases (keys and hash fields deleted when their lease ends),
 //! transactions (compare, then one branch of writes, as one entry), the change events every
-//! applied entry produces and the bounded history watchers read them from, request
+//! applied entry produces and the bounded history watchers read them from, counters, reads
+//! ([`Query`], also inside transactions), request
 //! de-duplication by (client id, sequence), the limits every request must respect, and the read
 //! helpers that answer from a replica.
 //!
@@ -18,17 +19,17 @@
 //! Locks and room state are built by the API layer from these parts (a lock is a key set only if
 //! absent, with a TTL or lease, whose creation revision is its fencing token).
 //!
-//! Known to be missing (later issues): EXPIRE on an existing key, counters.
 
 mod command;
 mod history;
 mod limits;
 mod machine;
+mod query;
 mod record;
 
 pub use command::{
-    Check, CmpOp, Command, Compare, Expiry, LeaseId, Outcome, RequestId, SetCondition, Transaction,
-    WriteReply, WriteRequest, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
+    Check, CmpOp, Command, Compare, ExpireCondition, Expiry, LeaseId, Outcome, RequestId,
+    SetCondition, Transaction, WriteReply, WriteRequest, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
 };
 pub use history::{
     Compacted, Event, EventKind, History, KeyFilter, HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS,
@@ -37,6 +38,7 @@ pub use limits::{InvalidRequest, Limits};
 pub use machine::{
     Lease, Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT, MIN_REPLY_AGE_MS,
 };
+pub use query::{Answer, Query};
 pub use record::{Record, Value};
 
 /// A key, a hash field, a set member or a value: arbitrary bytes. A `Vec<u8>` that serializes

@@ -133,6 +133,21 @@ impl Limits {
                 }
                 Ok(())
             }
+            Command::HashSetIfAbsent { key, field, value } => {
+                self.check_key(key)?;
+                self.check_value(field)?;
+                self.check_value(value)
+            }
+            Command::IncrBy { key, .. } | Command::Expire { key, .. } => self.check_key(key),
+            Command::HashIncrBy { key, field, .. } => {
+                self.check_key(key)?;
+                self.check_value(field)
+            }
+            Command::Append { key, value } => {
+                self.check_key(key)?;
+                self.check_value(value)
+            }
+            Command::Query(query) => query.keys().into_iter().try_for_each(|k| self.check_key(k)),
             Command::LeaseExpire { leases } => self.check_items(leases.len()),
             Command::RegisterNode { .. }
             | Command::ForgetNode { .. }

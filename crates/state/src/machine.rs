@@ -12,6 +12,7 @@ use crate::{
 };
 
 mod leases;
+mod strings;
 mod txn;
 
 pub use leases::Lease;
@@ -259,6 +260,23 @@ impl Machine {
                 expired.iter().for_each(|k| self.remove(k));
                 Outcome::Count(expired.len() as u64)
             }
+            Command::HashSetIfAbsent { key, field, value } => {
+                self.hash_set_if_absent(index, now, key, field, value)
+            }
+            Command::IncrBy { key, delta } => self.incr_by(index, now, key, *delta),
+            Command::HashIncrBy { key, field, delta } => {
+                self.hash_incr_by(index, now, key, field, *delta)
+            }
+            Command::Append { key, value } => self.append(index, now, key, value),
+            Command::Expire {
+                key,
+                expiry,
+                condition,
+            } => self.expire(index, now, key, *expiry, *condition),
+            Command::Query(query) => match self.query(query, now) {
+                Ok(answer) => Outcome::Answer(answer),
+                Err(_) => Outcome::WrongType,
+            },
             Command::Txn(txn) => self.transaction(index, now, txn),
             Command::LeaseGrant { ttl_ms } => self.grant_lease(index, now, *ttl_ms),
             Command::LeaseKeepAlive { lease } => self.keep_lease_alive(now, *lease),
@@ -583,6 +601,21 @@ impl Machine {
             .filter(move |(_, r)| !r.is_expired(now))
     }
 
+    /// Live keys after `after` (from the first key if None), in order: for cursor scans.
+    pub fn keys_after<'a>(
+        &'a self,
+        after: Option<&'a [u8]>,
+        now: Millis,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Record)> + 'a {
+        let start = match after {
+            Some(key) => Bound::Excluded(serde_bytes::Bytes::new(key)),
+            None => Bound::Unbounded,
+        };
+        self.keys
+            .range::<serde_bytes::Bytes, _>((start, Bound::Unbounded))
+            .filter(move |(_, r)| !r.is_expired(now))
+    }
+
     /// The recent change events.
     pub fn history(&self) -> &History {
         &self.history
@@ -609,3 +642,6 @@ mod tests;
 
 #[cfg(test)]
 mod coordination_tests;
+
+#[cfg(test)]
+mod redis_tests;
