@@ -20,6 +20,9 @@ pub struct DevArgs {
     /// Node N listens on 127.0.0.1:(base-port + N - 1).
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
+    /// Node N serves the Redis protocol on 127.0.0.1:(resp-base-port + N - 1); 0 turns it off.
+    #[arg(long, default_value_t = 6381)]
+    resp_base_port: u16,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -35,18 +38,29 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .map(|(i, e)| format!("{}={e}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    let resp_endpoints: Vec<Option<String>> = (0..args.nodes)
+        .map(|i| {
+            (args.resp_base_port != 0)
+                .then(|| format!("127.0.0.1:{}", u64::from(args.resp_base_port) + i))
+        })
+        .collect();
     let exe = std::env::current_exe().context("locating the conclave binary")?;
     let mut children: Vec<Child> = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let id = i + 1;
         let data_dir = args.data_dir.join(format!("node{id}"));
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("server")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", endpoint])
-            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster", &initial_cluster]);
+        if let Some(resp) = &resp_endpoints[i] {
+            command.args(["--resp", resp]);
+        }
+        let child = command
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting node {id}"))?;
@@ -71,8 +85,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.nodes
     );
     for (i, endpoint) in endpoints.iter().enumerate() {
+        let resp = resp_endpoints[i]
+            .as_deref()
+            .map_or(String::new(), |r| format!("  resp {r}"));
         println!(
-            "  node {}: grpc {endpoint}  data {}",
+            "  node {}: grpc {endpoint}{resp}  data {}",
             i + 1,
             args.data_dir.join(format!("node{}", i + 1)).display()
         );
@@ -81,6 +98,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         "try: conclave ctl --endpoint {} status   (Ctrl-C stops the cluster)",
         endpoints[0]
     );
+    if let Some(resp) = &resp_endpoints[0] {
+        let (host, port) = resp.rsplit_once(':').unwrap_or((resp, ""));
+        println!(
+            "     redis-cli -h {host} -p {port} ping   (any Redis client works on the resp ports)"
+        );
+    }
 
     // A node that dies (say, killed to watch a failover) is reported; the others keep running
     // until Ctrl-C.

@@ -48,6 +48,18 @@ pub struct ServerArgs {
     /// How long a request may wait for a leader before failing with UNAVAILABLE.
     #[arg(long, default_value_t = Timing::default().request_timeout.as_millis() as u64)]
     pub request_timeout_ms: u64,
+    /// HOST:PORT to serve the Redis protocol (RESP2/RESP3) on; off when absent.
+    #[arg(long)]
+    pub resp: Option<String>,
+    /// What a RESP read waits for: session (read your own writes), linearizable or local.
+    #[arg(long, default_value = "session")]
+    pub resp_consistency: conclave_resp::ReadConsistency,
+    /// The password RESP clients must give (AUTH / HELLO ... AUTH default <password>).
+    #[arg(long, env = "CONCLAVE_RESP_PASSWORD")]
+    pub resp_password: Option<String>,
+    /// How long a RESP command may wait for a leader before it is answered TRYAGAIN.
+    #[arg(long, default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64)]
+    pub resp_deadline_ms: u64,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -77,6 +89,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     eprintln!("conclave node {} serving on {}", args.id, args.listen);
 
     let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
+    if let Some(resp) = &args.resp {
+        let listener = tokio::net::TcpListener::bind(resp)
+            .await
+            .with_context(|| format!("cannot listen for RESP on {resp}"))?;
+        let options = conclave_resp::RespOptions {
+            consistency: args.resp_consistency,
+            password: args.resp_password.clone(),
+            write_deadline: Duration::from_millis(args.resp_deadline_ms),
+            ..Default::default()
+        };
+        tokio::spawn(conclave_resp::serve(
+            listener,
+            node.clone(),
+            pubsub.clone(),
+            options,
+        ));
+        eprintln!("conclave node {} serving RESP on {resp}", args.id);
+    }
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = Arc::new(tokio::sync::Notify::new());

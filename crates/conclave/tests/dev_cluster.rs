@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,8 +39,10 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
     let base = three_free_ports();
+    let resp_base = three_free_ports();
     let mut dev = Command::new(binary())
         .args(["dev", "--base-port", &base.to_string()])
+        .args(["--resp-base-port", &resp_base.to_string()])
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
@@ -77,6 +79,12 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
         assert!(json.get(field).is_some(), "status lacks {field}: {json}");
     }
     assert_eq!(json["members"].as_array().unwrap().len(), 3);
+    // The value put over gRPC, read over the Redis protocol on another node.
+    let mut redis = std::net::TcpStream::connect(("127.0.0.1", resp_base + 1)).unwrap();
+    redis.write_all(b"GET greeting\r\n").unwrap();
+    let mut reply = [0u8; 11];
+    redis.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"$5\r\nhello\r\n");
 
     let _ = Command::new("kill").arg(dev.id().to_string()).status();
     let exit = dev.wait().unwrap();

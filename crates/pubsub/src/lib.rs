@@ -513,6 +513,11 @@ impl Receiver {
         }
     }
 
+    /// Whether the hub disconnected this subscriber for falling behind.
+    pub fn is_disconnected(&self) -> bool {
+        self.sink.kicked.load(Ordering::Relaxed)
+    }
+
     /// The next item; see [`Receiver::poll_recv`].
     pub async fn recv(&mut self) -> Option<Result<Item, Disconnected>> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await

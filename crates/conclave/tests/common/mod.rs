@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod resp;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -59,6 +61,8 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     pub extra_args: Vec<String>,
     pub join: bool,
+    /// Where the node serves the Redis protocol, if it does.
+    pub resp: Option<String>,
     child: Option<Child>,
 }
 
@@ -71,6 +75,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` nodes (ids 1..=size) that bootstrap one cluster; `extra` goes to each.
     pub fn start(size: u64, extra: &[&str]) -> Cluster {
+        Self::start_with(size, extra, false)
+    }
+
+    /// Starts `size` nodes that also serve the Redis protocol, each on a port of its own.
+    pub fn start_with_resp(size: u64, extra: &[&str]) -> Cluster {
+        Self::start_with(size, extra, true)
+    }
+
+    fn start_with(size: u64, extra: &[&str], resp: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addresses: BTreeMap<u64, String> = (1..=size)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
@@ -87,6 +100,10 @@ impl Cluster {
         };
         for (id, address) in addresses {
             cluster.add_process(id, address, extra, false);
+            if resp {
+                let node = cluster.nodes.get_mut(&id).expect("just added");
+                node.resp = Some(format!("127.0.0.1:{}", free_port()));
+            }
         }
         for id in 1..=size {
             cluster.restart(id);
@@ -105,6 +122,7 @@ impl Cluster {
                 data_dir,
                 extra_args: extra.iter().map(|s| s.to_string()).collect(),
                 join,
+                resp: None,
                 child: None,
             },
         );
@@ -126,6 +144,9 @@ impl Cluster {
             .args(["--listen", &node.address])
             .args(["--initial-cluster", &initial])
             .args(&node.extra_args);
+        if let Some(resp) = &node.resp {
+            command.args(["--resp", resp]);
+        }
         if node.join {
             command.arg("--join");
         }
@@ -179,6 +200,11 @@ impl Cluster {
 
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[&id].child.is_some()
+    }
+
+    /// Node `id`'s RESP address (the cluster was started with [`Cluster::start_with_resp`]).
+    pub fn resp(&self, id: u64) -> String {
+        self.nodes[&id].resp.clone().expect("the node serves RESP")
     }
 
     pub fn endpoint(&self, id: u64) -> String {

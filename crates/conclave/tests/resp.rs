@@ -1,0 +1,596 @@
+//! The Redis protocol front end on real clusters, seen frame by frame: malformed input,
+//! pipelining, WATCH/MULTI/EXEC across nodes, SET NX races, scripts, pub/sub in RESP2 and RESP3,
+//! slow subscribers, one keyspace shared with gRPC, and a session that outlives the leader.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::resp::{Frame, RespConnection};
+use common::{serial, Cluster};
+
+const LOCK_RELEASE: &str = "if redis.call(\"get\", KEYS[1]) == ARGV[1] then\n\treturn redis.call(\"del\", KEYS[1])\nelse\n\treturn 0\nend";
+
+async fn resp_cluster() -> Cluster {
+    let cluster = Cluster::start_with_resp(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    cluster
+}
+
+/// Reads on `connection` until `line` answers `expected`, or fails after 5 s (another node's
+/// write reaches this replica shortly after it is acknowledged).
+fn eventually(connection: &mut RespConnection, line: &str, expected: Frame) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = connection.cmd(line);
+        if got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{line}: got {got:?}, want {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_an_error_and_a_closed_connection() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let address = cluster.resp(1);
+    for (input, expected) in [
+        (
+            &b"*abc\r\n"[..],
+            "ERR Protocol error: invalid multibulk length",
+        ),
+        (
+            b"*2\r\n$3\r\nGET\r\n$-7\r\n",
+            "ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"*1\r\n$99999999999\r\n",
+            "ERR Protocol error: invalid bulk length 99999999999",
+        ),
+        (
+            b"*1\r\n$16777217\r\n",
+            "ERR Protocol error: invalid bulk length 16777217",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n:12\r\n",
+            "ERR Protocol error: expected '$', got ':'",
+        ),
+        (
+            b"*1\r\n$4\r\nPINGxx\r\n",
+            "ERR Protocol error: bulk argument is not terminated",
+        ),
+        (
+            b"SET k \"unbalanced\r\n",
+            "ERR Protocol error: unbalanced quotes",
+        ),
+    ] {
+        let mut connection = RespConnection::connect(&address);
+        connection.send_raw(input);
+        let reply = connection.read();
+        assert!(
+            reply.error_text().starts_with(expected),
+            "{:?}: {reply:?}",
+            String::from_utf8_lossy(input)
+        );
+        assert!(
+            connection.is_closed(),
+            "the connection must be closed after {reply:?}"
+        );
+    }
+    // A header line that never ends is refused once it passes the inline limit, not buffered.
+    let mut connection = RespConnection::connect(&address);
+    connection.send_raw(&vec![b'x'; 70 * 1024]);
+    assert!(connection
+        .read()
+        .error_text()
+        .starts_with("ERR Protocol error: too big inline request"));
+    assert!(connection.is_closed());
+
+    // Errors that are not about framing keep the connection.
+    let mut connection = RespConnection::connect(&address);
+    connection.send_raw(b"\x01\x02garbage here\r\n");
+    assert!(connection
+        .read()
+        .error_text()
+        .starts_with("ERR unknown command"));
+    assert_eq!(
+        connection.cmd("GET"),
+        Frame::Error("ERR wrong number of arguments for 'get' command".into())
+    );
+    let big = vec![b'v'; 2 * 1024 * 1024];
+    let reply = connection.call(&[b"SET", b"big", &big]);
+    assert!(reply.error_text().contains("limit"), "{reply:?}");
+    assert_eq!(connection.cmd("SET k v"), Frame::status("OK"));
+    assert!(connection
+        .cmd("HGET k f")
+        .error_text()
+        .starts_with("WRONGTYPE"));
+    assert!(connection
+        .cmd("INCR k")
+        .error_text()
+        .contains("not an integer"));
+    assert_eq!(
+        connection.cmd("PING"),
+        Frame::status("PONG"),
+        "the node keeps serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_answered_in_order() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let mut connection = RespConnection::connect(&cluster.resp(2));
+    let rounds = 200;
+    for i in 0..rounds {
+        let value = format!("v{i}");
+        connection.send(&[b"SET", b"p", value.as_bytes()]);
+        connection.send(&[b"GET", b"p"]);
+        connection.send(&[b"INCR", b"counter"]);
+        connection.send(&[b"HSET", b"h", value.as_bytes(), b"x"]);
+    }
+    for i in 0..rounds {
+        assert_eq!(connection.read(), Frame::status("OK"));
+        assert_eq!(
+            connection.read(),
+            Frame::bulk(&format!("v{i}")),
+            "a read sees the write before it"
+        );
+        assert_eq!(connection.read(), Frame::Integer(i + 1));
+        assert_eq!(connection.read(), Frame::Integer(1));
+    }
+    assert_eq!(connection.cmd("HLEN h"), Frame::Integer(rounds));
+
+    // Pipelined writes travel to the leader together, yet each answers for itself: a failing
+    // one fails alone, and the others apply in order around it.
+    for line in [
+        "SET s 1",
+        "HSET s f v",
+        "INCR s",
+        "APPEND s x",
+        "INCR s",
+        "MSET m1 a m2 b",
+        "DEL m1",
+    ] {
+        let words: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+        connection.send(&words);
+    }
+    assert_eq!(connection.read(), Frame::status("OK"));
+    assert!(connection.read().error_text().starts_with("WRONGTYPE"));
+    assert_eq!(connection.read(), Frame::Integer(2));
+    assert_eq!(connection.read(), Frame::Integer(2));
+    assert!(connection.read().error_text().contains("not an integer"));
+    assert_eq!(connection.read(), Frame::status("OK"));
+    assert_eq!(connection.read(), Frame::Integer(1));
+    assert_eq!(
+        connection.cmd("MGET s m1 m2"),
+        Frame::Array(vec![Frame::bulk("2x"), Frame::Nil, Frame::bulk("b")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_aborts_when_a_watched_key_changed_on_another_node() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let mut a = RespConnection::connect(&cluster.resp(1));
+    let mut b = RespConnection::connect(&cluster.resp(2));
+    assert_eq!(a.cmd("SET balance 1"), Frame::status("OK"));
+
+    // A watches, B writes on another node, A's EXEC is refused and applies nothing.
+    assert_eq!(a.cmd("WATCH balance ingress"), Frame::status("OK"));
+    assert_eq!(a.cmd("GET balance"), Frame::bulk("1"));
+    assert_eq!(b.cmd("HSET ingress id1 info"), Frame::Integer(1));
+    assert_eq!(a.cmd("MULTI"), Frame::status("OK"));
+    assert_eq!(a.cmd("SET balance 100"), Frame::status("QUEUED"));
+    assert_eq!(a.cmd("SADD room_ingress id1"), Frame::status("QUEUED"));
+    assert_eq!(a.cmd("EXEC"), Frame::Nil);
+    assert_eq!(a.cmd("GET balance"), Frame::bulk("1"));
+    assert_eq!(a.cmd("EXISTS room_ingress"), Frame::Integer(0));
+
+    // Without a conflict, EXEC applies everything and answers each command, reads included.
+    assert_eq!(a.cmd("WATCH balance"), Frame::status("OK"));
+    assert_eq!(a.cmd("MULTI"), Frame::status("OK"));
+    for line in [
+        "SET balance 100",
+        "GET balance",
+        "INCRBY balance 5",
+        "HGET ingress id1",
+        "SADD room_ingress id1",
+    ] {
+        assert_eq!(a.cmd(line), Frame::status("QUEUED"));
+    }
+    assert_eq!(
+        a.cmd("EXEC"),
+        Frame::Array(vec![
+            Frame::status("OK"),
+            Frame::bulk("100"),
+            Frame::Integer(105),
+            Frame::bulk("info"),
+            Frame::Integer(1),
+        ])
+    );
+    eventually(&mut b, "GET balance", Frame::bulk("105"));
+
+    // A key the transaction's own connection wrote before WATCH does not abort it; an expiry
+    // set by another node after WATCH does.
+    assert_eq!(a.cmd("SET mine 1"), Frame::status("OK"));
+    assert_eq!(a.cmd("WATCH mine"), Frame::status("OK"));
+    assert_eq!(b.cmd("PEXPIRE mine 60000"), Frame::Integer(1));
+    assert_eq!(a.cmd("MULTI"), Frame::status("OK"));
+    assert_eq!(a.cmd("SET mine 2"), Frame::status("QUEUED"));
+    assert_eq!(a.cmd("EXEC"), Frame::Nil);
+
+    // A command refused while queueing discards the whole transaction.
+    assert_eq!(a.cmd("MULTI"), Frame::status("OK"));
+    assert_eq!(a.cmd("SET balance 0"), Frame::status("QUEUED"));
+    assert!(a
+        .cmd("NOSUCHCOMMAND x")
+        .error_text()
+        .starts_with("ERR unknown command"));
+    assert!(a.cmd("EXEC").error_text().starts_with("EXECABORT"));
+    assert_eq!(a.cmd("GET balance"), Frame::bulk("105"));
+    assert!(a
+        .cmd("EXEC")
+        .error_text()
+        .starts_with("ERR EXEC without MULTI"));
+    assert_eq!(a.cmd("MULTI"), Frame::status("OK"));
+    assert_eq!(a.cmd("DISCARD"), Frame::status("OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_nx_ex_has_exactly_one_winner_across_nodes() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let addresses: Vec<String> = (1..=3).map(|id| cluster.resp(id)).collect();
+    for round in 0..10 {
+        let key = format!("dedup:{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(9));
+        let racers: Vec<_> = (0..9)
+            .map(|racer| {
+                let address = addresses[racer % 3].clone();
+                let key = key.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut connection = RespConnection::connect(&address);
+                    barrier.wait();
+                    let token = format!("racer{racer}");
+                    let reply = connection.call(&[
+                        b"SET",
+                        key.as_bytes(),
+                        token.as_bytes(),
+                        b"EX",
+                        b"5",
+                        b"NX",
+                    ]);
+                    (token, reply)
+                })
+            })
+            .collect();
+        let results: Vec<(String, Frame)> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let winners: Vec<&String> = results
+            .iter()
+            .filter(|(_, reply)| *reply == Frame::status("OK"))
+            .map(|(token, _)| token)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert!(results
+            .iter()
+            .all(|(_, r)| *r == Frame::status("OK") || *r == Frame::Nil));
+        let mut check = RespConnection::connect(&addresses[0]);
+        eventually(&mut check, &format!("GET {key}"), Frame::bulk(winners[0]));
+        let ttl = check.cmd(&format!("TTL {key}"));
+        assert!(matches!(ttl, Frame::Integer(4 | 5)), "{ttl:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_release_script_runs_by_sha_and_by_source() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let mut connection = RespConnection::connect(&cluster.resp(3));
+    let sha = "a".repeat(40);
+    let reply = connection.cmd(&format!("EVALSHA {sha} 1 room_lock:r t"));
+    assert_eq!(
+        reply,
+        Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into())
+    );
+    assert_eq!(
+        connection.cmd("SET room_lock:r token-1 EX 5 NX"),
+        Frame::status("OK")
+    );
+    assert_eq!(
+        connection.cmd("SET room_lock:r token-2 EX 5 NX"),
+        Frame::Nil
+    );
+    let script = LOCK_RELEASE.as_bytes();
+    // EVAL registers the script under the SHA-1 of its exact text.
+    let wrong = connection.call(&[b"EVAL", script, b"1", b"room_lock:r", b"token-2"]);
+    assert_eq!(
+        wrong,
+        Frame::Integer(0),
+        "another holder's token releases nothing"
+    );
+    let loaded = connection.call(&[b"SCRIPT", b"LOAD", script]);
+    let Frame::Bulk(sha) = loaded else {
+        panic!("SCRIPT LOAD answered {loaded:?}");
+    };
+    assert_eq!(sha.len(), 40);
+    assert_eq!(
+        connection.call(&[
+            b"SCRIPT",
+            b"EXISTS",
+            &sha,
+            b"0000000000000000000000000000000000000000"
+        ]),
+        Frame::Array(vec![Frame::Integer(1), Frame::Integer(0)])
+    );
+    assert_eq!(
+        connection.call(&[b"EVALSHA", &sha, b"1", b"room_lock:r", b"token-1"]),
+        Frame::Integer(1)
+    );
+    assert_eq!(connection.cmd("EXISTS room_lock:r"), Frame::Integer(0));
+    assert_eq!(
+        connection.call(&[b"EVALSHA", &sha, b"1", b"room_lock:r", b"token-1"]),
+        Frame::Integer(0)
+    );
+    // The script holds on another node too (EVALSHA after a NOSCRIPT falls back to EVAL there).
+    let mut other = RespConnection::connect(&cluster.resp(1));
+    assert!(other
+        .call(&[b"EVALSHA", &sha, b"1", b"k", b"t"])
+        .error_text()
+        .starts_with("NOSCRIPT"));
+    let unsupported = connection.call(&[b"EVAL", b"return redis.call('flushall')", b"0"]);
+    assert!(
+        unsupported.error_text().contains("recognised scripts"),
+        "{unsupported:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_crosses_nodes_in_resp2_and_resp3() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    // RESP2 subscriber on node 3: thousands of channels in one SUBSCRIBE, as psrpc resubscribes.
+    let mut resp2 = RespConnection::connect(&cluster.resp(3));
+    let channels: Vec<String> = (0..3000)
+        .map(|i| format!("Svc|Method|topic{i}|REQ"))
+        .collect();
+    let mut subscribe: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+    subscribe.extend(channels.iter().map(|c| c.as_bytes()));
+    resp2.send(&subscribe);
+    for (i, channel) in channels.iter().enumerate() {
+        assert_eq!(
+            resp2.read(),
+            Frame::Array(vec![
+                Frame::bulk("subscribe"),
+                Frame::bulk(channel),
+                Frame::Integer(i as i64 + 1)
+            ])
+        );
+    }
+    assert_eq!(
+        resp2.cmd("PSUBSCRIBE Signal|*"),
+        Frame::Array(vec![
+            Frame::bulk("psubscribe"),
+            Frame::bulk("Signal|*"),
+            Frame::Integer(3001)
+        ])
+    );
+    assert_eq!(
+        resp2.cmd("PING"),
+        Frame::Array(vec![Frame::bulk("pong"), Frame::bulk("")])
+    );
+    assert!(resp2
+        .cmd("GET x")
+        .error_text()
+        .contains("only (P|S)SUBSCRIBE"));
+
+    // RESP3 subscriber on node 2: push frames, and ordinary commands still work.
+    let mut resp3 = RespConnection::connect(&cluster.resp(2));
+    assert!(matches!(resp3.cmd("HELLO 3"), Frame::Map(_)));
+    assert_eq!(
+        resp3.cmd("SUBSCRIBE Svc|Method|topic7|REQ"),
+        Frame::Push(vec![
+            Frame::bulk("subscribe"),
+            Frame::bulk("Svc|Method|topic7|REQ"),
+            Frame::Integer(1)
+        ])
+    );
+    assert_eq!(resp3.cmd("GET nothing"), Frame::Nil);
+
+    let mut publisher = RespConnection::connect(&cluster.resp(1));
+    assert_eq!(publisher.cmd("SET before message"), Frame::status("OK"));
+    for i in 0..100 {
+        publisher.send(&[
+            b"PUBLISH",
+            b"Svc|Method|topic7|REQ",
+            format!("m{i}").as_bytes(),
+        ]);
+    }
+    publisher.send(&[b"PUBLISH", b"Signal|RelaySignal|node1|STR", b"signal"]);
+    for _ in 0..101 {
+        assert!(matches!(publisher.read(), Frame::Integer(_)));
+    }
+    for i in 0..100 {
+        let message = Frame::bulk(&format!("m{i}"));
+        assert_eq!(
+            resp2.read(),
+            Frame::Array(vec![
+                Frame::bulk("message"),
+                Frame::bulk("Svc|Method|topic7|REQ"),
+                message.clone()
+            ])
+        );
+        assert_eq!(
+            resp3.read(),
+            Frame::Push(vec![
+                Frame::bulk("message"),
+                Frame::bulk("Svc|Method|topic7|REQ"),
+                message
+            ])
+        );
+    }
+    assert_eq!(
+        resp2.read(),
+        Frame::Array(vec![
+            Frame::bulk("pmessage"),
+            Frame::bulk("Signal|*"),
+            Frame::bulk("Signal|RelaySignal|node1|STR"),
+            Frame::bulk("signal"),
+        ])
+    );
+    // Causal: the subscriber's node has the write published before the message.
+    assert_eq!(resp3.cmd("GET before"), Frame::bulk("message"));
+
+    let mut observer = RespConnection::connect(&cluster.resp(3));
+    assert_eq!(
+        observer.cmd("PUBSUB NUMSUB Svc|Method|topic7|REQ Svc|Method|none|REQ"),
+        Frame::Array(vec![
+            Frame::bulk("Svc|Method|topic7|REQ"),
+            Frame::Integer(1),
+            Frame::bulk("Svc|Method|none|REQ"),
+            Frame::Integer(0),
+        ])
+    );
+    assert_eq!(observer.cmd("PUBSUB NUMPAT"), Frame::Integer(1));
+    let Frame::Array(listed) = observer.cmd("PUBSUB CHANNELS Svc|Method|topic1*") else {
+        panic!("PUBSUB CHANNELS answers an array");
+    };
+    assert_eq!(
+        listed.len(),
+        1111,
+        "topic1, topic10-19, topic100-199, topic1000-1999"
+    );
+
+    // Unsubscribing everything leaves subscribed mode.
+    resp2.send(&[b"UNSUBSCRIBE"]);
+    for _ in 0..3000 {
+        assert!(
+            matches!(resp2.read(), Frame::Array(items) if items[0] == Frame::bulk("unsubscribe"))
+        );
+    }
+    assert_eq!(
+        resp2.cmd("PUNSUBSCRIBE"),
+        Frame::Array(vec![
+            Frame::bulk("punsubscribe"),
+            Frame::bulk("Signal|*"),
+            Frame::Integer(0)
+        ])
+    );
+    assert_eq!(resp2.cmd("GET before"), Frame::bulk("message"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_disconnected_and_the_node_keeps_serving() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let mut slow = RespConnection::connect(&cluster.resp(2));
+    assert!(matches!(slow.cmd("SUBSCRIBE flood"), Frame::Array(_)));
+    let mut publisher = RespConnection::connect(&cluster.resp(2));
+    let payload = vec![b'x'; 256 * 1024];
+    // 64 MiB: twice the 32 MiB a subscriber may leave unread.
+    for _ in 0..256 {
+        publisher.send(&[b"PUBLISH", b"flood", &payload]);
+        // 1 while the subscriber is connected, 0 once it was disconnected.
+        let receivers = publisher.read();
+        assert!(matches!(receivers, Frame::Integer(0 | 1)), "{receivers:?}");
+    }
+    assert!(slow.is_closed(), "the slow subscriber must be disconnected");
+    assert_eq!(publisher.cmd("PING"), Frame::status("PONG"));
+    let mut info = RespConnection::connect(&cluster.resp(2));
+    let Frame::Bulk(text) = info.cmd("INFO stats") else {
+        panic!("INFO answers a bulk string");
+    };
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("conclave_pubsub_slow_disconnects:1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_and_grpc_share_one_keyspace() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let mut connection = RespConnection::connect(&cluster.resp(1));
+    assert_eq!(
+        connection.call(&[b"HSET", b"rooms", b"r1", b"\x00\xffproto"]),
+        Frame::Integer(1)
+    );
+    let client = cluster.client(1).await;
+    let got = client.hget("rooms", "r1").await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"\x00\xffproto"[..]));
+    client.set("from-grpc", "hello").await.unwrap();
+    eventually(&mut connection, "GET from-grpc", Frame::bulk("hello"));
+    assert_eq!(connection.cmd("TYPE rooms"), Frame::status("hash"));
+    assert_eq!(connection.cmd("TYPE from-grpc"), Frame::status("string"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_surviving_node_keeps_working_while_the_leader_is_killed() {
+    let _serial = serial().await;
+    let mut cluster = resp_cluster().await;
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let address = cluster.resp(survivor);
+    let writer = std::thread::spawn(move || {
+        let mut connection = RespConnection::connect(&address);
+        let mut slowest = Duration::ZERO;
+        for i in 0..300 {
+            let started = Instant::now();
+            let reply = connection.call(&[b"INCR", b"joins"]);
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(
+                reply,
+                Frame::Integer(i + 1),
+                "write {i} during the failover"
+            );
+            let reply = connection.call(&[
+                b"HSET",
+                b"room_participants:r",
+                format!("p{i}").as_bytes(),
+                b"info",
+            ]);
+            assert_eq!(reply, Frame::Integer(1));
+            assert_eq!(
+                connection.cmd("HLEN room_participants:r"),
+                Frame::Integer(i + 1)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        slowest
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill(leader);
+    let slowest = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    eprintln!("slowest write across the failover: {slowest:?}");
+    let new_leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    assert_ne!(new_leader, leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
+    let _serial = serial().await;
+    let mut cluster = resp_cluster().await;
+    let mut connection = RespConnection::connect(&cluster.resp(1));
+    assert_eq!(connection.cmd("SET k before"), Frame::status("OK"));
+    cluster.kill(2);
+    cluster.kill(3);
+    let started = Instant::now();
+    let reply = tokio::task::block_in_place(|| connection.cmd("SET k after"));
+    let waited = started.elapsed();
+    assert!(reply.error_text().starts_with("TRYAGAIN"), "{reply:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "held for the 2.5 s deadline, then answered: {waited:?}"
+    );
+    // The connection stays usable: a local read still answers.
+    assert_eq!(connection.cmd("PING"), Frame::status("PONG"));
+}

@@ -1,0 +1,1050 @@
+//! One client connection: reads requests, runs them in order, writes replies, and interleaves
+//! pub/sub messages between replies.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use conclave_consensus::{now_ms, Consistency, NodeError};
+use conclave_pubsub::{Change, Item, Receiver, Subscriptions};
+use conclave_state::{
+    Bytes, Check, Command, Compare, Limits, Machine, Outcome, Revision, Transaction, WriteRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+use crate::introspection;
+use crate::plan::{self, Plan};
+use crate::protocol::{self, Reply, Request, Version};
+use crate::scripts;
+use crate::table;
+use crate::{ReadConsistency, Shared};
+
+/// Replies are written out once this many bytes are waiting, even mid-pipeline.
+const FLUSH_AT: usize = 64 * 1024;
+/// Most requests taken from the input buffer before they are answered.
+const MAX_PIPELINE: usize = 1024;
+/// Most commands one pipeline sends to the leader in one submission.
+const MAX_GROUP_COMMANDS: usize = 256;
+/// Most pub/sub messages encoded into one write.
+const PUSH_BATCH: usize = 256;
+
+/// A MULTI in progress.
+struct Multi {
+    queued: Vec<Plan>,
+    /// A command was refused while queueing: EXEC answers EXECABORT.
+    failed: bool,
+}
+
+/// A connection's subscriber on the node's hub.
+struct Subscriber {
+    subscriptions: Subscriptions,
+    receiver: Receiver,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+    peer: SocketAddr,
+    version: Version,
+    authenticated: bool,
+    name: Option<Vec<u8>>,
+    /// The newest revision this connection wrote or read: session reads wait for it, and its
+    /// publishes carry it (causal pub/sub).
+    revision: Revision,
+    multi: Option<Multi>,
+    /// WATCHed keys and the revision each was read at.
+    watched: Vec<(Bytes, Revision)>,
+    subscriber: Option<Subscriber>,
+    closing: bool,
+}
+
+/// Runs a connection to its end.
+pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let (mut reader, mut writer) = socket.into_split();
+    if clients > shared.options.max_clients {
+        let _ = writer
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        shared.clients.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let mut connection = Connection {
+        id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        authenticated: shared.options.password.is_none(),
+        shared: shared.clone(),
+        peer,
+        version: Version::Resp2,
+        name: None,
+        revision: 0,
+        multi: None,
+        watched: Vec::new(),
+        subscriber: None,
+        closing: false,
+    };
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = Vec::with_capacity(16 * 1024);
+    let limits = shared.options.frame_limits;
+    'serve: loop {
+        let mut requests = Vec::new();
+        let mut protocol_error = None;
+        while requests.len() < MAX_PIPELINE {
+            match protocol::parse(&mut input, &limits) {
+                Ok(Some(request)) => requests.push(request),
+                Ok(None) => break,
+                Err(error) => {
+                    protocol_error = Some(error);
+                    break;
+                }
+            }
+        }
+        let mut next = 0;
+        while next < requests.len() && !connection.closing {
+            // Consecutive plain writes of a pipeline go to the leader together.
+            let group = connection.write_group(&requests[next..]);
+            if group.is_empty() {
+                let request = std::mem::take(&mut requests[next]);
+                next += 1;
+                connection.handle(request, &mut output).await;
+            } else {
+                next += group.len();
+                for reply in connection.write_plans(group).await {
+                    reply.encode(connection.version, &mut output);
+                }
+            }
+            if output.len() >= FLUSH_AT && connection.flush(&mut writer, &mut output).await.is_err()
+            {
+                break 'serve;
+            }
+        }
+        if let Some(error) = protocol_error.filter(|_| !connection.closing) {
+            tracing::debug!(peer = %connection.peer, error = %error.0, "RESP protocol error");
+            Reply::error(format!("ERR Protocol error: {}", error.0))
+                .encode(connection.version, &mut output);
+            connection.closing = true;
+        }
+        if !input.is_empty() && requests.len() == MAX_PIPELINE && !connection.closing {
+            // More requests are already buffered: answer these, then go on without reading.
+            if connection.flush(&mut writer, &mut output).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        if connection.flush(&mut writer, &mut output).await.is_err() || connection.closing {
+            break;
+        }
+        let subscribed = connection.subscriber.is_some();
+        tokio::select! {
+            read = reader.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            item = next_item(&mut connection.subscriber), if subscribed => {
+                if !connection.deliver(item, &mut output) {
+                    let _ = connection.flush(&mut writer, &mut output).await;
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+    shared.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn next_item(
+    subscriber: &mut Option<Subscriber>,
+) -> Option<Result<Item, conclave_pubsub::Disconnected>> {
+    match subscriber {
+        Some(s) => s.receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    /// Writes the pending output. A subscriber that stopped reading is cut off once the hub
+    /// disconnects it, instead of holding this task in a write forever.
+    async fn flush(
+        &mut self,
+        writer: &mut OwnedWriteHalf,
+        output: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        if output.is_empty() {
+            return Ok(());
+        }
+        let result = match &self.subscriber {
+            None => writer.write_all(output).await,
+            Some(s) => {
+                let receiver = &s.receiver;
+                tokio::select! {
+                    written = writer.write_all(output) => written,
+                    _ = async {
+                        while !receiver.is_disconnected() {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    } => Err(std::io::Error::other("subscriber disconnected: output buffer limit")),
+                }
+            }
+        };
+        output.clear();
+        result
+    }
+
+    /// Encodes a pub/sub item and whatever else is ready; false ends the connection.
+    fn deliver(
+        &mut self,
+        first: Option<Result<Item, conclave_pubsub::Disconnected>>,
+        output: &mut Vec<u8>,
+    ) -> bool {
+        let mut item = first;
+        for _ in 0..PUSH_BATCH {
+            match item {
+                Some(Ok(Item::Message(delivery))) => {
+                    let message = &delivery.message;
+                    let push = match &delivery.pattern {
+                        Some(pattern) => Reply::Push(vec![
+                            Reply::bulk("pmessage"),
+                            Reply::bulk(pattern.to_vec()),
+                            Reply::bulk(message.channel.clone()),
+                            Reply::bulk(message.payload.clone()),
+                        ]),
+                        None => Reply::Push(vec![
+                            Reply::bulk("message"),
+                            Reply::bulk(message.channel.clone()),
+                            Reply::bulk(message.payload.clone()),
+                        ]),
+                    };
+                    push.encode(self.version, output);
+                }
+                Some(Ok(Item::Subscriptions { .. })) => {}
+                Some(Err(disconnected)) => {
+                    tracing::info!(peer = %self.peer, reason = %disconnected, "RESP subscriber disconnected");
+                    return false;
+                }
+                None => return self.subscriber.is_some(),
+            }
+            let Some(subscriber) = &mut self.subscriber else {
+                return true;
+            };
+            if output.len() >= FLUSH_AT {
+                // Unread messages stay in the hub's queue, where its limits count them.
+                return true;
+            }
+            // Take what is already queued without waiting.
+            let waker = futures_noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            item = match subscriber.receiver.poll_recv(&mut cx) {
+                std::task::Poll::Ready(next) => next,
+                std::task::Poll::Pending => return true,
+            };
+        }
+        true
+    }
+
+    async fn handle(&mut self, request: Request, output: &mut Vec<u8>) {
+        if request.is_empty() {
+            return;
+        }
+        self.shared
+            .commands_processed
+            .fetch_add(1, Ordering::Relaxed);
+        let reply = self.execute(request).await;
+        for reply in reply {
+            reply.encode(self.version, output);
+        }
+    }
+
+    /// Runs one request; most answer one reply, (P)SUBSCRIBE one per name.
+    async fn execute(&mut self, request: Request) -> Vec<Reply> {
+        let name_lower = String::from_utf8_lossy(&request[0]).to_ascii_lowercase();
+        let args = &request[1..];
+        let Some(spec) = table::lookup(&request[0]) else {
+            self.fail_multi();
+            return vec![unknown_command(&request)];
+        };
+        let name = spec.name;
+        if !spec.arity_ok(request.len()) {
+            self.fail_multi();
+            return vec![Reply::error(format!(
+                "ERR wrong number of arguments for '{name_lower}' command"
+            ))];
+        }
+        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
+            return vec![Reply::error("NOAUTH Authentication required.")];
+        }
+        if self.version == Version::Resp2
+            && self.subscribed()
+            && !matches!(
+                name,
+                "subscribe"
+                    | "unsubscribe"
+                    | "psubscribe"
+                    | "punsubscribe"
+                    | "ping"
+                    | "quit"
+                    | "reset"
+            )
+        {
+            return vec![Reply::error(format!(
+                "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            ))];
+        }
+        if self.multi.is_some()
+            && !matches!(
+                name,
+                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+            )
+        {
+            return vec![self.queue(name, args)];
+        }
+        if let Some(plan) = plan::compile(name, args) {
+            return vec![match plan {
+                Ok(plan) => self.run_plan(plan).await,
+                Err(error) => error,
+            }];
+        }
+        vec![match name {
+            "ping" => self.ping(args),
+            "echo" => Reply::bulk(args[0].clone()),
+            "hello" => self.hello(args),
+            "auth" => self.auth(args),
+            "select" => match args[0].as_slice() {
+                b"0" => Reply::ok(),
+                _ => Reply::error("ERR DB index is out of range"),
+            },
+            "client" => self.client(args),
+            "quit" => {
+                self.closing = true;
+                Reply::ok()
+            }
+            "reset" => {
+                self.reset();
+                Reply::status("RESET")
+            }
+            "multi" => match self.multi {
+                Some(_) => Reply::error("ERR MULTI calls can not be nested"),
+                None => {
+                    self.multi = Some(Multi {
+                        queued: Vec::new(),
+                        failed: false,
+                    });
+                    Reply::ok()
+                }
+            },
+            "exec" => self.exec().await,
+            "discard" => match self.multi.take() {
+                Some(_) => {
+                    self.watched.clear();
+                    Reply::ok()
+                }
+                None => Reply::error("ERR DISCARD without MULTI"),
+            },
+            "watch" => self.watch(args).await,
+            "unwatch" => {
+                self.watched.clear();
+                Reply::ok()
+            }
+            "eval" => match self.shared.scripts.load(&args[0]) {
+                Ok((_, script)) => self.run_script(script, &args[1..]).await,
+                Err(error) => error,
+            },
+            "evalsha" => match self.shared.scripts.get(&args[0]) {
+                Some(script) => self.run_script(script, &args[1..]).await,
+                None => Reply::error("NOSCRIPT No matching script. Please use EVAL."),
+            },
+            "script" => self.script(args),
+            "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" => {
+                return self.change_subscriptions(name, args);
+            }
+            "publish" => {
+                let receivers =
+                    self.shared
+                        .hub
+                        .publish(args[0].clone(), args[1].clone(), self.revision);
+                Reply::Integer(receivers as i64)
+            }
+            "pubsub" => self.pubsub(args),
+            "keys" => self.keys(&args[0]).await,
+            "scan" => self.scan(args).await,
+            "dbsize" => match self.read(|m, _| Reply::Integer(m.len() as i64)).await {
+                Ok(reply) | Err(reply) => reply,
+            },
+            "info" => Reply::bulk(introspection::info(&self.shared, args)),
+            "command" => introspection::command(args),
+            "config" => introspection::config(&self.shared, args),
+            "time" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Reply::Array(vec![
+                    Reply::bulk(now.as_secs().to_string()),
+                    Reply::bulk(now.subsec_micros().to_string()),
+                ])
+            }
+            other => Reply::error(format!("ERR command '{other}' is listed but not handled")),
+        }]
+    }
+
+    fn subscribed(&self) -> bool {
+        self.subscriber
+            .as_ref()
+            .is_some_and(|s| s.subscriptions.counts() != (0, 0))
+    }
+
+    fn fail_multi(&mut self) {
+        if let Some(multi) = &mut self.multi {
+            multi.failed = true;
+        }
+    }
+
+    /// Queues a command inside MULTI.
+    fn queue(&mut self, name: &str, args: &[Vec<u8>]) -> Reply {
+        let compiled = match plan::compile(name, args) {
+            Some(compiled) => compiled,
+            None => Err(Reply::error(format!(
+                "ERR '{name}' inside MULTI is not supported by Conclave (only keyspace reads and writes are)"
+            ))),
+        };
+        let multi = self.multi.as_mut().expect("queue is called inside MULTI");
+        match compiled {
+            Ok(plan) => {
+                multi.queued.push(plan);
+                Reply::status("QUEUED")
+            }
+            Err(error) => {
+                multi.failed = true;
+                error
+            }
+        }
+    }
+
+    fn ping(&self, args: &[Vec<u8>]) -> Reply {
+        if self.version == Version::Resp2 && self.subscribed() {
+            let message = args.first().cloned().unwrap_or_default();
+            return Reply::Array(vec![Reply::bulk("pong"), Reply::bulk(message)]);
+        }
+        match args {
+            [] => Reply::status("PONG"),
+            [message] => Reply::bulk(message.clone()),
+            _ => Reply::error("ERR wrong number of arguments for 'ping' command"),
+        }
+    }
+
+    fn hello(&mut self, args: &[Vec<u8>]) -> Reply {
+        let mut protocol = match self.version {
+            Version::Resp2 => 2,
+            Version::Resp3 => 3,
+        };
+        if let Some(requested) = args.first() {
+            match plan::integer(requested) {
+                Ok(v @ (2 | 3)) => protocol = v,
+                Ok(_) => return Reply::error("NOPROTO unsupported protocol version"),
+                Err(_) => {
+                    return Reply::error("ERR Protocol version is not an integer or out of range")
+                }
+            }
+        }
+        let mut options = args.iter().skip(1);
+        let mut name = None;
+        while let Some(option) = options.next() {
+            match option.to_ascii_uppercase().as_slice() {
+                b"AUTH" => {
+                    let (Some(user), Some(password)) = (options.next(), options.next()) else {
+                        return Reply::error("ERR Syntax error in HELLO option 'auth'");
+                    };
+                    if let Err(error) = self.check_password(Some(user), password) {
+                        return error;
+                    }
+                }
+                b"SETNAME" => match options.next() {
+                    Some(n) => name = Some(n.clone()),
+                    None => return Reply::error("ERR Syntax error in HELLO option 'setname'"),
+                },
+                _ => {
+                    return Reply::error(format!(
+                        "ERR Syntax error in HELLO option '{}'",
+                        String::from_utf8_lossy(option)
+                    ))
+                }
+            }
+        }
+        if !self.authenticated {
+            return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        if name.is_some() {
+            self.name = name;
+        }
+        self.version = if protocol == 3 {
+            Version::Resp3
+        } else {
+            Version::Resp2
+        };
+        introspection::hello(self.id, protocol)
+    }
+
+    fn auth(&mut self, args: &[Vec<u8>]) -> Reply {
+        match args {
+            [password] => self.check_password(None, password),
+            [user, password] => self.check_password(Some(user), password),
+            _ => Err(Reply::error("ERR syntax error")),
+        }
+        .map_or_else(|e| e, |()| Reply::ok())
+    }
+
+    fn check_password(&mut self, user: Option<&Vec<u8>>, password: &[u8]) -> Result<(), Reply> {
+        let Some(expected) = &self.shared.options.password else {
+            return Err(Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"));
+        };
+        let user_ok = user.is_none_or(|u| u.as_slice() == b"default");
+        if user_ok && password == expected.as_bytes() {
+            self.authenticated = true;
+            Ok(())
+        } else {
+            Err(Reply::error(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ))
+        }
+    }
+
+    fn client(&mut self, args: &[Vec<u8>]) -> Reply {
+        let sub = args[0].to_ascii_uppercase();
+        match (sub.as_slice(), &args[1..]) {
+            (b"ID", []) => Reply::Integer(self.id as i64),
+            (b"GETNAME", []) => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
+            (b"SETNAME", [name]) => {
+                if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+                    return Reply::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!name.is_empty()).then(|| name.clone());
+                Reply::ok()
+            }
+            (b"SETINFO", [attribute, _]) => match attribute.to_ascii_uppercase().as_slice() {
+                b"LIB-NAME" | b"LIB-VER" => Reply::ok(),
+                _ => Reply::error(format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(attribute)
+                )),
+            },
+            (b"INFO", []) => Reply::bulk(format!(
+                "id={} addr={} name={} db=0 resp={}\n",
+                self.id,
+                self.peer,
+                String::from_utf8_lossy(self.name.as_deref().unwrap_or_default()),
+                if self.version == Version::Resp3 { 3 } else { 2 },
+            )),
+            (b"NO-EVICT" | b"NO-TOUCH", [_]) => Reply::ok(),
+            _ => Reply::error(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[0])
+            )),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.multi = None;
+        self.watched.clear();
+        self.subscriber = None;
+        self.version = Version::Resp2;
+        self.name = None;
+        self.authenticated = self.shared.options.password.is_none();
+    }
+
+    // ----- Keyspace -----
+
+    /// Waits for this connection's read barrier, then reads the local replica.
+    async fn read<T>(&mut self, read: impl FnOnce(&Machine, u64) -> T) -> Result<T, Reply> {
+        let node = &self.shared.node;
+        let consistency = match self.shared.options.consistency {
+            ReadConsistency::Session => Consistency::Session {
+                min_revision: self.revision,
+            },
+            ReadConsistency::Linearizable => Consistency::Linearizable,
+            ReadConsistency::Local => Consistency::Local,
+        };
+        let deadline = Instant::now() + self.shared.options.write_deadline;
+        node.read_barrier(consistency, deadline)
+            .await
+            .map_err(node_error)?;
+        let now = now_ms();
+        let (revision, value) = node.view().read(|m| (m.revision(), read(m, now)));
+        self.revision = self.revision.max(revision);
+        Ok(value)
+    }
+
+    /// The plain writes at the front of a pipeline, compiled: commands that would run the same
+    /// way one at a time (no MULTI, no pub/sub mode, nothing refused), so they may be sent to
+    /// the leader together.
+    fn write_group(&self, requests: &[Request]) -> Vec<Plan> {
+        let mut group = Vec::new();
+        let mut commands = 0;
+        if self.multi.is_some() || !self.authenticated || self.subscribed() {
+            return group;
+        }
+        for request in requests {
+            let Some(spec) = request.first().and_then(|name| table::lookup(name)) else {
+                break;
+            };
+            if !spec.arity_ok(request.len()) {
+                break;
+            }
+            let Some(Ok(plan)) = plan::compile(spec.name, &request[1..]) else {
+                break;
+            };
+            let plain = !plan.is_read()
+                && plan.commands.iter().all(Command::allowed_in_transaction)
+                && check_limits(&plan.commands).is_ok();
+            if !plain || commands + plan.commands.len() > MAX_GROUP_COMMANDS {
+                break;
+            }
+            commands += plan.commands.len();
+            group.push(plan);
+        }
+        self.shared
+            .commands_processed
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        group
+    }
+
+    /// Applies write plans in order through the node's batcher; one reply per plan.
+    async fn write_plans(&mut self, plans: Vec<Plan>) -> Vec<Reply> {
+        let version = self.version;
+        let fail_all = |reply: Reply| vec![reply; plans.len()];
+        let commands: Vec<Command> = plans.iter().flat_map(|p| p.commands.clone()).collect();
+        if let Err(error) = check_limits(&commands) {
+            return fail_all(error);
+        }
+        let deadline = Instant::now() + self.shared.options.write_deadline;
+        match self.shared.batcher.write(commands, deadline).await {
+            Ok((revision, outcomes)) => {
+                self.revision = self.revision.max(revision);
+                let mut rest = outcomes.as_slice();
+                plans
+                    .iter()
+                    .map(|plan| {
+                        let (mine, others) = rest.split_at(plan.commands.len().min(rest.len()));
+                        rest = others;
+                        plan.shape.reply(mine, version)
+                    })
+                    .collect()
+            }
+            Err(error) => fail_all(node_error(error)),
+        }
+    }
+
+    /// Proposes a write through the leader and returns its outcome.
+    async fn write(&mut self, command: Command) -> Result<Outcome, Reply> {
+        check_limits(std::slice::from_ref(&command))?;
+        let request = WriteRequest {
+            id: None,
+            stamp: 0,
+            command,
+        };
+        let deadline = Instant::now() + self.shared.options.write_deadline;
+        let reply = self
+            .shared
+            .node
+            .write(request, deadline)
+            .await
+            .map_err(node_error)?;
+        self.revision = self.revision.max(reply.revision);
+        Ok(reply.outcome)
+    }
+
+    /// Runs one plan: reads on the replica, writes through the leader (several commands as one
+    /// transaction, so MSET is atomic).
+    async fn run_plan(&mut self, plan: Plan) -> Reply {
+        let version = self.version;
+        if !plan.is_read() {
+            return self.write_plans(vec![plan]).await.remove(0);
+        }
+        match self.read(|m, now| query_all(m, &plan.commands, now)).await {
+            Ok(outcomes) => plan.shape.reply(&outcomes, version),
+            Err(error) => error,
+        }
+    }
+
+    async fn run_script(&mut self, script: scripts::Script, args: &[Vec<u8>]) -> Reply {
+        match scripts::compile(script, args) {
+            Ok(plan) => self.run_plan(plan).await,
+            Err(error) => error,
+        }
+    }
+
+    fn script(&mut self, args: &[Vec<u8>]) -> Reply {
+        let sub = args[0].to_ascii_uppercase();
+        match (sub.as_slice(), &args[1..]) {
+            (b"LOAD", [source]) => match self.shared.scripts.load(source) {
+                Ok((sha, _)) => Reply::bulk(sha),
+                Err(error) => error,
+            },
+            (b"EXISTS", shas) if !shas.is_empty() => Reply::Array(
+                shas.iter()
+                    .map(|sha| Reply::Integer(i64::from(self.shared.scripts.get(sha).is_some())))
+                    .collect(),
+            ),
+            (b"FLUSH", _) => {
+                self.shared.scripts.flush();
+                Reply::ok()
+            }
+            _ => Reply::error(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try SCRIPT HELP.",
+                String::from_utf8_lossy(&args[0])
+            )),
+        }
+    }
+
+    // ----- Transactions -----
+
+    async fn watch(&mut self, keys: &[Vec<u8>]) -> Reply {
+        if self.multi.is_some() {
+            return Reply::error("ERR WATCH inside MULTI is not allowed");
+        }
+        // The revision the watch starts from: everything this connection could have read.
+        match self.read(|m, _| m.revision()).await {
+            Ok(revision) => {
+                for key in keys {
+                    self.watched.push((Bytes::from(key.clone()), revision));
+                }
+                Reply::ok()
+            }
+            Err(error) => error,
+        }
+    }
+
+    async fn exec(&mut self) -> Reply {
+        let Some(multi) = self.multi.take() else {
+            return Reply::error("ERR EXEC without MULTI");
+        };
+        let watched = std::mem::take(&mut self.watched);
+        if multi.failed {
+            return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+        }
+        let version = self.version;
+        let plans = multi.queued;
+        let commands: Vec<Command> = plans.iter().flat_map(|p| p.commands.clone()).collect();
+        let outcomes = if watched.is_empty() && plans.iter().all(Plan::is_read) {
+            // Only reads: the replica answers them all at one revision.
+            self.read(|m, now| Some(query_all(m, &commands, now))).await
+        } else {
+            let compares = watched
+                .into_iter()
+                .map(|(key, revision)| Compare {
+                    key,
+                    field: None,
+                    check: Check::UnchangedSince(revision),
+                })
+                .collect();
+            let txn = Transaction {
+                compares,
+                success: commands,
+                failure: vec![],
+            };
+            match self.write(Command::Txn(Box::new(txn))).await {
+                Ok(Outcome::Txn {
+                    succeeded: true,
+                    outcomes,
+                }) => Ok(Some(outcomes)),
+                Ok(Outcome::Txn { .. }) => Ok(None),
+                Ok(other) => Err(Reply::error(format!(
+                    "ERR internal: EXEC answered {other:?}"
+                ))),
+                Err(error) => Err(error),
+            }
+        };
+        match outcomes {
+            Ok(Some(outcomes)) => {
+                let mut rest = outcomes.as_slice();
+                let replies = plans
+                    .iter()
+                    .map(|plan| {
+                        let (mine, others) = rest.split_at(plan.commands.len().min(rest.len()));
+                        rest = others;
+                        plan.shape.reply(mine, version)
+                    })
+                    .collect();
+                Reply::Array(replies)
+            }
+            Ok(None) => Reply::NilArray,
+            Err(error) => error,
+        }
+    }
+
+    // ----- Keys -----
+
+    async fn keys(&mut self, pattern: &[u8]) -> Reply {
+        let pattern = pattern.to_vec();
+        let found = self
+            .read(move |m, now| {
+                let prefix = literal_prefix(&pattern);
+                m.keys_with_prefix(prefix, now)
+                    .filter(|(k, _)| conclave_pubsub::glob_matches(&pattern, k))
+                    .map(|(k, _)| Reply::bulk(k.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        match found {
+            Ok(keys) => Reply::Array(keys),
+            Err(error) => error,
+        }
+    }
+
+    async fn scan(&mut self, args: &[Vec<u8>]) -> Reply {
+        let cursor = match std::str::from_utf8(&args[0])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        {
+            Some(c) => c,
+            None => return Reply::error("ERR invalid cursor"),
+        };
+        let mut pattern = None;
+        let mut count = 10usize;
+        let mut kind = None;
+        let mut options = args[1..].iter();
+        while let Some(option) = options.next() {
+            let Some(value) = options.next() else {
+                return Reply::error("ERR syntax error");
+            };
+            match option.to_ascii_uppercase().as_slice() {
+                b"MATCH" => pattern = Some(value.clone()),
+                b"COUNT" => match plan::integer(value) {
+                    Ok(n) if n >= 1 => count = n as usize,
+                    Ok(_) => return Reply::error("ERR syntax error"),
+                    Err(error) => return error,
+                },
+                b"TYPE" => kind = Some(String::from_utf8_lossy(value).to_ascii_lowercase()),
+                _ => return Reply::error("ERR syntax error"),
+            }
+        }
+        let after = if cursor == 0 {
+            None
+        } else {
+            match self.shared.cursors.position(cursor) {
+                Some(key) => Some(key),
+                None => {
+                    return Reply::error(
+                        "ERR invalid cursor (unknown or expired; start again from 0)",
+                    )
+                }
+            }
+        };
+        let scanned = self
+            .read(move |m, now| {
+                let mut examined = m.keys_after(after.as_deref(), now).take(count + 1);
+                let mut found = Vec::new();
+                let mut last = None;
+                for (key, record) in examined.by_ref().take(count) {
+                    last = Some(key.to_vec());
+                    let matches = pattern
+                        .as_ref()
+                        .is_none_or(|p| conclave_pubsub::glob_matches(p, key))
+                        && kind.as_ref().is_none_or(|k| k == record.value.type_name());
+                    if matches {
+                        found.push(Reply::bulk(key.to_vec()));
+                    }
+                }
+                let more = examined.next().is_some();
+                (found, if more { last } else { None })
+            })
+            .await;
+        match scanned {
+            Ok((found, last)) => {
+                let next = last.map_or(0, |key| self.shared.cursors.put(key));
+                Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(found)])
+            }
+            Err(error) => error,
+        }
+    }
+
+    // ----- Pub/sub -----
+
+    fn change_subscriptions(&mut self, name: &str, args: &[Vec<u8>]) -> Vec<Reply> {
+        let change = match name {
+            "subscribe" => Change::Subscribe,
+            "unsubscribe" => Change::Unsubscribe,
+            "psubscribe" => Change::PSubscribe,
+            _ => Change::PUnsubscribe,
+        };
+        let adding = matches!(change, Change::Subscribe | Change::PSubscribe);
+        if self.subscriber.is_none() {
+            if !adding {
+                // Nothing to unsubscribe from: Redis still answers once.
+                return vec![Reply::Push(vec![
+                    Reply::bulk(name),
+                    Reply::Nil,
+                    Reply::Integer(0),
+                ])];
+            }
+            let (subscriptions, receiver) = self.shared.hub.subscriber();
+            self.subscriber = Some(Subscriber {
+                subscriptions,
+                receiver,
+            });
+        }
+        let subscriber = self.subscriber.as_ref().expect("created above");
+        let counts = subscriber.subscriptions.change(change, args.to_vec());
+        let mut replies: Vec<Reply> = counts
+            .into_iter()
+            .map(|(channel, channels, patterns)| {
+                Reply::Push(vec![
+                    Reply::bulk(name),
+                    Reply::bulk(channel),
+                    Reply::Integer((channels + patterns) as i64),
+                ])
+            })
+            .collect();
+        let (channels, patterns) = subscriber.subscriptions.counts();
+        if replies.is_empty() {
+            replies.push(Reply::Push(vec![
+                Reply::bulk(name),
+                Reply::Nil,
+                Reply::Integer((channels + patterns) as i64),
+            ]));
+        }
+        if channels + patterns == 0 {
+            self.subscriber = None;
+        }
+        replies
+    }
+
+    fn pubsub(&self, args: &[Vec<u8>]) -> Reply {
+        let hub = &self.shared.hub;
+        let sub = args[0].to_ascii_uppercase();
+        match (sub.as_slice(), &args[1..]) {
+            (b"CHANNELS", [] | [_]) => Reply::Array(
+                hub.channels(args.get(1).map(Vec::as_slice))
+                    .into_iter()
+                    .map(Reply::Bulk)
+                    .collect(),
+            ),
+            (b"NUMSUB", channels) => Reply::Array(
+                channels
+                    .iter()
+                    .flat_map(|c| {
+                        [
+                            Reply::bulk(c.clone()),
+                            Reply::Integer(hub.subscriber_count(c) as i64),
+                        ]
+                    })
+                    .collect(),
+            ),
+            (b"NUMPAT", []) => Reply::Integer(hub.pattern_count() as i64),
+            _ => Reply::error(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+                String::from_utf8_lossy(&args[0])
+            )),
+        }
+    }
+}
+
+/// Checks commands against the store's limits as the one entry they will be sent as.
+fn check_limits(commands: &[Command]) -> Result<(), Reply> {
+    let command = match commands {
+        [one] => one.clone(),
+        many => Command::Txn(Box::new(Transaction {
+            compares: vec![],
+            success: many.to_vec(),
+            failure: vec![],
+        })),
+    };
+    let request = WriteRequest {
+        id: None,
+        stamp: 0,
+        command,
+    };
+    Limits::DEFAULT
+        .check(&request)
+        .map_err(|e| Reply::error(format!("ERR {e}")))
+}
+
+/// Answers every command of a read-only plan from one replica state.
+fn query_all(machine: &Machine, commands: &[Command], now: u64) -> Vec<Outcome> {
+    commands
+        .iter()
+        .map(|command| match command {
+            Command::Query(query) => match machine.query(query, now) {
+                Ok(answer) => Outcome::Answer(answer),
+                Err(_) => Outcome::WrongType,
+            },
+            other => unreachable!("a read plan holds only queries, not {}", other.name()),
+        })
+        .collect()
+}
+
+/// The part of a glob pattern before its first special character.
+fn literal_prefix(pattern: &[u8]) -> &[u8] {
+    let end = pattern
+        .iter()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+fn unknown_command(request: &Request) -> Reply {
+    let mut text = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&request[0])
+    );
+    for arg in request[1..].iter().take(8) {
+        text.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
+    }
+    Reply::error(text)
+}
+
+/// The reply for a request the node could not serve in time: retriable.
+fn node_error(error: NodeError) -> Reply {
+    match error {
+        NodeError::Unavailable(reason) => Reply::error(format!("TRYAGAIN {reason}")),
+        NodeError::Rejected(reason) => Reply::error(format!("ERR {reason}")),
+    }
+}
+
+/// A waker that does nothing: for taking already-queued items without waiting.
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
+}
+
+/// SCAN cursors of the node: a cursor names the last key a scan returned, so a scan resumes
+/// after it whatever was inserted or deleted meanwhile (every key present for the whole scan
+/// is returned). Shared by the node's connections (a client may continue a scan on another
+/// pooled connection) and bounded: the oldest cursors are forgotten first.
+#[derive(Default)]
+pub(crate) struct Cursors {
+    inner: Mutex<CursorTable>,
+}
+
+#[derive(Default)]
+struct CursorTable {
+    next: u64,
+    positions: HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+}
+
+const MAX_CURSORS: usize = 10_000;
+
+impl Cursors {
+    fn put(&self, last_key: Vec<u8>) -> u64 {
+        let mut table = self.inner.lock().expect("poisoned");
+        table.next += 1;
+        let cursor = table.next;
+        table.positions.insert(cursor, last_key);
+        table.order.push_back(cursor);
+        while table.order.len() > MAX_CURSORS {
+            if let Some(old) = table.order.pop_front() {
+                table.positions.remove(&old);
+            }
+        }
+        cursor
+    }
+
+    fn position(&self, cursor: u64) -> Option<Vec<u8>> {
+        let table = self.inner.lock().expect("poisoned");
+        // Kept (not removed) so a client retrying the same cursor gets the same page.
+        table.positions.get(&cursor).cloned()
+    }
+}

@@ -1,0 +1,149 @@
+//! The Redis protocol front end of a Conclave node, so an unmodified Redis client (LiveKit's
+//! go-redis, redis-py, redis-cli) can use its local node as its Redis.
+//!
+//! Owns: the RESP listener; RESP2 and RESP3 framing with pipelining and inline commands
+//! ([`protocol`]); the command table ([`table`]); keyspace commands compiled into state-machine
+//! commands and their replies ([`plan`]); MULTI/EXEC/WATCH as one store transaction whose
+//! comparisons are "unchanged since the revision WATCH saw"; the recognised scripts
+//! ([`scripts`]); pub/sub on the node's [`conclave_pubsub::PubSub`] hub (push frames under
+//! RESP3); INFO, COMMAND, CONFIG GET, SCAN cursors, AUTH.
+//!
+//! Does not own: the data model and its semantics (the state crate: the RESP layer never changes
+//! a value itself), Raft and forwarding (writes go through [`Node::write`], reads wait on
+//! [`Node::read_barrier`]), the cluster-wide pub/sub mesh.
+//!
+//! Writes: a pipeline's consecutive plain writes, and the writes of every connection that
+//! arrive while earlier ones are in flight, go to the leader as one transaction ([`batch`]):
+//! one log entry and one flush for many client writes, each still answered on its own.
+//!
+//! Consistency: writes are forwarded to the leader and answered once applied; across a leader
+//! change they are held until [`RespOptions::write_deadline`], then answered `TRYAGAIN` (which
+//! go-redis retries by itself). Reads follow [`ReadConsistency`], per node; under the default
+//! (`Session`) a connection reads its own writes and never reads older state than it saw.
+//!
+//! Known to be missing: Lua (only recognised scripts run), databases other than 0, blocking
+//! commands, keyspace notifications, CLIENT LIST/KILL, ACL users other than `default`; EVAL
+//! inside MULTI, and KEYS/SCAN/pub/sub commands inside MULTI, are refused.
+
+mod batch;
+mod connection;
+mod introspection;
+mod plan;
+pub mod protocol;
+mod scripts;
+mod table;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_consensus::Node;
+use conclave_pubsub::PubSub;
+use tokio::net::TcpListener;
+
+pub use protocol::FrameLimits;
+
+/// What a read on a connection waits for before it is answered from the local replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// The connection's own writes and everything it has read before (read-your-writes,
+    /// monotonic reads). The default.
+    Session,
+    /// Everything committed anywhere before the read began (one round trip to the leader).
+    Linearizable,
+    /// Whatever this replica has applied (fastest; may be behind other nodes).
+    Local,
+}
+
+impl std::str::FromStr for ReadConsistency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "session" => Ok(ReadConsistency::Session),
+            "linearizable" => Ok(ReadConsistency::Linearizable),
+            "local" => Ok(ReadConsistency::Local),
+            other => Err(format!(
+                "unknown consistency {other:?}: expected session, linearizable or local"
+            )),
+        }
+    }
+}
+
+/// Settings of the RESP listener.
+#[derive(Clone, Debug)]
+pub struct RespOptions {
+    pub consistency: ReadConsistency,
+    /// The `default` user's password (Redis's `requirepass`); None lets every client in.
+    pub password: Option<String>,
+    /// How long a command may wait for a leader (an election) before it is answered TRYAGAIN.
+    /// Below go-redis's default 3 s read timeout, so the client sees the answer.
+    pub write_deadline: Duration,
+    /// Connections accepted at once; more are answered with an error and closed.
+    pub max_clients: usize,
+    pub frame_limits: FrameLimits,
+}
+
+impl Default for RespOptions {
+    fn default() -> Self {
+        RespOptions {
+            consistency: ReadConsistency::Session,
+            password: None,
+            write_deadline: Duration::from_millis(2500),
+            max_clients: 10_000,
+            frame_limits: FrameLimits::default(),
+        }
+    }
+}
+
+/// State shared by every RESP connection of a node.
+pub(crate) struct Shared {
+    node: Node,
+    hub: PubSub,
+    options: RespOptions,
+    port: u16,
+    scripts: scripts::ScriptCache,
+    batcher: batch::WriteBatcher,
+    cursors: connection::Cursors,
+    clients: AtomicUsize,
+    next_client_id: AtomicU64,
+    connections_received: AtomicU64,
+    commands_processed: AtomicU64,
+    started: Instant,
+}
+
+/// Serves RESP on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, node: Node, hub: PubSub, options: RespOptions) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let shared = Arc::new(Shared {
+        batcher: batch::WriteBatcher::start(node.clone()),
+        node,
+        hub,
+        options,
+        port,
+        scripts: Default::default(),
+        cursors: Default::default(),
+        clients: AtomicUsize::new(0),
+        next_client_id: AtomicU64::new(1),
+        connections_received: AtomicU64::new(0),
+        commands_processed: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "RESP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        shared.connections_received.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            connection::run(shared, socket, peer).await;
+        });
+    }
+}
