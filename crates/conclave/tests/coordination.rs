@@ -479,7 +479,10 @@ async fn watching_compacted_history_is_refused_with_the_compacted_revision() {
     }
     let expected: Vec<u64> = written.into_iter().filter(|&r| r > compacted).collect();
     assert!(!expected.is_empty());
-    assert_eq!(seen, expected, "every write after the compaction point, once");
+    assert_eq!(
+        seen, expected,
+        "every write after the compaction point, once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
