@@ -594,3 +594,29 @@ async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
     // The connection stays usable: a local read still answers.
     assert_eq!(connection.cmd("PING"), Frame::status("PONG"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_on_one_connection_is_read_on_the_next_to_the_same_node() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let address = cluster.resp(follower);
+    // A client pool: each write on one connection, each read on a fresh one. The follower
+    // answers a forwarded write before it has applied it itself, so only the node-wide session
+    // makes the read see it.
+    let mut writer = RespConnection::connect(&address);
+    for i in 0..100 {
+        let value = i.to_string();
+        assert_eq!(
+            writer.call(&[b"HSET", b"pool", b"field", value.as_bytes()]),
+            Frame::Integer(if i == 0 { 1 } else { 0 })
+        );
+        let mut reader = RespConnection::connect(&address);
+        assert_eq!(
+            reader.call(&[b"HGET", b"pool", b"field"]),
+            Frame::bulk(&value),
+            "round {i}"
+        );
+    }
+}

@@ -361,10 +361,11 @@ impl Connection {
                 return self.change_subscriptions(name, args);
             }
             "publish" => {
-                let receivers =
-                    self.shared
-                        .hub
-                        .publish(args[0].clone(), args[1].clone(), self.revision);
+                let receivers = self.shared.hub.publish(
+                    args[0].clone(),
+                    args[1].clone(),
+                    self.session_revision(),
+                );
                 Reply::Integer(receivers as i64)
             }
             "pubsub" => self.pubsub(args),
@@ -557,12 +558,28 @@ impl Connection {
 
     // ----- Keyspace -----
 
+    /// Records a write acknowledged to this client at `revision`.
+    fn acknowledged(&mut self, revision: Revision) {
+        self.revision = self.revision.max(revision);
+        self.shared
+            .acknowledged
+            .fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// What a session read must see: this connection's writes and reads, and every write this
+    /// node has acknowledged to any client. A Redis client pools connections and expects a
+    /// write acknowledged on one to be visible on the next, as on a single Redis server.
+    fn session_revision(&self) -> Revision {
+        self.revision
+            .max(self.shared.acknowledged.load(Ordering::Acquire))
+    }
+
     /// Waits for this connection's read barrier, then reads the local replica.
     async fn read<T>(&mut self, read: impl FnOnce(&Machine, u64) -> T) -> Result<T, Reply> {
         let node = &self.shared.node;
         let consistency = match self.shared.options.consistency {
             ReadConsistency::Session => Consistency::Session {
-                min_revision: self.revision,
+                min_revision: self.session_revision(),
             },
             ReadConsistency::Linearizable => Consistency::Linearizable,
             ReadConsistency::Local => Consistency::Local,
@@ -622,7 +639,7 @@ impl Connection {
         let deadline = Instant::now() + self.shared.options.write_deadline;
         match self.shared.batcher.write(commands, deadline).await {
             Ok((revision, outcomes)) => {
-                self.revision = self.revision.max(revision);
+                self.acknowledged(revision);
                 let mut rest = outcomes.as_slice();
                 plans
                     .iter()
@@ -652,7 +669,7 @@ impl Connection {
             .write(request, deadline)
             .await
             .map_err(node_error)?;
-        self.revision = self.revision.max(reply.revision);
+        self.acknowledged(reply.revision);
         Ok(reply.outcome)
     }
 
