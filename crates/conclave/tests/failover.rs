@@ -220,7 +220,8 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
     assert!(stderr.contains("members remove"), "{stderr}");
 
     // The cluster is unharmed and keeps serving. Removing the lost node lets it come back under
-    // its old id with an empty directory, as a joining node.
+    // its old id with an empty directory, started as before: it sees that the cluster exists,
+    // does not bootstrap, and waits to be added.
     client.set("still", "serving").await.unwrap();
     assert_eq!(
         read_linearizable(&client, "k").await.as_deref(),
@@ -232,7 +233,6 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
         .await
         .expect("remove the lost node");
     std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).ok();
-    cluster.nodes.get_mut(&victim).unwrap().join = true;
     cluster.restart(victim);
     admin
         .add_member(conclave_client::v1::AddMemberRequest {
@@ -253,5 +253,39 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
             .unwrap()
             .map(|kv| kv.value),
         Some(b"v".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_one_after_another_form_one_cluster() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::define(3, &[], false);
+    // Node 1 bootstraps alone and cannot win an election without a second voter.
+    cluster.restart(1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.status(1).await.unwrap().leader, None);
+    // Nodes 2 and 3 find the cluster formed, do not bootstrap it again, and are brought in by
+    // whichever node wins.
+    cluster.restart(2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.restart(3);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(3).await;
+    let written = client.set("formed", "yes").await.unwrap();
+    for id in 1..=3 {
+        cluster
+            .wait_applied(id, written, Duration::from_secs(10))
+            .await;
+        let status = cluster.status(id).await.unwrap();
+        assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
+        assert_eq!(
+            status.cluster_id,
+            cluster.status(1).await.unwrap().cluster_id
+        );
+    }
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("node 3: the cluster already exists"),
+        "node 3 did not see the formed cluster:\n{logs}"
     );
 }

@@ -125,6 +125,24 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
                     address,
                     learner_only,
                 } => {
+                    // Adding a member again is a no-op (an operator's retry after a timeout).
+                    let current = raft.metrics().borrow().membership_config.clone();
+                    let membership = current.membership();
+                    if let Some(node) = membership.get_node(&id) {
+                        if node.addr != address {
+                            return Err(LeaderError::Rejected(format!(
+                                "node {id} is already a member at {}; remove it first",
+                                node.addr
+                            )));
+                        }
+                        let is_voter = membership.voter_ids().any(|v| v == id);
+                        if is_voter || learner_only {
+                            return Ok(LeaderReply::Admin(MembershipView::of(
+                                current.log_id().map_or(0, |l| l.index),
+                                membership,
+                            )));
+                        }
+                    }
                     let added = raft
                         .add_learner(id, BasicNode::new(address), true)
                         .await

@@ -79,7 +79,7 @@ pub enum Consistency {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("node {0} is not listed in --initial-cluster")]
+    #[error("node {0} is not listed in --initial-cluster (only a node started with --join may be absent)")]
     NotListed(NodeId),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -99,7 +99,7 @@ pub enum StartError {
         theirs: u64,
         ours: u64,
     },
-    #[error("node {peer} remembers node {id} with another data directory: node {id}'s data was lost. Remove it (`conclave ctl members remove {id}`), then add it back with an empty data directory (`--join`, then `ctl members add`)")]
+    #[error("node {peer} remembers node {id} with another data directory: node {id}'s data was lost. Remove it (`conclave ctl members remove {id}`), then start it again with an empty data directory and add it back (`ctl members add`)")]
     DataLost { id: NodeId, peer: NodeId },
     #[error("invalid raft configuration: {0}")]
     Config(String),
@@ -185,10 +185,12 @@ fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
 impl Node {
     /// Opens the data directory, starts Raft and, on a fresh directory, bootstraps the cluster
     /// from `options.cluster` (every listed node does the same with the same list, so they form
-    /// one cluster whatever order they start in).
+    /// one cluster whatever order they start in). A fresh node whose listed peers already form
+    /// the cluster does not bootstrap: it waits for the leader (it is a member the leader has not
+    /// reached yet, or a replacement waiting for `ctl members add`), as with `--join`.
     pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
         let id = options.id;
-        if options.cluster.address(id).is_none() {
+        if options.cluster.address(id).is_none() && !options.join {
             return Err(StartError::NotListed(id));
         }
         std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::DataDir {
@@ -251,10 +253,21 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         if !initialized {
-            node.check_not_lost(&options.cluster).await?;
-        }
-        if !initialized && !options.join {
-            node.bootstrap(&options.cluster).await?;
+            let formed = node.check_not_lost(&options.cluster).await?;
+            match (options.join, formed) {
+                (true, _) => eprintln!(
+                    "node {id}: joining; waiting to be added (`conclave ctl members add {id} ADDRESS`)"
+                ),
+                (false, true) => {
+                    node.inner.identity.claim_cluster(requested).await?;
+                    eprintln!(
+                        "node {id}: the cluster already exists, so this empty node does not bootstrap it; \
+                         it waits for the leader (add it with `conclave ctl members add {id} ADDRESS` \
+                         if it is not a member)"
+                    );
+                }
+                (false, false) => node.bootstrap(&options.cluster).await?,
+            }
         }
         tokio::spawn(node.clone().leader_housekeeping());
         tokio::spawn(node.clone().register_incarnation());
@@ -264,9 +277,11 @@ impl Node {
     /// For a node with no Raft state: asks the listed peers whether they belong to another
     /// cluster, or remember this node id with another data directory (its data was lost, and
     /// rejoining under the same id would let it vote with an empty log). Peers that do not answer
-    /// are skipped: a cluster being created starts its nodes in any order.
-    async fn check_not_lost(&self, cluster: &ClusterSpec) -> Result<(), StartError> {
+    /// are skipped: a cluster being created starts its nodes in any order. Returns whether a peer
+    /// already belongs to this node's cluster (the cluster has been formed).
+    async fn check_not_lost(&self, cluster: &ClusterSpec) -> Result<bool, StartError> {
         let ours = self.inner.peers.cluster_id();
+        let mut formed = false;
         for (peer, address) in cluster.members() {
             if *peer == self.inner.id {
                 continue;
@@ -297,8 +312,9 @@ impl Node {
                     peer: *peer,
                 });
             }
+            formed |= ours.is_some_and(|o| answer.cluster_id == o);
         }
-        Ok(())
+        Ok(formed)
     }
 
     /// Records the cluster id and initializes Raft with the listed members.

@@ -84,6 +84,15 @@ impl Cluster {
     }
 
     fn start_with(size: u64, extra: &[&str], resp: bool) -> Cluster {
+        let mut cluster = Self::define(size, extra, resp);
+        for id in 1..=size {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    /// Defines `size` nodes (ids 1..=size) listed in one `--initial-cluster`, none started.
+    pub fn define(size: u64, extra: &[&str], resp: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addresses: BTreeMap<u64, String> = (1..=size)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
@@ -104,9 +113,6 @@ impl Cluster {
                 let node = cluster.nodes.get_mut(&id).expect("just added");
                 node.resp = Some(format!("127.0.0.1:{}", free_port()));
             }
-        }
-        for id in 1..=size {
-            cluster.restart(id);
         }
         cluster
     }
