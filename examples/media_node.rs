@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         WatchTarget::Prefix(b"conclave:participants:".to_vec()),
         None,
     );
+    let watcher_client = client.clone();
     tokio::spawn(async move {
         loop {
             match watcher.next().await {
@@ -80,9 +81,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         );
                     }
                 }
+                Err(conclave_client::Error::Compacted { compacted }) => {
+                    // Fell too far behind (its node was away for long): go on from now.
+                    println!("watch-error compacted={compacted}, resuming from now");
+                    watcher = watcher_client.watch(
+                        WatchTarget::Prefix(b"conclave:participants:".to_vec()),
+                        None,
+                    );
+                }
                 Err(e) => {
+                    // Its node is away (a restart): the watcher resumes where it was.
                     println!("watch-error {e}");
-                    return;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
@@ -115,19 +125,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
+    // Runs until --run-for-s has passed or SIGTERM/Ctrl-C; either way it unregisters. A failed
+    // step (its node restarting for longer than the client's failover budget) is reported and
+    // the next tick tries again.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(args.tick_ms));
     let mut beat = 0u64;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
         if args.run_for_s > 0 && started.elapsed() >= Duration::from_secs(args.run_for_s) {
             break;
         }
         beat += 1;
-        client
-            .publish(&channel, format!("keepalive {beat}"))
-            .await?;
-        node.update_stats(format!("load={beat}")).await?;
+        if let Err(e) = client.publish(&channel, format!("keepalive {beat}")).await {
+            println!("tick-error publish: {e}");
+            continue;
+        }
+        if let Err(e) = node.update_stats(format!("load={beat}")).await {
+            println!("tick-error stats: {e}");
+        }
     }
     let removed = node.shutdown().await?;
     println!("unregistered {} removed={removed}", args.id);

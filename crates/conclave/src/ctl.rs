@@ -2,15 +2,17 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use conclave_client::{v1, Client, Consistency, WatchTarget};
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
-    /// The node to talk to (HOST:PORT).
-    #[arg(long, default_value = "127.0.0.1:7001")]
-    endpoint: String,
+    /// The node to talk to (HOST:PORT), or several separated by commas: the first is used while
+    /// it answers, the others when it does not.
+    #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
+    endpoint: Vec<String>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -19,6 +21,16 @@ pub struct CtlArgs {
 enum CtlCommand {
     /// Print the node's view of the cluster as JSON.
     Status,
+    /// Exit 0 if the node knows a leader (a health check), else 1 with the reason.
+    Ready {
+        /// Keep asking for up to this many seconds (default: ask once).
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
+        /// Also require the node to have applied everything the leader had committed when asked
+        /// (after a restart or a replacement: the node has caught up).
+        #[arg(long)]
+        caught_up: bool,
+    },
     /// Set KEY to VALUE.
     Put {
         key: String,
@@ -70,18 +82,28 @@ enum CtlCommand {
 
 #[derive(Subcommand, Debug)]
 enum MembersCommand {
-    /// Add node ID at HOST:PORT: as a learner, then promoted to voter once caught up.
+    /// Add node ID at HOST:PORT: as a learner, then promoted to voter once caught up. Adding a
+    /// member again changes nothing.
     Add {
         id: u64,
         address: String,
         /// Leave it a learner.
         #[arg(long)]
         learner: bool,
+        /// Retry while the cluster cannot take the change (no leader, another change being
+        /// committed, the node still catching up) for up to this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
     },
     /// Promote learner ID to voter.
     Promote { id: u64 },
     /// Remove node ID.
-    Remove { id: u64 },
+    Remove {
+        id: u64,
+        /// Retry while the cluster cannot take the change for up to this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+    },
     /// List members as JSON.
     List,
 }
@@ -108,9 +130,82 @@ fn print_membership(response: v1::MembershipResponse) {
     println!("{json}");
 }
 
+/// How long one readiness probe may take: a health check must answer, not hang.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Why the node is not ready yet, or a line saying that it is.
+async fn readiness(client: &Client, caught_up: bool) -> Result<String, String> {
+    let status = tokio::time::timeout(PROBE_TIMEOUT, client.status())
+        .await
+        .map_err(|_| "the node did not answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some(leader) = status.leader else {
+        return Err(format!("node {} knows no leader", status.id));
+    };
+    let mut applied = status.applied;
+    if caught_up {
+        // A linearizable read waits until this node has applied what the leader had committed.
+        tokio::time::timeout(
+            PROBE_TIMEOUT,
+            client.get_with("conclave:ready", Consistency::Linearizable),
+        )
+        .await
+        .map_err(|_| format!("node {} has not caught up with the leader", status.id))?
+        .map_err(|e| e.to_string())?;
+        applied = client.status().await.map_err(|e| e.to_string())?.applied;
+    }
+    Ok(format!(
+        "ready: node {} ({}), leader {leader}, applied {applied}",
+        status.id, status.role
+    ))
+}
+
+/// Runs a membership change, retrying what the cluster answers UNAVAILABLE (no leader yet,
+/// another change still being committed) until `wait` has passed.
+async fn change_membership<F, Fut>(wait: Duration, mut change: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<tonic::Response<v1::MembershipResponse>, tonic::Status>,
+    >,
+{
+    let deadline = Instant::now() + wait;
+    loop {
+        match change().await {
+            Ok(response) => {
+                print_membership(response.into_inner());
+                return Ok(());
+            }
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                eprintln!("retrying: {}", status.message());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => anyhow::bail!("{}: {}", status.code(), status.message()),
+        }
+    }
+}
+
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect([&args.endpoint]).await?;
+    let client = Client::connect(&args.endpoint).await?;
     match args.command {
+        CtlCommand::Ready { wait_s, caught_up } => {
+            let deadline = Instant::now() + Duration::from_secs(wait_s);
+            loop {
+                match readiness(&client, caught_up).await {
+                    Ok(line) => {
+                        println!("{line}");
+                        break;
+                    }
+                    Err(reason) if Instant::now() >= deadline => {
+                        eprintln!("not ready: {reason}");
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
         CtlCommand::Status => {
             let s = client.status().await?;
             let json = serde_json::json!({
@@ -245,21 +340,30 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                     id,
                     address,
                     learner,
+                    wait_s,
                 } => {
                     let request = v1::AddMemberRequest {
                         id,
                         address,
                         learner_only: learner,
                     };
-                    print_membership(cluster.add_member(request).await?.into_inner());
+                    change_membership(Duration::from_secs(wait_s), || {
+                        let mut cluster = cluster.clone();
+                        let request = request.clone();
+                        async move { cluster.add_member(request).await }
+                    })
+                    .await?;
                 }
                 MembersCommand::Promote { id } => {
                     let request = v1::PromoteMemberRequest { id };
                     print_membership(cluster.promote_member(request).await?.into_inner());
                 }
-                MembersCommand::Remove { id } => {
-                    let request = v1::RemoveMemberRequest { id };
-                    print_membership(cluster.remove_member(request).await?.into_inner());
+                MembersCommand::Remove { id, wait_s } => {
+                    change_membership(Duration::from_secs(wait_s), || {
+                        let mut cluster = cluster.clone();
+                        async move { cluster.remove_member(v1::RemoveMemberRequest { id }).await }
+                    })
+                    .await?;
                 }
                 MembersCommand::List => {
                     let s = client.status().await?;
