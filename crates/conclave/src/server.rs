@@ -19,8 +19,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// This node's id (a positive integer listed in --initial-cluster).
-    #[arg(long)]
-    pub id: u64,
+    #[arg(long, required_unless_present = "id_from_hostname")]
+    pub id: Option<u64>,
+    /// Take the id from the host name's trailing number plus one: the pod `conclave-0` of a
+    /// Kubernetes StatefulSet is node 1.
+    #[arg(long, conflicts_with = "id")]
+    pub id_from_hostname: bool,
     /// Where the node keeps its log, snapshots and identity.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -30,7 +34,8 @@ pub struct ServerArgs {
     /// The cluster's members at creation: 1=HOST:PORT,2=HOST:PORT,...
     #[arg(long)]
     pub initial_cluster: String,
-    /// Do not bootstrap: wait to be added with `ctl members add` (for nodes added later).
+    /// Do not bootstrap: wait to be added with `ctl members add` (for nodes added later; implied
+    /// for a node not listed in --initial-cluster).
     #[arg(long)]
     pub join: bool,
     /// Snapshot (and compact the log) every this many entries.
@@ -62,7 +67,28 @@ pub struct ServerArgs {
     pub resp_deadline_ms: u64,
 }
 
+/// The node id given by `--id`, or derived from the host name.
+fn node_id(args: &ServerArgs) -> anyhow::Result<u64> {
+    if let Some(id) = args.id {
+        return Ok(id);
+    }
+    let host = hostname()?;
+    let ordinal: u64 = host
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .with_context(|| format!("host name {host:?} does not end in -<number>"))?;
+    Ok(ordinal + 1)
+}
+
+/// This host's name (the pod's name under Kubernetes).
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the host name from /proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_string())
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let id = node_id(&args)?;
     let cluster = ClusterSpec::parse(&args.initial_cluster)?;
     let address = args
         .listen
@@ -72,7 +98,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let options = NodeOptions {
-        id: args.id,
+        id,
         data_dir: args.data_dir.clone(),
         cluster,
         join: args.join,
@@ -85,8 +111,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         snapshot_every: args.snapshot_every.max(1),
     };
     let node = Node::start(options).await?;
-    tracing::info!(id = args.id, listen = %args.listen, "node serving");
-    eprintln!("conclave node {} serving on {}", args.id, args.listen);
+    tracing::info!(id, listen = %args.listen, "node serving");
+    eprintln!("conclave node {id} serving on {}", args.listen);
 
     let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
     if let Some(resp) = &args.resp {
@@ -105,12 +131,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             pubsub.clone(),
             options,
         ));
-        eprintln!("conclave node {} serving RESP on {resp}", args.id);
+        eprintln!("conclave node {id} serving RESP on {resp}");
     }
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
+    let stopping_node = node.clone();
     let served = tonic::transport::Server::builder()
         .add_service(node.peer_service().into_server())
         .add_service(pubsub.mesh_service().into_server())
@@ -123,6 +150,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .add_service(PubSubService::new(pubsub).into_server())
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal().await;
+            stopping_node.stop_elections();
             stopping.notify_one();
         });
     // On a signal the listener closes and unary calls finish; streams (watches, subscriptions,
@@ -135,7 +163,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         } => {}
     }
     node.shutdown().await;
-    eprintln!("conclave node {} stopped", args.id);
+    eprintln!("conclave node {id} stopped");
     Ok(ExitCode::SUCCESS)
 }
 

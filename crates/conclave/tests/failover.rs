@@ -289,3 +289,34 @@ async fn nodes_started_one_after_another_form_one_cluster() {
         "node 3 did not see the formed cluster:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_follower_leaves_the_leader_in_place() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let term = cluster.status(leader).await.unwrap().term;
+    let client = cluster.client(leader).await;
+    // openraft has no pre-vote: a follower that started an election while winding down, or
+    // before its leader reached it after a restart, would raise the term and depose the leader.
+    for round in 0..3 {
+        for follower in (1..=3).filter(|id| *id != leader) {
+            if round % 2 == 0 {
+                cluster.stop(follower);
+            } else {
+                cluster.kill(follower);
+            }
+            let written = client.set("k", format!("{round}")).await.unwrap();
+            cluster.restart(follower);
+            cluster
+                .wait_applied(follower, written, Duration::from_secs(10))
+                .await;
+            let status = cluster.status(leader).await.unwrap();
+            assert_eq!(
+                (status.leader, status.term),
+                (Some(leader), term),
+                "round {round}: restarting node {follower} changed the leadership"
+            );
+        }
+    }
+}

@@ -56,7 +56,7 @@ impl Default for Timing {
 pub struct NodeOptions {
     pub id: NodeId,
     pub data_dir: PathBuf,
-    /// The members the cluster was created with (this node among them).
+    /// The members the cluster was created with; a node not among them joins (see `join`).
     pub cluster: ClusterSpec,
     /// Start without bootstrapping: the node waits to be added by `members add`.
     pub join: bool,
@@ -79,8 +79,6 @@ pub enum Consistency {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("node {0} is not listed in --initial-cluster (only a node started with --join may be absent)")]
-    NotListed(NodeId),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -156,6 +154,8 @@ struct Inner {
     /// Identifies this process's own writes for de-duplication across its internal retries.
     client_id: u64,
     sequence: AtomicU64,
+    /// Signalled by each AppendEntries received (see `enable_elections`).
+    leader_heard: tokio::sync::Notify,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -175,6 +175,9 @@ fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
         max_in_snapshot_log_to_keep: keep,
+        // Enabled by `Node::start` once the node knows whether it is restarting (see
+        // `enable_elections`).
+        enable_elect: false,
         ..Default::default()
     };
     config
@@ -190,9 +193,8 @@ impl Node {
     /// reached yet, or a replacement waiting for `ctl members add`), as with `--join`.
     pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
         let id = options.id;
-        if options.cluster.address(id).is_none() && !options.join {
-            return Err(StartError::NotListed(id));
-        }
+        // A node missing from the initial list cannot have created the cluster: it joins.
+        let join = options.join || options.cluster.address(id).is_none();
         std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::DataDir {
             path: options.data_dir.clone(),
             source,
@@ -203,7 +205,7 @@ impl Node {
 
         let requested = options.cluster.cluster_id();
         let recorded = storage.identity.cluster_id().map_err(IdentityError::from)?;
-        if let (false, Some(recorded)) = (options.join, recorded) {
+        if let (false, Some(recorded)) = (join, recorded) {
             if recorded != requested {
                 return Err(StartError::OtherCluster {
                     recorded,
@@ -211,11 +213,7 @@ impl Node {
                 });
             }
         }
-        let cluster_id = if options.join {
-            recorded
-        } else {
-            Some(requested)
-        };
+        let cluster_id = if join { recorded } else { Some(requested) };
         let peers = Peers::new(cluster_id);
         let view = storage.state.view();
         let log_stats = storage.log.stats();
@@ -243,6 +241,7 @@ impl Node {
                 timing: options.timing,
                 client_id: random_client_id(id),
                 sequence: AtomicU64::new(1),
+                leader_heard: tokio::sync::Notify::new(),
             }),
         };
 
@@ -254,7 +253,7 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         if !initialized {
             let formed = node.check_not_lost(&options.cluster).await?;
-            match (options.join, formed) {
+            match (join, formed) {
                 (true, _) => eprintln!(
                     "node {id}: joining; waiting to be added (`conclave ctl members add {id} ADDRESS`)"
                 ),
@@ -269,9 +268,36 @@ impl Node {
                 (false, false) => node.bootstrap(&options.cluster).await?,
             }
         }
+        if initialized {
+            tokio::spawn(node.clone().enable_elections());
+        } else {
+            node.inner.raft.runtime_config().elect(true);
+        }
         tokio::spawn(node.clone().leader_housekeeping());
         tokio::spawn(node.clone().register_incarnation());
         Ok(node)
+    }
+
+    /// A restarted node first gives the leader time to reach it: openraft has no pre-vote, so an
+    /// election started by a node that merely restarted raises the term, and the healthy leader
+    /// steps down when it hears of it. Elections are enabled once a leader's AppendEntries
+    /// arrives, or after the grace (no leader: the whole cluster is starting, or it is gone).
+    async fn enable_elections(self) {
+        let grace = Duration::from_millis((4 * self.inner.timing.election_max_ms).max(1000));
+        let _ = tokio::time::timeout(grace, self.inner.leader_heard.notified()).await;
+        self.inner.raft.runtime_config().elect(true);
+    }
+
+    /// Stops this node from starting elections: it is about to stop. Once its listener closes
+    /// the leader cannot reach it, and an election it started while winding down would raise
+    /// the term and depose the healthy leader.
+    pub fn stop_elections(&self) {
+        self.inner.raft.runtime_config().elect(false);
+    }
+
+    /// Records that a leader reached this node.
+    pub(crate) fn heard_from_leader(&self) {
+        self.inner.leader_heard.notify_one();
     }
 
     /// For a node with no Raft state: asks the listed peers whether they belong to another

@@ -47,6 +47,7 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request).await?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        self.node.heard_from_leader();
         reply(&self.node.raft().append_entries(rpc).await)
     }
 

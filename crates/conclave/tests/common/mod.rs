@@ -184,6 +184,14 @@ impl Cluster {
         }
     }
 
+    /// Stops node `id` the way an operator does (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self, id: u64) {
+        self.signal(id, "-TERM");
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            let _ = child.wait();
+        }
+    }
+
     /// Freezes node `id` (SIGSTOP): it holds its connections but processes nothing, like a
     /// node stalled by its host.
     pub fn pause(&self, id: u64) {
