@@ -272,6 +272,58 @@ impl Client {
         ClusterClient::new(self.channel().1)
     }
 
+    /// Adds node `id` at `address` to the cluster: as a learner, then, unless `learner_only`,
+    /// promoted to voter once it has caught up. Adding a member again changes nothing.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        address: &str,
+        learner_only: bool,
+    ) -> Result<v1::MembershipResponse, Error> {
+        let request = v1::AddMemberRequest {
+            id,
+            address: address.to_string(),
+            learner_only,
+        };
+        self.membership_call(|mut cluster| {
+            let request = request.clone();
+            async move { cluster.add_member(request).await }
+        })
+        .await
+    }
+
+    /// Promotes learner `id` to voter.
+    pub async fn promote_member(&self, id: u64) -> Result<v1::MembershipResponse, Error> {
+        self.membership_call(|mut cluster| async move {
+            cluster
+                .promote_member(v1::PromoteMemberRequest { id })
+                .await
+        })
+        .await
+    }
+
+    /// Removes node `id` from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<v1::MembershipResponse, Error> {
+        self.membership_call(|mut cluster| async move {
+            cluster.remove_member(v1::RemoveMemberRequest { id }).await
+        })
+        .await
+    }
+
+    /// One `Cluster` membership call with failover.
+    async fn membership_call<F, Fut>(&self, call: F) -> Result<v1::MembershipResponse, Error>
+    where
+        F: Fn(ClusterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<v1::MembershipResponse>, Status>>,
+    {
+        let response = self
+            .with_failover(|channel| call(ClusterClient::new(channel)))
+            .await?
+            .into_inner();
+        self.observe_revision(response.revision);
+        Ok(response)
+    }
+
     /// The status of the node in use (no failover: status is per node).
     pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
         Ok(self

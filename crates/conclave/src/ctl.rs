@@ -161,28 +161,25 @@ async fn readiness(client: &Client, caught_up: bool) -> Result<String, String> {
 }
 
 /// Runs a membership change, retrying what the cluster answers UNAVAILABLE (no leader yet,
-/// another change still being committed) until `wait` has passed.
+/// another change still being committed, the new node still catching up) until `wait` has
+/// passed.
 async fn change_membership<F, Fut>(wait: Duration, mut change: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<
-        Output = Result<tonic::Response<v1::MembershipResponse>, tonic::Status>,
-    >,
+    Fut: std::future::Future<Output = Result<v1::MembershipResponse, conclave_client::Error>>,
 {
     let deadline = Instant::now() + wait;
     loop {
         match change().await {
             Ok(response) => {
-                print_membership(response.into_inner());
+                print_membership(response);
                 return Ok(());
             }
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
-            {
-                eprintln!("retrying: {}", status.message());
+            Err(e) if e.code() == Some(tonic::Code::Unavailable) && Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(status) => anyhow::bail!("{}: {}", status.code(), status.message()),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -333,44 +330,29 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             println!("{}", serde_json::Value::from(nodes));
         }
-        CtlCommand::Members { command } => {
-            let mut cluster = client.cluster();
-            match command {
-                MembersCommand::Add {
-                    id,
-                    address,
-                    learner,
-                    wait_s,
-                } => {
-                    let request = v1::AddMemberRequest {
-                        id,
-                        address,
-                        learner_only: learner,
-                    };
-                    change_membership(Duration::from_secs(wait_s), || {
-                        let mut cluster = cluster.clone();
-                        let request = request.clone();
-                        async move { cluster.add_member(request).await }
-                    })
-                    .await?;
-                }
-                MembersCommand::Promote { id } => {
-                    let request = v1::PromoteMemberRequest { id };
-                    print_membership(cluster.promote_member(request).await?.into_inner());
-                }
-                MembersCommand::Remove { id, wait_s } => {
-                    change_membership(Duration::from_secs(wait_s), || {
-                        let mut cluster = cluster.clone();
-                        async move { cluster.remove_member(v1::RemoveMemberRequest { id }).await }
-                    })
-                    .await?;
-                }
-                MembersCommand::List => {
-                    let s = client.status().await?;
-                    println!("{}", members_json(&s.members));
-                }
+        CtlCommand::Members { command } => match command {
+            MembersCommand::Add {
+                id,
+                address,
+                learner,
+                wait_s,
+            } => {
+                change_membership(Duration::from_secs(wait_s), || {
+                    client.add_member(id, &address, learner)
+                })
+                .await?;
             }
-        }
+            MembersCommand::Promote { id } => {
+                print_membership(client.promote_member(id).await?);
+            }
+            MembersCommand::Remove { id, wait_s } => {
+                change_membership(Duration::from_secs(wait_s), || client.remove_member(id)).await?;
+            }
+            MembersCommand::List => {
+                let s = client.status().await?;
+                println!("{}", members_json(&s.members));
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
