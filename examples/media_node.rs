@@ -3,7 +3,9 @@
 //! It registers itself as a media node on a lease it keeps alive, creates rooms and has them
 //! assigned, joins participants hosted here, watches participant changes, publishes a keep-alive
 //! message on its own channel and updates its load figures. Kill it with `kill -9` and its
-//! registration and participants disappear once its lease expires.
+//! registration and participants disappear once its lease expires; SIGTERM unregisters it at
+//! once. If its lease ends while it runs (its node was away for longer than the TTL), it
+//! registers and hosts its rooms again.
 //!
 //! ```text
 //! cargo run --release -- dev                       # a local 3-node cluster
@@ -16,7 +18,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use conclave_client::{v1, Client, WatchTarget};
+use conclave_client::{v1, Client, MediaNodeRegistration, WatchTarget};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -47,15 +49,7 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let client = Client::connect(&args.endpoints).await?;
-    let mut node = client
-        .register_media_node(
-            &args.id,
-            &format!("media-{}.local:7880", args.id),
-            b"load=0",
-            Duration::from_millis(args.ttl_ms),
-        )
-        .await?;
-    println!("registered {} lease={}", args.id, node.lease());
+    let mut node = register_and_host(&client, &args).await?;
 
     // Watch every participant change in the cluster.
     let mut watcher = client.watch(
@@ -98,19 +92,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    for r in 0..args.rooms {
-        let room = format!("{}-room-{r}", args.id);
-        client.create_room(&room, b"{}").await?;
-        let assigned = client.assign_room(&room, Some(&args.id)).await?;
-        println!("room {room} node={}", assigned.node_id);
-        for p in 0..args.participants {
-            let identity = format!("{room}-p{p}");
-            client.join(&room, &identity, &args.id, b"{}").await?;
-            println!("joined {room} {identity}");
-        }
-    }
-    println!("ready");
-
     // Hear our own keep-alives, as LiveKit nodes do.
     let mut subscriber = client.subscriber();
     let channel = format!("node:{}", args.id);
@@ -137,6 +118,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = tick.tick() => {}
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = node.lost() => {
+                // Away from its store for longer than the lease: its rooms' participants are
+                // gone. Come back as a media server does: register and host again.
+                println!("lease-lost {}; registering again", node.lease());
+                match register_and_host(&client, &args).await {
+                    Ok(again) => node = again,
+                    Err(e) => {
+                        println!("register-error {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            }
         }
         if args.run_for_s > 0 && started.elapsed() >= Duration::from_secs(args.run_for_s) {
             break;
@@ -153,4 +147,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let removed = node.shutdown().await?;
     println!("unregistered {} removed={removed}", args.id);
     Ok(())
+}
+
+/// Registers this media node on a fresh lease, then creates its rooms, has them assigned here
+/// and joins their participants (an existing room or assignment is kept).
+async fn register_and_host(
+    client: &Client,
+    args: &Args,
+) -> Result<MediaNodeRegistration, conclave_client::Error> {
+    let node = client
+        .register_media_node(
+            &args.id,
+            &format!("media-{}.local:7880", args.id),
+            b"load=0",
+            Duration::from_millis(args.ttl_ms),
+        )
+        .await?;
+    println!("registered {} lease={}", args.id, node.lease());
+    for r in 0..args.rooms {
+        let room = format!("{}-room-{r}", args.id);
+        client.create_room(&room, b"{}").await?;
+        let assigned = client.assign_room(&room, Some(&args.id)).await?;
+        println!("room {room} node={}", assigned.node_id);
+        for p in 0..args.participants {
+            let identity = format!("{room}-p{p}");
+            client.join(&room, &identity, &args.id, b"{}").await?;
+            println!("joined {room} {identity}");
+        }
+    }
+    println!("ready");
+    Ok(node)
 }

@@ -237,6 +237,13 @@ impl MediaNodeRegistration {
         Ok(())
     }
 
+    /// Resolves once the registration's lease has ended (it expired while its keep-alives
+    /// could not get through, or was revoked): the registration and the node's participants
+    /// went with it. Register again to come back.
+    pub async fn lost(&mut self) {
+        self.keeper.lost().await
+    }
+
     /// Unregisters: revokes the lease, removing the registration and the node's participants.
     pub async fn shutdown(self) -> Result<u64, Error> {
         let id = self.keeper.id();
