@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README, CI): formatting, lints, then every test.
 # Tests start real `conclave server` processes on loopback ports and drive them with real Redis
-# clients (redis-cli, redis-py), which setup-test-deps.sh installs when they are missing.
+# clients (redis-cli, redis-py), which setup-test-deps.sh installs when they are missing. Where a
+# Docker engine answers, the image is built first (deploy/build-image.sh) and the deploy tests run
+# the compose cluster; without one they say they are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +14,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if docker info >/dev/null 2>&1; then
+    echo "== image (deploy/build-image.sh)"
+    ./deploy/build-image.sh
+else
+    echo "== image: skipped, no Docker engine answers (the deploy tests will say they are skipped)"
+fi
 echo "== cargo test"
 cargo test --workspace --locked

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod compose;
 pub mod resp;
 
 use std::collections::BTreeMap;

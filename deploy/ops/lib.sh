@@ -1,0 +1,73 @@
+# Shared by the operation scripts: how they reach compose and `conclave ctl`.
+#
+# Every script works on the compose project in deploy/docker-compose.yml (project name from
+# COMPOSE_PROJECT_NAME, `conclave` by default via deploy/.env). ctl runs inside a node's own
+# container, against that node, so the host needs only Docker (with compose) and jq.
+
+set -euo pipefail
+
+deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+compose_file=${CONCLAVE_COMPOSE_FILE:-$deploy_dir/docker-compose.yml}
+if [ -z "${COMPOSE_PROJECT_NAME:-}" ]; then
+    COMPOSE_PROJECT_NAME=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$deploy_dir/.env")
+fi
+export COMPOSE_PROJECT_NAME
+if docker compose version >/dev/null 2>&1; then
+    compose_cmd=(docker compose)
+else
+    compose_cmd=(docker-compose)
+fi
+command -v jq >/dev/null || { echo "jq is needed (apt-get install jq)" >&2; exit 2; }
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# compose ARGS...: docker compose on the project, every profile visible.
+compose() { "${compose_cmd[@]}" -f "$compose_file" --profile five "$@"; }
+
+# The node services whose containers are running, in id order.
+running_nodes() {
+    compose ps --services --filter status=running | grep '^conclave-' | sort -t- -k2 -n || true
+}
+
+# ctl_on SERVICE ARGS...: `conclave ctl ARGS` inside SERVICE's container, against its own node.
+ctl_on() {
+    local service=$1
+    shift
+    compose exec -T "$service" /usr/local/bin/conclave ctl --endpoint 127.0.0.1:7000 "$@"
+}
+
+# A running node that knows a leader, other than the services given; fails if there is none.
+ready_node() {
+    local service skip
+    for service in $(running_nodes); do
+        for skip in "$@"; do
+            [ "$service" = "$skip" ] && continue 2
+        done
+        if ctl_on "$service" ready >/dev/null 2>&1; then
+            echo "$service"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# wait_caught_up SERVICE SECONDS: until SERVICE's node knows a leader and has applied everything the
+# leader had committed (it has caught up).
+wait_caught_up() {
+    local service=$1 seconds=$2
+    ctl_on "$service" ready --caught-up --wait-s "$seconds" >&2 ||
+        die "$service did not catch up within ${seconds}s"
+}
+
+# is_member SERVICE ID: whether node ID is in the membership SERVICE's node knows.
+is_member() {
+    ctl_on "$1" members list | jq -e --argjson id "$2" 'any(.[]; .id == $id)' >/dev/null
+}
+
+# The named volume that holds node ID's data.
+node_volume() {
+    docker volume ls -q \
+        --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+        --filter "label=com.docker.compose.volume=data-$1"
+}
