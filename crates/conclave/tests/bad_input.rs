@@ -165,15 +165,41 @@ fn server(id: &str, listen: &str, data_dir: &Path, initial_cluster: &str) -> std
 }
 
 #[test]
-fn a_node_refuses_an_unlisted_id_and_a_data_dir_of_another_cluster() {
+fn a_node_refuses_a_data_dir_of_another_cluster_and_an_unlisted_id_only_joins() {
     let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
     let a = format!("127.0.0.1:{}", free_port());
     let b = format!("127.0.0.1:{}", free_port());
     let pair = format!("1={a},2={b}");
 
-    let stderr = refused_start("3", &a, &dir.path().join("x"), &pair);
-    assert!(stderr.contains("node 3 is not listed"), "{stderr}");
+    // A node missing from the list cannot have created the cluster: it starts as a joining node,
+    // says so, and knows no leader until it is added.
+    let c = format!("127.0.0.1:{}", free_port());
+    let log = dir.path().join("unlisted.log");
+    let mut unlisted = server("3", &c, &dir.path().join("x"), &pair)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("node 3: not in --initial-cluster, so it joins")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready = std::process::Command::new(binary())
+        .args(["ctl", "--endpoint", &c, "ready", "--wait-s", "1"])
+        .output()
+        .unwrap();
+    assert!(!ready.status.success(), "an unlisted node found a leader");
+    assert!(String::from_utf8_lossy(&ready.stderr).contains("knows no leader"));
+    unlisted.kill().unwrap();
+    unlisted.wait().unwrap();
 
     // A one-node cluster creates its data directory...
     let data = dir.path().join("one");

@@ -254,6 +254,10 @@ impl Node {
         if !initialized {
             let formed = node.check_not_lost(&options.cluster).await?;
             match (join, formed) {
+                (true, _) if !options.join => eprintln!(
+                    "node {id}: not in --initial-cluster, so it joins an existing cluster; \
+                     waiting to be added (`conclave ctl members add {id} ADDRESS`)"
+                ),
                 (true, _) => eprintln!(
                     "node {id}: joining; waiting to be added (`conclave ctl members add {id} ADDRESS`)"
                 ),
