@@ -115,6 +115,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     eprintln!("conclave node {id} serving on {}", args.listen);
 
     let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
+    // Turned true on SIGTERM: the RESP listener stops accepting and its connections close once
+    // they have answered what they read.
+    let (stop_resp, resp_stopping) = tokio::sync::watch::channel(false);
     if let Some(resp) = &args.resp {
         let listener = tokio::net::TcpListener::bind(resp)
             .await
@@ -130,6 +133,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             node.clone(),
             pubsub.clone(),
             options,
+            resp_stopping,
         ));
         eprintln!("conclave node {id} serving RESP on {resp}");
     }
@@ -151,6 +155,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal().await;
             stopping_node.stop_elections();
+            stop_resp.send_replace(true);
             stopping.notify_one();
         });
     // On a signal the listener closes and unary calls finish; streams (watches, subscriptions,

@@ -620,3 +620,52 @@ async fn a_write_acknowledged_on_one_connection_is_read_on_the_next_to_the_same_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_answers_what_it_read_then_closes_and_accepts_no_more() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let address = cluster.resp(follower);
+    let mut connection = RespConnection::connect(&address);
+    for i in 0..500 {
+        let (key, value) = (format!("stop:{}", i % 10), i.to_string());
+        connection.send(&[b"SET", key.as_bytes(), value.as_bytes()]);
+    }
+    cluster.terminate(follower);
+    // The listener is gone at once, while the node still winds down (a second or so).
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = match std::net::TcpStream::connect(&address) {
+        Err(_) => true,
+        Ok(mut stream) => {
+            use std::io::{Read, Write};
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let _ = stream.write_all(b"PING\r\n");
+            let mut reply = [0u8; 16];
+            matches!(stream.read(&mut reply), Ok(0) | Err(_))
+        }
+    };
+    assert!(refused, "a stopping node still took a new RESP connection");
+    // Every command it had read is answered, then the connection ends: commands still unread
+    // in the socket get no reply and were not run (a client may retry them elsewhere).
+    let mut answered = 0;
+    while let Some(frame) = connection.try_read() {
+        assert_eq!(frame, Frame::status("OK"), "reply {answered}");
+        answered += 1;
+    }
+    assert!(answered > 0);
+    eprintln!("{answered} of 500 pipelined commands answered before the node closed");
+    let mut other = RespConnection::connect(&cluster.resp(leader));
+    for key in 0..10 {
+        let last_answered = (0..answered).filter(|i| i % 10 == key).max();
+        let expected = match last_answered {
+            Some(i) => Frame::bulk(&i.to_string()),
+            None => Frame::Nil,
+        };
+        let line = format!("GET stop:{key}");
+        eventually(&mut other, &line, expected);
+    }
+}

@@ -87,6 +87,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr
         subscriber: None,
         closing: false,
     };
+    let mut stopping = shared.stopping.clone();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);
     let limits = shared.options.frame_limits;
@@ -144,6 +145,8 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
+            // Between commands: everything read has been answered.
+            _ = crate::stopped(&mut stopping) => break,
             item = next_item(&mut connection.subscriber), if subscribed => {
                 if !connection.deliver(item, &mut output) {
                     let _ = connection.flush(&mut writer, &mut output).await;

@@ -115,10 +115,25 @@ pub(crate) struct Shared {
     connections_received: AtomicU64,
     commands_processed: AtomicU64,
     started: Instant,
+    /// Turns true when the node is shutting down.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Serves RESP on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, node: Node, hub: PubSub, options: RespOptions) {
+/// Resolves once `stopping` turns true (or its sender is gone).
+pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Serves RESP on `listener` until `stopping` turns true (the node is shutting down): then it
+/// accepts no more connections, and each connection closes once it has answered what it had
+/// read, so a client sees its in-flight commands answered and reconnects elsewhere or later.
+pub async fn serve(
+    listener: TcpListener,
+    node: Node,
+    hub: PubSub,
+    options: RespOptions,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let port = listener.local_addr().map_or(0, |a| a.port());
     let shared = Arc::new(Shared {
         batcher: batch::WriteBatcher::start(node.clone()),
@@ -134,9 +149,14 @@ pub async fn serve(listener: TcpListener, node: Node, hub: PubSub, options: Resp
         connections_received: AtomicU64::new(0),
         commands_processed: AtomicU64::new(0),
         started: Instant::now(),
+        stopping: stopping.clone(),
     });
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped(&mut stopping) => return,
+        };
+        let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -185,6 +185,11 @@ impl Cluster {
         }
     }
 
+    /// Sends node `id` SIGTERM without waiting for it to exit.
+    pub fn terminate(&self, id: u64) {
+        self.signal(id, "-TERM");
+    }
+
     /// Stops node `id` the way an operator does (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self, id: u64) {
         self.signal(id, "-TERM");
