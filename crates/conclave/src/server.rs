@@ -15,6 +15,8 @@ use tonic::transport::server::TcpIncoming;
 
 /// How long in-flight calls and open streams get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long a stopping leader tries to hand its leadership over before it stops anyway.
+const HANDOVER_WITHIN: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -155,6 +157,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal().await;
             stopping_node.stop_elections();
+            // Before the listener closes: the successor's vote request must still reach us.
+            if let Some(successor) = stopping_node.hand_over(HANDOVER_WITHIN).await {
+                eprintln!("conclave node {id}: handed the leadership to node {successor}");
+            }
             stop_resp.send_replace(true);
             stopping.notify_one();
         });

@@ -14,6 +14,8 @@ struct Ledger {
     acked: BTreeMap<String, String>,
     /// (sent, acknowledged) for every acknowledged write.
     times: Vec<(Instant, Instant)>,
+    /// Writes answered with an error.
+    failed: u64,
 }
 
 /// Writes `prefix/N` keys through one node until `stop`, recording what was acknowledged.
@@ -29,10 +31,13 @@ fn spawn_writer(
             let key = format!("{prefix}/{i}");
             let value = format!("v{i}");
             let sent = Instant::now();
-            if client.set(&key, &value).await.is_ok() {
-                let mut ledger = ledger.lock().unwrap();
+            let written = client.set(&key, &value).await;
+            let mut ledger = ledger.lock().unwrap();
+            if written.is_ok() {
                 ledger.acked.insert(key, value);
                 ledger.times.push((sent, Instant::now()));
+            } else {
+                ledger.failed += 1;
             }
             i += 1;
         }
@@ -318,5 +323,66 @@ async fn restarting_a_follower_leaves_the_leader_in_place() {
                 "round {round}: restarting node {follower} changed the leadership"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_follower() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let term = cluster.status(leader).await.unwrap().term;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Instant::now() + Duration::from_secs(3);
+    let mut writers = Vec::new();
+    for id in &followers {
+        let client = cluster.client(*id).await;
+        writers.push(spawn_writer(
+            client,
+            format!("via{id}"),
+            ledger.clone(),
+            stop,
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.stop(leader);
+    // Asked as soon as the old leader has exited: it went on sending heartbeats until then, so
+    // without a handover the others would still follow it here, and elect a successor only
+    // after its lease and an election timeout.
+    for id in &followers {
+        let status = cluster.status(*id).await.unwrap();
+        assert!(
+            status.leader.is_some_and(|l| followers.contains(&l)),
+            "node {id} follows {:?} right after node {leader} stopped\n{}",
+            status.leader,
+            cluster.logs()
+        );
+        assert_eq!(
+            status.term,
+            term + 1,
+            "node {id}: the successor was elected in the next term\n{}",
+            cluster.logs()
+        );
+    }
+
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let ledger = ledger.lock().unwrap();
+    assert_eq!(ledger.failed, 0, "writes failed while the leader stopped");
+    assert!(
+        ledger.acked.len() > 10,
+        "writes went on: {}",
+        ledger.acked.len()
+    );
+    let client = cluster.client(followers[0]).await;
+    for (key, value) in &ledger.acked {
+        assert_eq!(
+            read_linearizable(&client, key).await.as_deref(),
+            Some(value.as_bytes()),
+            "{key}"
+        );
     }
 }

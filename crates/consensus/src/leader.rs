@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use conclave_state::{Command, WriteReply, WriteRequest};
+use conclave_state::{WriteReply, WriteRequest};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership};
 use serde::{Deserialize, Serialize};
@@ -165,38 +165,22 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
                 AdminRequest::Remove { id } => {
                     let metrics = raft.metrics().borrow().clone();
                     let membership = metrics.membership_config.membership();
-                    let is_voter = membership.voter_ids().any(|v| v == id);
+                    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
                     if membership.get_node(&id).is_none() {
                         return Err(LeaderError::Rejected(format!("node {id} is not a member")));
                     }
-                    // Forget its data directory first, so the id can be added back fresh.
-                    let forget = WriteRequest {
-                        id: None,
-                        stamp: now,
-                        command: Command::ForgetNode { node: id },
-                    };
-                    raft.client_write(forget).await.map_err(write_error)?;
-                    if is_voter {
-                        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-                        if voters.len() == 1 {
-                            return Err(LeaderError::Rejected(
-                                "cannot remove the last voter".into(),
-                            ));
-                        }
-                        raft.change_membership(
-                            ChangeMembers::RemoveVoters(BTreeSet::from([id])),
-                            false,
-                        )
-                        .await
-                        .map_err(write_error)?
-                    } else {
-                        raft.change_membership(
-                            ChangeMembers::RemoveNodes(BTreeSet::from([id])),
-                            false,
-                        )
-                        .await
-                        .map_err(write_error)?
+                    if voters.len() == 1 && voters.contains(&id) {
+                        return Err(LeaderError::Rejected("cannot remove the last voter".into()));
                     }
+                    let change = if voters.contains(&id) {
+                        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                    } else {
+                        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                    };
+                    // Applying the new membership forgets the node's data directory too.
+                    raft.change_membership(change, false)
+                        .await
+                        .map_err(write_error)?
                 }
             };
             let membership = match response.membership {

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conclave_proto::peer::peer_client::PeerClient;
-use conclave_proto::peer::{ForwardRequest, IdentifyRequest, IdentifyResponse, RaftMessage};
+use conclave_proto::peer::{
+    ForwardRequest, IdentifyRequest, IdentifyResponse, RaftMessage, TimeoutNowRequest,
+};
 use conclave_proto::CLUSTER_ID_HEADER;
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
@@ -143,6 +145,18 @@ impl Peers {
             .identify(self.request(IdentifyRequest { caller_id }, timeout))
             .await?;
         Ok(response.into_inner())
+    }
+
+    /// Asks the node at `address` to start an election now (see [`crate::Node::hand_over`]).
+    pub(crate) async fn timeout_now(
+        &self,
+        address: &str,
+        request: TimeoutNowRequest,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        let mut client = self.client(address)?;
+        client.timeout_now(self.request(request, timeout)).await?;
+        Ok(())
     }
 }
 

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conclave_proto::peer::IdentifyResponse;
+use conclave_proto::peer::{IdentifyResponse, TimeoutNowRequest};
 use conclave_state::{Command, RequestId, Revision, WriteReply, WriteRequest};
 use conclave_storage::{Identity, IdentityError, LogStats, StorageOptions};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -156,6 +156,13 @@ struct Inner {
     sequence: AtomicU64,
     /// Signalled by each AppendEntries received (see `enable_elections`).
     leader_heard: tokio::sync::Notify,
+    /// Set while this leader hands its leadership over (see [`Node::hand_over`]): it proposes
+    /// nothing more, so the successor it picked keeps holding its whole log.
+    handing_over: AtomicBool,
+    /// Requests being executed by this node as leader (see [`Node::lead`]).
+    leading: AtomicU64,
+    /// Set by [`Node::stop_elections`]: elections stay off until the process exits.
+    stopping: AtomicBool,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -242,6 +249,9 @@ impl Node {
                 client_id: random_client_id(id),
                 sequence: AtomicU64::new(1),
                 leader_heard: tokio::sync::Notify::new(),
+                handing_over: AtomicBool::new(false),
+                leading: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
             }),
         };
 
@@ -289,14 +299,133 @@ impl Node {
     async fn enable_elections(self) {
         let grace = Duration::from_millis((4 * self.inner.timing.election_max_ms).max(1000));
         let _ = tokio::time::timeout(grace, self.inner.leader_heard.notified()).await;
-        self.inner.raft.runtime_config().elect(true);
+        // A node told to stop during its grace never turns elections back on (the second check
+        // covers a stop that lands between the first and `elect(true)`).
+        if !self.inner.stopping.load(Ordering::SeqCst) {
+            self.inner.raft.runtime_config().elect(true);
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                self.inner.raft.runtime_config().elect(false);
+            }
+        }
     }
 
     /// Stops this node from starting elections: it is about to stop. Once its listener closes
     /// the leader cannot reach it, and an election it started while winding down would raise
     /// the term and depose the healthy leader.
     pub fn stop_elections(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.raft.runtime_config().elect(false);
+    }
+
+    /// If this node leads, hands its leadership to a voter that holds its whole log, before the
+    /// node stops: new requests are held (and then forwarded to the successor), the first voter
+    /// caught up is told to start an election at once (`Peer.TimeoutNow`), and this node grants
+    /// it its vote. Without it the others would wait out the leader's lease and an election
+    /// timeout, holding every write meanwhile. Returns the new leader, or None if this node did
+    /// not lead or no successor took over within `within` (the others then elect one as if it
+    /// had failed).
+    ///
+    /// In a cluster of three the successor wins at once (its vote and the old leader's). In a
+    /// larger one the other voters refuse until their lease on the old leader runs out, and the
+    /// successor wins its next attempt.
+    pub async fn hand_over(&self, within: Duration) -> Option<NodeId> {
+        let me = self.inner.id;
+        if self.inner.raft.metrics().borrow().current_leader != Some(me) {
+            return None;
+        }
+        self.inner.handing_over.store(true, Ordering::SeqCst);
+        let successor = tokio::time::timeout(within, self.hand_over_to_caught_up_voter()).await;
+        self.inner.handing_over.store(false, Ordering::SeqCst);
+        match successor {
+            Ok(Some(successor)) => Some(successor),
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!("node {me}: no successor took over within {within:?}");
+                None
+            }
+        }
+    }
+
+    async fn hand_over_to_caught_up_voter(&self) -> Option<NodeId> {
+        let me = self.inner.id;
+        // Requests that began before the handover finish first: after them the log stays put.
+        while self.inner.leading.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut metrics = self.inner.raft.metrics();
+        // The first voter whose log matches this leader's last entry.
+        let (successor, address, term) = loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(me) {
+                    return m.current_leader;
+                }
+                let membership = m.membership_config.membership();
+                let mut others = membership.voter_ids().filter(|id| *id != me).peekable();
+                others.peek()?;
+                let last = m.last_log_index;
+                let matched = |id: &NodeId| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id))
+                        .is_some_and(|log_id| log_id.map(|l| l.index) == last)
+                };
+                if let Some(id) = others.find(matched) {
+                    let address = membership.get_node(&id)?.addr.clone();
+                    break (id, address, m.current_term);
+                }
+            }
+            metrics.changed().await.ok()?;
+        };
+        let request = TimeoutNowRequest {
+            leader_id: me,
+            term,
+        };
+        let asked = self
+            .inner
+            .peers
+            .timeout_now(&address, request, self.inner.timing.request_timeout)
+            .await;
+        if let Err(e) = asked {
+            tracing::warn!("node {me}: node {successor} did not take the leadership: {e}");
+            return None;
+        }
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                if leader != me {
+                    return Some(leader);
+                }
+            }
+            metrics.changed().await.ok()?;
+        }
+    }
+
+    /// Starts an election at once, on behalf of `leader` in `term` (see [`Node::hand_over`]).
+    /// Refused unless `leader` is this node's current leader in that term: a stale or foreign
+    /// request must not unseat a healthy leader.
+    pub(crate) async fn timeout_now(&self, leader: NodeId, term: u64) -> Result<(), Status> {
+        let (known_leader, known_term, voter) = {
+            let m = self.inner.raft.metrics().borrow().clone();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.inner.id);
+            (m.current_leader, m.current_term, voter)
+        };
+        if known_leader != Some(leader) || known_term != term || !voter {
+            return Err(Status::failed_precondition(format!(
+                "node {} follows {known_leader:?} in term {known_term} (voter: {voter}), \
+                 not node {leader} in term {term}",
+                self.inner.id
+            )));
+        }
+        self.inner
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
     }
 
     /// Records that a leader reached this node.
@@ -505,8 +634,7 @@ impl Node {
             }
             let outcome = match self.leader() {
                 Some((leader, _)) if leader == self.inner.id => {
-                    let local = leader::execute(&self.inner.raft, request.clone(), now_ms());
-                    match tokio::time::timeout(remaining, local).await {
+                    match tokio::time::timeout(remaining, self.lead(request.clone())).await {
                         Ok(result) => Ok(result),
                         Err(_) => Err("the leader (this node) did not commit in time".to_string()),
                     }
@@ -540,6 +668,25 @@ impl Node {
         let leads = self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id);
         if !leads {
             return Err(LeaderError::NotLeader);
+        }
+        self.lead(request).await
+    }
+
+    /// Executes `request` as leader, unless a handover has begun; counted while it runs, so a
+    /// handover can wait until nothing more is being appended.
+    async fn lead(&self, request: LeaderRequest) -> Result<LeaderReply, LeaderError> {
+        struct Leading<'a>(&'a AtomicU64);
+        impl Drop for Leading<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.inner.leading.fetch_add(1, Ordering::SeqCst);
+        let _leading = Leading(&self.inner.leading);
+        if self.inner.handing_over.load(Ordering::SeqCst) {
+            return Err(LeaderError::Unavailable(
+                "the leader is handing its leadership over".into(),
+            ));
         }
         leader::execute(&self.inner.raft, request, now_ms()).await
     }

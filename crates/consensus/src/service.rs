@@ -3,6 +3,7 @@
 use conclave_proto::peer::peer_server::{Peer, PeerServer};
 use conclave_proto::peer::{
     ForwardRequest, ForwardResponse, IdentifyRequest, IdentifyResponse, RaftMessage,
+    TimeoutNowRequest, TimeoutNowResponse,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
@@ -85,5 +86,15 @@ impl Peer for PeerService {
         self.admit(&request).await?;
         let caller = request.get_ref().caller_id;
         Ok(Response::new(self.node.identify(caller)))
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowResponse>, Status> {
+        self.admit(&request).await?;
+        let TimeoutNowRequest { leader_id, term } = request.into_inner();
+        self.node.timeout_now(leader_id, term).await?;
+        Ok(Response::new(TimeoutNowResponse {}))
     }
 }

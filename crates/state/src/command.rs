@@ -112,8 +112,6 @@ pub enum Command {
     /// Record which data directory (its incarnation, chosen when the directory was created) node
     /// `node` runs on, so a node that lost its data cannot rejoin under its old id unnoticed.
     RegisterNode { node: u64, incarnation: u64 },
-    /// Forget node `node`'s incarnation (it was removed from the cluster).
-    ForgetNode { node: u64 },
     /// Check every comparison, then run `success` if all hold, else `failure`, as one entry.
     Txn(Box<Transaction>),
     /// Start a lease that lives `ttl_ms` (at least [`MIN_LEASE_TTL_MS`]) unless kept alive.
@@ -252,7 +250,6 @@ impl Command {
             Command::Query(query) => query.payload_bytes(),
             Command::LeaseExpire { leases } => 8 * leases.len(),
             Command::RegisterNode { .. }
-            | Command::ForgetNode { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseKeepAlive { .. }
             | Command::LeaseRevoke { .. }
@@ -296,7 +293,6 @@ impl Command {
             Command::Query(_) => "query",
             Command::Reap { .. } => "reap",
             Command::RegisterNode { .. } => "register-node",
-            Command::ForgetNode { .. } => "forget-node",
             Command::Txn(_) => "txn",
             Command::LeaseGrant { .. } => "lease-grant",
             Command::LeaseKeepAlive { .. } => "lease-keepalive",

@@ -152,6 +152,13 @@ impl Machine {
         self.revision = index;
     }
 
+    /// Applies a membership entry at log index `index`: the data directories of nodes it leaves
+    /// out are forgotten, so a removed node's id can be added back with a fresh directory.
+    pub fn apply_membership(&mut self, index: Revision, members: &BTreeSet<u64>) {
+        self.revision = index;
+        self.incarnations.retain(|node, _| members.contains(node));
+    }
+
     /// Applies one write at log index `index` and returns its reply. A write whose id was
     /// already applied is not applied again: its original reply is returned.
     pub fn apply(&mut self, index: Revision, request: &WriteRequest) -> WriteReply {
@@ -247,9 +254,6 @@ impl Machine {
             Command::RegisterNode { node, incarnation } => {
                 let changed = self.incarnations.insert(*node, *incarnation) != Some(*incarnation);
                 Outcome::Count(u64::from(changed))
-            }
-            Command::ForgetNode { node } => {
-                Outcome::Count(u64::from(self.incarnations.remove(node).is_some()))
             }
             Command::Reap { keys } => {
                 let expired = keys

@@ -42,6 +42,7 @@ pub use state_machine::{StateMachineStore, StateView};
 /// The openraft configurations these stores serve.
 pub trait StoreConfig:
     RaftTypeConfig<
+    NodeId = u64,
     D = WriteRequest,
     R = WriteReply,
     Entry = Entry<Self>,
@@ -52,6 +53,7 @@ pub trait StoreConfig:
 
 impl<C> StoreConfig for C where
     C: RaftTypeConfig<
+        NodeId = u64,
         D = WriteRequest,
         R = WriteReply,
         Entry = Entry<C>,

@@ -241,8 +241,9 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
                 let reply = match entry.payload {
                     EntryPayload::Normal(request) => replica.machine.apply(index, &request),
                     EntryPayload::Membership(membership) => {
+                        let members = membership.nodes().map(|(id, _)| *id).collect();
+                        replica.machine.apply_membership(index, &members);
                         replica.membership = StoredMembership::new(Some(log_id), membership);
-                        replica.machine.apply_blank(index);
                         WriteReply {
                             revision: index,
                             outcome: Outcome::None,

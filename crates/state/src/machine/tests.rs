@@ -538,7 +538,7 @@ fn a_retry_after_the_dedup_window_is_applied_again() {
 }
 
 #[test]
-fn nodes_register_and_forget_their_incarnation() {
+fn a_membership_without_a_node_forgets_its_incarnation() {
     let mut m = Machine::new();
     let r = m.apply(
         1,
@@ -565,7 +565,20 @@ fn nodes_register_and_forget_their_incarnation() {
     assert_eq!(m.incarnation(2), Some(77));
     let restored: Machine = bincode::deserialize(&bincode::serialize(&m).unwrap()).unwrap();
     assert_eq!(restored.incarnation(2), Some(77));
-    m.apply(3, &write(0, Command::ForgetNode { node: 2 }));
-    assert_eq!(m.incarnation(2), None);
+    m.apply(
+        3,
+        &write(
+            0,
+            Command::RegisterNode {
+                node: 3,
+                incarnation: 78,
+            },
+        ),
+    );
+    m.apply_membership(4, &BTreeSet::from([1, 2, 3]));
+    assert_eq!((m.incarnation(2), m.incarnation(3)), (Some(77), Some(78)));
+    m.apply_membership(5, &BTreeSet::from([1, 3]));
+    assert_eq!((m.incarnation(2), m.incarnation(3)), (None, Some(78)));
+    assert_eq!(m.revision(), 5);
     assert!(m.is_empty(), "registrations are not keys");
 }
