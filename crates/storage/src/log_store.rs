@@ -187,8 +187,8 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             .last()
             .map_err(|e| StorageIOError::read_logs(&e))?;
         let last_log_id = match last {
-            Some((_, bytes)) => Some(Self::decode_entry(&bytes)?.get_log_id().clone()),
-            None => last_purged_log_id.clone(),
+            Some((_, bytes)) => Some(*Self::decode_entry(&bytes)?.get_log_id()),
+            None => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,

@@ -185,7 +185,7 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
             let replica = self.replica.read().expect("replica lock poisoned");
             (
                 encode(&replica.machine),
-                replica.last_applied.clone(),
+                replica.last_applied,
                 replica.membership.clone(),
             )
         };
@@ -223,7 +223,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
         C,
     > {
         let replica = self.replica.read().expect("replica lock poisoned");
-        Ok((replica.last_applied.clone(), replica.membership.clone()))
+        Ok((replica.last_applied, replica.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<WriteReply>, C>
@@ -235,9 +235,9 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
         let revision = {
             let mut replica = self.replica.write().expect("replica lock poisoned");
             for entry in entries {
-                let log_id = entry.get_log_id().clone();
+                let log_id = *entry.get_log_id();
                 let index = log_id.index;
-                replica.last_applied = Some(log_id.clone());
+                replica.last_applied = Some(log_id);
                 let reply = match entry.payload {
                     EntryPayload::Normal(request) => replica.machine.apply(index, &request),
                     EntryPayload::Membership(membership) => {
@@ -290,7 +290,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
         {
             let mut replica = self.replica.write().expect("replica lock poisoned");
             replica.machine = machine;
-            replica.last_applied = meta.last_log_id.clone();
+            replica.last_applied = meta.last_log_id;
             replica.membership = meta.last_membership.clone();
         }
         self.applied.send_replace(revision);
