@@ -370,15 +370,14 @@ async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_follower() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let ledger = ledger.lock().unwrap();
-    assert_eq!(ledger.failed, 0, "writes failed while the leader stopped");
-    assert!(
-        ledger.acked.len() > 10,
-        "writes went on: {}",
-        ledger.acked.len()
-    );
+    let (acked, failed) = {
+        let ledger = ledger.lock().unwrap();
+        (ledger.acked.clone(), ledger.failed)
+    };
+    assert_eq!(failed, 0, "writes failed while the leader stopped");
+    assert!(acked.len() > 10, "writes went on: {}", acked.len());
     let client = cluster.client(followers[0]).await;
-    for (key, value) in &ledger.acked {
+    for (key, value) in &acked {
         assert_eq!(
             read_linearizable(&client, key).await.as_deref(),
             Some(value.as_bytes()),
