@@ -54,7 +54,9 @@ if [ "$current" = "$digest" ]; then
     echo "build-image: $image is up to date (rootfs $digest)" >&2
 else
     previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
-    docker import \
+    # Imported untagged and tagged only once it runs: a broken image must never carry the
+    # digest label, or the next run would take it for up to date.
+    candidate=$(docker import \
         --change 'ENTRYPOINT ["/usr/local/bin/conclave"]' \
         --change 'CMD ["--help"]' \
         --change 'USER 65532:65532' \
@@ -62,12 +64,15 @@ else
         --change 'ENV RUST_BACKTRACE=1' \
         --change 'EXPOSE 7000 6379' \
         --change "LABEL conclave.rootfs=$digest" \
-        "$work/rootfs.tar" "$image" >/dev/null
+        "$work/rootfs.tar")
     # It must run: every library the binaries load is in it.
-    docker run --rm "$image" --version >/dev/null ||
-        { echo "build-image: the new image does not run" >&2; exit 1; }
-    docker run --rm --entrypoint /usr/local/bin/media_node "$image" --help >/dev/null ||
-        { echo "build-image: media_node does not run in the new image" >&2; exit 1; }
+    if ! docker run --rm "$candidate" --version >/dev/null ||
+        ! docker run --rm --entrypoint /usr/local/bin/media_node "$candidate" --help >/dev/null; then
+        docker image rm "$candidate" >/dev/null 2>&1 || true
+        echo "build-image: the new image does not run (conclave --version, media_node --help)" >&2
+        exit 1
+    fi
+    docker tag "$candidate" "$image"
     # The image it replaces goes too, unless a container still uses it.
     [ -z "$previous" ] || docker image rm "$previous" >/dev/null 2>&1 || true
     echo "build-image: built $image (rootfs $digest, $(du -h "$work/rootfs.tar" | cut -f1))" >&2

@@ -37,7 +37,7 @@ ctl_on() {
     compose exec -T "$service" /usr/local/bin/conclave ctl --endpoint 127.0.0.1:7000 "$@"
 }
 
-# A running node that knows a leader, other than the services given; fails if there is none.
+# A running, ready node other than the services given; fails if there is none.
 ready_node() {
     local service skip
     for service in $(running_nodes); do
@@ -52,17 +52,30 @@ ready_node() {
     return 1
 }
 
-# wait_caught_up SERVICE SECONDS: until SERVICE's node knows a leader and has applied everything the
-# leader had committed (it has caught up).
+# wait_caught_up SERVICE SECONDS: until SERVICE's node is ready: a leader confirmed its leadership
+# for it and it has applied everything that leader had committed (it has caught up).
 wait_caught_up() {
     local service=$1 seconds=$2
-    ctl_on "$service" ready --caught-up --wait-s "$seconds" >&2 ||
+    ctl_on "$service" ready --wait-s "$seconds" >&2 ||
         die "$service did not catch up within ${seconds}s"
 }
 
-# is_member SERVICE ID: whether node ID is in the membership SERVICE's node knows.
+# is_member SERVICE ID: whether node ID is in the membership SERVICE's node knows. Exits the
+# script when the membership cannot be read: "unknown" must never pass for "not a member".
 is_member() {
-    ctl_on "$1" members list | jq -e --argjson id "$2" 'any(.[]; .id == $id)' >/dev/null
+    local members
+    members=$(ctl_on "$1" members list) || die "cannot read the membership from $1"
+    jq -e --argjson id "$2" 'any(.[]; .id == $id)' >/dev/null <<<"$members"
+}
+
+# wait_removed SERVICE ID: until SERVICE's node no longer lists node ID (it learns of the change
+# when the membership entry reaches it); fails the script after 30 s.
+wait_removed() {
+    local deadline=$((SECONDS + 30))
+    while is_member "$1" "$2"; do
+        [ "$SECONDS" -lt "$deadline" ] || die "node $2 is still a member after its removal"
+        sleep 0.2
+    done
 }
 
 # The named volume that holds node ID's data.

@@ -18,6 +18,7 @@ compose rm -sf "$service"
 if is_member "$anchor" "$id"; then
     log "removing node $id from the membership (via $anchor)"
     ctl_on "$anchor" members remove "$id" --wait-s 60 >/dev/null
+    wait_removed "$anchor" "$id"
 fi
 volume=$(node_volume "$id")
 [ -z "$volume" ] || docker volume rm "$volume" >/dev/null

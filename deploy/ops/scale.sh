@@ -29,6 +29,7 @@ case $size in
         if is_member "$anchor" "$id"; then
             log "removing node $id (via $anchor)"
             ctl_on "$anchor" members remove "$id" --wait-s 60 >/dev/null
+        wait_removed "$anchor" "$id"
         fi
         compose rm -sf "$service"
         volume=$(node_volume "$id")

@@ -21,15 +21,15 @@ pub struct CtlArgs {
 enum CtlCommand {
     /// Print the node's view of the cluster as JSON.
     Status,
-    /// Exit 0 if the node knows a leader (a health check), else 1 with the reason.
+    /// Exit 0 if the node is ready (a health check), else 1 with the reason. Ready: a leader
+    /// confirmed its leadership with a quorum for this node's read, and this node has applied
+    /// everything that leader had committed (after a restart or a replacement: it has caught
+    /// up). A node that merely remembers a leader from before its restart, or an old leader cut
+    /// off from the others, is not ready.
     Ready {
         /// Keep asking for up to this many seconds (default: ask once).
         #[arg(long, default_value_t = 0)]
         wait_s: u64,
-        /// Also require the node to have applied everything the leader had committed when asked
-        /// (after a restart or a replacement: the node has caught up).
-        #[arg(long)]
-        caught_up: bool,
     },
     /// Set KEY to VALUE.
     Put {
@@ -134,7 +134,7 @@ fn print_membership(response: v1::MembershipResponse) {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Why the node is not ready yet, or a line saying that it is.
-async fn readiness(client: &Client, caught_up: bool) -> Result<String, String> {
+async fn readiness(client: &Client) -> Result<String, String> {
     let status = tokio::time::timeout(PROBE_TIMEOUT, client.status())
         .await
         .map_err(|_| "the node did not answer in time".to_string())?
@@ -142,18 +142,21 @@ async fn readiness(client: &Client, caught_up: bool) -> Result<String, String> {
     let Some(leader) = status.leader else {
         return Err(format!("node {} knows no leader", status.id));
     };
-    let mut applied = status.applied;
-    if caught_up {
-        // A linearizable read waits until this node has applied what the leader had committed.
-        tokio::time::timeout(
-            PROBE_TIMEOUT,
-            client.get_with("conclave:ready", Consistency::Linearizable),
+    // A linearizable read: the leader confirms it still leads with a quorum, and this node
+    // waits until it has applied what the leader had committed.
+    tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.get_with("conclave:ready", Consistency::Linearizable),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "node {}: leader {leader} did not confirm, or this node has not caught up, in time",
+            status.id
         )
-        .await
-        .map_err(|_| format!("node {} has not caught up with the leader", status.id))?
-        .map_err(|e| e.to_string())?;
-        applied = client.status().await.map_err(|e| e.to_string())?.applied;
-    }
+    })?
+    .map_err(|e| e.to_string())?;
+    let applied = client.status().await.map_err(|e| e.to_string())?.applied;
     Ok(format!(
         "ready: node {} ({}), leader {leader}, applied {applied}",
         status.id, status.role
@@ -187,10 +190,10 @@ where
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&args.endpoint).await?;
     match args.command {
-        CtlCommand::Ready { wait_s, caught_up } => {
+        CtlCommand::Ready { wait_s } => {
             let deadline = Instant::now() + Duration::from_secs(wait_s);
             loop {
-                match readiness(&client, caught_up).await {
+                match readiness(&client).await {
                     Ok(line) => {
                         println!("{line}");
                         break;

@@ -385,3 +385,33 @@ async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_follower() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_its_quorum_is_not_ready() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let endpoint = cluster.endpoint(leader);
+    let ready = || {
+        std::process::Command::new(common::binary())
+            .args(["ctl", "--endpoint", &endpoint, "ready"])
+            .output()
+            .unwrap()
+    };
+    assert!(ready().status.success());
+
+    for follower in (1..=3).filter(|id| *id != leader) {
+        cluster.kill(follower);
+    }
+    // It still names itself leader (openraft 0.9 does not step down on its own), so "knows a
+    // leader" is no health check: its readiness must need the quorum.
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status.leader, Some(leader));
+    let refused = ready();
+    assert!(
+        !refused.status.success(),
+        "a leader without a quorum is ready"
+    );
+    let reason = String::from_utf8_lossy(&refused.stderr);
+    assert!(reason.contains("did not confirm"), "{reason}");
+}
