@@ -112,7 +112,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         snapshot_every: args.snapshot_every.max(1),
     };
-    let node = Node::start(options).await?;
+    let node = Node::open(options).await?;
     tracing::info!(id, listen = %args.listen, "node serving");
     eprintln!("conclave node {id} serving on {}", args.listen);
 
@@ -120,6 +120,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // Turned true on SIGTERM: the RESP listener stops accepting and its connections close once
     // they have answered what they read.
     let (stop_resp, resp_stopping) = tokio::sync::watch::channel(false);
+    let mut resp_drained = None;
     if let Some(resp) = &args.resp {
         let listener = tokio::net::TcpListener::bind(resp)
             .await
@@ -130,13 +131,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             write_deadline: Duration::from_millis(args.resp_deadline_ms),
             ..Default::default()
         };
-        tokio::spawn(conclave_resp::serve(
+        resp_drained = Some(tokio::spawn(conclave_resp::serve(
             listener,
             node.clone(),
             pubsub.clone(),
             options,
             resp_stopping,
-        ));
+        )));
         eprintln!("conclave node {id} serving RESP on {resp}");
     }
 
@@ -164,14 +165,31 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             stop_resp.send_replace(true);
             stopping.notify_one();
         });
+    // A fresh node is brought into its cluster while its listener answers the other nodes'
+    // questions (they ask each other whether they are fresh too).
+    let forming = node.clone();
+    let formed = tokio::spawn(async move { forming.form().await });
     // On a signal the listener closes and unary calls finish; streams (watches, subscriptions,
     // other nodes' relays) never end by themselves, so they get a grace period, then are cut.
     tokio::select! {
         served = served => served.context("serving")?,
+        refused = async move {
+            match formed.await {
+                Ok(Err(refused)) => refused,
+                _ => std::future::pending().await,
+            }
+        } => {
+            node.shutdown().await;
+            return Err(refused.into());
+        }
         _ = async {
             stop.notified().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => {}
+    }
+    // RESP connections answer what they had read (a write may be waiting for a leader) first.
+    if let Some(drained) = resp_drained {
+        let _ = drained.await;
     }
     node.shutdown().await;
     eprintln!("conclave node {id} stopped");

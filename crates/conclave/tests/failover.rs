@@ -265,14 +265,17 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
 async fn nodes_started_one_after_another_form_one_cluster() {
     let _serial = serial().await;
     let mut cluster = Cluster::define(3, &[], false);
-    // Node 1 bootstraps alone and cannot win an election without a second voter.
+    // Node 1 alone waits for a second empty node before creating the cluster.
     cluster.restart(1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(cluster.status(1).await.unwrap().leader, None);
-    // Nodes 2 and 3 find the cluster formed, do not bootstrap it again, and are brought in by
-    // whichever node wins.
+    assert!(cluster
+        .logs()
+        .contains("node 1: waiting for 2 of the 3 nodes"));
+    // With node 2 they create it; node 3 finds it formed, does not bootstrap it again, and is
+    // brought in by whichever node wins.
     cluster.restart(2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.wait_leader(Duration::from_secs(15)).await;
     cluster.restart(3);
     cluster.wait_leader(Duration::from_secs(15)).await;
     let client = cluster.client(3).await;
@@ -414,4 +417,64 @@ async fn a_leader_cut_off_from_its_quorum_is_not_ready() {
     );
     let reason = String::from_utf8_lossy(&refused.stderr);
     assert!(reason.contains("did not confirm"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_site_restart_an_empty_node_waits_for_its_peers_and_is_refused() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(1).await;
+    let first = client.set("before", "1").await.unwrap();
+    for id in 1..=3 {
+        cluster
+            .wait_applied(id, first, Duration::from_secs(10))
+            .await;
+    }
+    // Every node has registered its data directory by now (each does once it knows a leader).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Node 2 falls behind: writes are acknowledged by nodes 1 and 3 only.
+    cluster.kill(2);
+    let client = cluster.client_preferring(1).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("while-2-was-down/{i}");
+        client.set(&key, "yes").await.unwrap();
+        acked.push(key);
+    }
+    // The whole site goes down; node 3 comes back without its disk, and first.
+    cluster.kill(1);
+    cluster.kill(3);
+    std::fs::remove_dir_all(&cluster.nodes[&3].data_dir).unwrap();
+    cluster.restart(3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("node 3: waiting for 2 of the 3 nodes"),
+        "an empty node alone created the cluster:\n{logs}"
+    );
+
+    // Node 2, which missed the writes, comes back: it remembers node 3's old directory, so node
+    // 3 refuses to go on rather than give node 2 the vote it needs to lead without them.
+    cluster.restart(2);
+    let exit = cluster.wait_exit(3, Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|status| !status.success()),
+        "node 3 went on with an empty disk: {exit:?}\n{}",
+        cluster.logs()
+    );
+    assert!(cluster.logs().contains("node 3's data was lost"));
+
+    // With node 1 back, the cluster has every acknowledged write.
+    cluster.restart(1);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client_preferring(2).await;
+    for key in &acked {
+        assert_eq!(
+            read_linearizable(&client, key).await.as_deref(),
+            Some(&b"yes"[..]),
+            "{key}"
+        );
+    }
 }

@@ -596,6 +596,31 @@ async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_held_for_a_leader_is_still_answered_when_its_node_stops() {
+    let _serial = serial().await;
+    let mut cluster = resp_cluster().await;
+    let mut connection = RespConnection::connect(&cluster.resp(1));
+    assert_eq!(connection.cmd("SET k before"), Frame::status("OK"));
+    cluster.kill(2);
+    cluster.kill(3);
+    // The write waits for a leader (until its deadline) while the node is told to stop: the
+    // node must answer it before it exits, not cut the connection.
+    connection.send(&[b"SET", b"k", b"after"]);
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.terminate(1);
+    let reply = tokio::task::block_in_place(|| connection.try_read());
+    assert!(
+        matches!(&reply, Some(Frame::Error(e)) if e.starts_with("TRYAGAIN")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| connection.try_read()),
+        None,
+        "then closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_acknowledged_on_one_connection_is_read_on_the_next_to_the_same_node() {
     let _serial = serial().await;
     let cluster = resp_cluster().await;

@@ -25,6 +25,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 const REAP_BATCH: usize = 1000;
 /// How long bootstrap waits for each peer to answer an identity probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between surveys while a fresh node waits for a majority of the listed nodes.
+const FORM_RETRY: Duration = Duration::from_millis(200);
 
 /// Raft timing, in milliseconds.
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +165,32 @@ struct Inner {
     leading: AtomicU64,
     /// Set by [`Node::stop_elections`]: elections stay off until the process exits.
     stopping: AtomicBool,
+    /// The `--initial-cluster` list, and whether this node joins rather than creates.
+    cluster: ClusterSpec,
+    join: Joining,
+}
+
+/// How a node without Raft state comes into the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Joining {
+    /// Listed in `--initial-cluster`: creates the cluster with the others, or waits for its
+    /// leader if the cluster exists.
+    No,
+    /// `--join`: waits to be added.
+    Asked,
+    /// Not listed, so it cannot have created the cluster: waits to be added.
+    Unlisted,
+}
+
+/// What the other listed nodes said about themselves (see `Node::survey_peers`).
+#[derive(Default)]
+struct Survey {
+    /// One of them belongs to this node's cluster, and a leader has been elected in it.
+    formed: bool,
+    /// How many were listed in the same `--initial-cluster` and have no Raft state yet, or have
+    /// created the cluster but seen no leader elected yet (founders this node may join in
+    /// creating it: every founder initializes with the same list).
+    fresh: usize,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -182,7 +210,7 @@ fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
         max_in_snapshot_log_to_keep: keep,
-        // Enabled by `Node::start` once the node knows whether it is restarting (see
+        // Enabled by `Node::open` once the node knows whether it is restarting (see
         // `enable_elections`).
         enable_elect: false,
         ..Default::default()
@@ -193,15 +221,16 @@ fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
 }
 
 impl Node {
-    /// Opens the data directory, starts Raft and, on a fresh directory, bootstraps the cluster
-    /// from `options.cluster` (every listed node does the same with the same list, so they form
-    /// one cluster whatever order they start in). A fresh node whose listed peers already form
-    /// the cluster does not bootstrap: it waits for the leader (it is a member the leader has not
-    /// reached yet, or a replacement waiting for `ctl members add`), as with `--join`.
-    pub async fn start(options: NodeOptions) -> Result<Node, StartError> {
+    /// Opens the data directory and starts Raft. A node that has Raft state rejoins its cluster
+    /// by itself; a fresh one is brought into it by [`Node::form`], which needs this node's
+    /// listener to be serving (the listed nodes ask each other whether they are fresh too).
+    pub async fn open(options: NodeOptions) -> Result<Node, StartError> {
         let id = options.id;
-        // A node missing from the initial list cannot have created the cluster: it joins.
-        let join = options.join || options.cluster.address(id).is_none();
+        let join = match (options.join, options.cluster.address(id)) {
+            (true, _) => Joining::Asked,
+            (false, None) => Joining::Unlisted,
+            (false, Some(_)) => Joining::No,
+        };
         std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::DataDir {
             path: options.data_dir.clone(),
             source,
@@ -212,7 +241,7 @@ impl Node {
 
         let requested = options.cluster.cluster_id();
         let recorded = storage.identity.cluster_id().map_err(IdentityError::from)?;
-        if let (false, Some(recorded)) = (join, recorded) {
+        if let (Joining::No, Some(recorded)) = (join, recorded) {
             if recorded != requested {
                 return Err(StartError::OtherCluster {
                     recorded,
@@ -220,7 +249,11 @@ impl Node {
                 });
             }
         }
-        let cluster_id = if join { recorded } else { Some(requested) };
+        let cluster_id = if join == Joining::No {
+            Some(requested)
+        } else {
+            recorded
+        };
         let peers = Peers::new(cluster_id);
         let view = storage.state.view();
         let log_stats = storage.log.stats();
@@ -252,37 +285,11 @@ impl Node {
                 handing_over: AtomicBool::new(false),
                 leading: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
+                cluster: options.cluster,
+                join,
             }),
         };
-
-        let initialized = node
-            .inner
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized {
-            let formed = node.check_not_lost(&options.cluster).await?;
-            match (join, formed) {
-                (true, _) if !options.join => eprintln!(
-                    "node {id}: not in --initial-cluster, so it joins an existing cluster; \
-                     waiting to be added (`conclave ctl members add {id} ADDRESS`)"
-                ),
-                (true, _) => eprintln!(
-                    "node {id}: joining; waiting to be added (`conclave ctl members add {id} ADDRESS`)"
-                ),
-                (false, true) => {
-                    node.inner.identity.claim_cluster(requested).await?;
-                    eprintln!(
-                        "node {id}: the cluster already exists, so this empty node does not bootstrap it; \
-                         it waits for the leader (add it with `conclave ctl members add {id} ADDRESS` \
-                         if it is not a member)"
-                    );
-                }
-                (false, false) => node.bootstrap(&options.cluster).await?,
-            }
-        }
-        if initialized {
+        if node.initialized().await? {
             tokio::spawn(node.clone().enable_elections());
         } else {
             node.inner.raft.runtime_config().elect(true);
@@ -290,6 +297,86 @@ impl Node {
         tokio::spawn(node.clone().leader_housekeeping());
         tokio::spawn(node.clone().register_incarnation());
         Ok(node)
+    }
+
+    async fn initialized(&self) -> Result<bool, StartError> {
+        self.inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))
+    }
+
+    /// Brings a fresh node into its cluster; returns at once for a node with Raft state. Call it
+    /// once the node's listener serves `Peer`.
+    ///
+    /// A listed node first asks the other listed nodes about themselves (`Peer.Identify`). It
+    /// refuses to go on if one belongs to another cluster or remembers this node with another
+    /// data directory (this node's data was lost: with an empty log it could vote for a leader
+    /// missing acknowledged writes). If one already belongs to the cluster, it waits for the
+    /// leader (it is a member the leader has not reached yet, or a replacement waiting for
+    /// `ctl members add`), unless no leader has been elected there yet. Otherwise it creates the
+    /// cluster (`Raft::initialize` with the listed members; every listed node does the same with
+    /// the same list) once a majority of the listed nodes, itself included, answer that they are
+    /// fresh too or have just created it, and keeps asking until then. A fresh node alone never creates the cluster: after a whole-site restart it may be
+    /// the one whose disk was lost, asking before the nodes that would recognise it are back.
+    /// A joining node asks once, for the same refusals, then waits to be added.
+    pub async fn form(&self) -> Result<(), StartError> {
+        if self.initialized().await? {
+            return Ok(());
+        }
+        let id = self.inner.id;
+        let cluster = &self.inner.cluster;
+        let needed = cluster.members().len() / 2 + 1;
+        let mut said_waiting = false;
+        loop {
+            let survey = self.survey_peers().await?;
+            match self.inner.join {
+                Joining::Unlisted => {
+                    eprintln!(
+                        "node {id}: not in --initial-cluster, so it joins an existing cluster; \
+                         waiting to be added (`conclave ctl members add {id} ADDRESS`)"
+                    );
+                    return Ok(());
+                }
+                Joining::Asked => {
+                    eprintln!(
+                        "node {id}: joining; waiting to be added (`conclave ctl members add {id} ADDRESS`)"
+                    );
+                    return Ok(());
+                }
+                Joining::No => {}
+            }
+            if survey.formed {
+                self.inner
+                    .identity
+                    .claim_cluster(cluster.cluster_id())
+                    .await?;
+                eprintln!(
+                    "node {id}: the cluster already exists, so this empty node does not bootstrap it; \
+                     it waits for the leader (add it with `conclave ctl members add {id} ADDRESS` \
+                     if it is not a member)"
+                );
+                return Ok(());
+            }
+            if survey.fresh + 1 >= needed {
+                return self.bootstrap(cluster).await;
+            }
+            // A leader may have reached this node meanwhile (the others formed the cluster).
+            if self.initialized().await? {
+                return Ok(());
+            }
+            if !said_waiting {
+                eprintln!(
+                    "node {id}: waiting for {needed} of the {} nodes in --initial-cluster to be up \
+                     and empty before creating the cluster ({} so far, this one included)",
+                    cluster.members().len(),
+                    survey.fresh + 1
+                );
+                said_waiting = true;
+            }
+            tokio::time::sleep(FORM_RETRY).await;
+        }
     }
 
     /// A restarted node first gives the leader time to reach it: openraft has no pre-vote, so an
@@ -433,30 +520,37 @@ impl Node {
         self.inner.leader_heard.notify_one();
     }
 
-    /// For a node with no Raft state: asks the listed peers whether they belong to another
-    /// cluster, or remember this node id with another data directory (its data was lost, and
-    /// rejoining under the same id would let it vote with an empty log). Peers that do not answer
-    /// are skipped: a cluster being created starts its nodes in any order. Returns whether a peer
-    /// already belongs to this node's cluster (the cluster has been formed).
-    async fn check_not_lost(&self, cluster: &ClusterSpec) -> Result<bool, StartError> {
+    /// For a node with no Raft state: asks the other listed nodes, all at once, about
+    /// themselves. Fails if one belongs to another cluster, or remembers this node id with
+    /// another data directory or has replicated to it as leader (its data was lost). Nodes that
+    /// do not answer are counted as neither formed nor fresh.
+    async fn survey_peers(&self) -> Result<Survey, StartError> {
         let ours = self.inner.peers.cluster_id();
-        let mut formed = false;
-        for (peer, address) in cluster.members() {
+        let mut probes = tokio::task::JoinSet::new();
+        for (peer, address) in self.inner.cluster.members() {
             if *peer == self.inner.id {
                 continue;
             }
-            let Ok(answer) = self
-                .inner
-                .peers
-                .identify(address, self.inner.id, PROBE_TIMEOUT)
-                .await
-            else {
+            let (peers, peer, address, me) = (
+                self.inner.peers.clone(),
+                *peer,
+                address.clone(),
+                self.inner.id,
+            );
+            probes.spawn(async move {
+                let answer = peers.identify(&address, me, PROBE_TIMEOUT).await;
+                (peer, address, answer)
+            });
+        }
+        let mut survey = Survey::default();
+        while let Some(probe) = probes.join_next().await {
+            let Ok((peer, address, Ok(answer))) = probe else {
                 continue;
             };
             if let Some(ours) = ours.filter(|o| answer.cluster_id != 0 && answer.cluster_id != *o) {
                 return Err(StartError::PeerInOtherCluster {
-                    peer: *peer,
-                    address: address.clone(),
+                    peer,
+                    address,
                     theirs: answer.cluster_id,
                     ours,
                 });
@@ -468,12 +562,17 @@ impl Node {
             if remembered || replicated.is_some() {
                 return Err(StartError::DataLost {
                     id: self.inner.id,
-                    peer: *peer,
+                    peer,
                 });
             }
-            formed |= ours.is_some_and(|o| answer.cluster_id == o);
+            let same_cluster = ours.is_some_and(|o| answer.cluster_id == o);
+            if same_cluster && answer.last_log_index.is_some_and(|i| i > 0) {
+                survey.formed = true;
+            } else if same_cluster {
+                survey.fresh += 1;
+            }
         }
-        Ok(formed)
+        Ok(survey)
     }
 
     /// Records the cluster id and initializes Raft with the listed members.
@@ -738,7 +837,25 @@ impl Node {
             cluster_id: self.inner.peers.cluster_id().unwrap_or(0),
             replicated_to_caller,
             recorded_incarnation: self.inner.view.read(|m| m.incarnation(caller)),
+            last_log_index: metrics
+                .membership_config
+                .log_id()
+                .is_some()
+                .then(|| metrics.last_log_index.unwrap_or(0)),
         }
+    }
+
+    /// Whether this node has Raft state: it created the cluster or a leader brought it in. One
+    /// without must not vote: it may be a node whose data was lost, not yet refused, and its
+    /// vote could elect a leader missing acknowledged writes.
+    pub(crate) fn may_vote(&self) -> bool {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .log_id()
+            .is_some()
     }
 
     /// The node's view of the cluster.

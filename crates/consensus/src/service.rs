@@ -63,6 +63,12 @@ impl Peer for PeerService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request).await?;
+        if !self.node.may_vote() {
+            return Err(Status::unavailable(format!(
+                "node {} has no Raft state yet, so it does not vote",
+                self.node.id()
+            )));
+        }
         let rpc: VoteRequest<NodeId> = decode(&request.into_inner().payload)?;
         reply(&self.node.raft().vote(rpc).await)
     }

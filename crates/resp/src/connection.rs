@@ -63,9 +63,9 @@ struct Connection {
     closing: bool,
 }
 
-/// Runs a connection to its end.
-pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
-    let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+/// Runs a connection to its end. `clients` is the number of open connections, this one
+/// included (counted by the accept loop, which also waits for them to end when stopping).
+pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, clients: usize) {
     let (mut reader, mut writer) = socket.into_split();
     if clients > shared.options.max_clients {
         let _ = writer

@@ -127,6 +127,8 @@ pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
 /// Serves RESP on `listener` until `stopping` turns true (the node is shutting down): then it
 /// accepts no more connections, and each connection closes once it has answered what it had
 /// read, so a client sees its in-flight commands answered and reconnects elsewhere or later.
+/// Returns once every connection has closed, or after the write deadline and a second more (a
+/// write held through an election has had its answer by then): stop the node only after that.
 pub async fn serve(
     listener: TcpListener,
     node: Node,
@@ -154,7 +156,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stopped(&mut stopping) => return,
+            _ = stopped(&mut stopping) => break,
         };
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -167,9 +169,15 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(true);
         shared.connections_received.fetch_add(1, Ordering::Relaxed);
+        let clients = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
         let shared = shared.clone();
         tokio::spawn(async move {
-            connection::run(shared, socket, peer).await;
+            connection::run(shared, socket, peer, clients).await;
         });
+    }
+    drop(listener);
+    let deadline = Instant::now() + shared.options.write_deadline + Duration::from_secs(1);
+    while shared.clients.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

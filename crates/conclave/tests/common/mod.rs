@@ -185,6 +185,23 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for node `id`'s process to exit by itself; returns how it ended.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let child = node.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                node.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends node `id` SIGTERM without waiting for it to exit.
     pub fn terminate(&self, id: u64) {
         self.signal(id, "-TERM");
@@ -315,6 +332,19 @@ impl Cluster {
         for id in self.nodes.keys() {
             let path = self.dir.path().join(format!("node{id}.log"));
             let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // A panic explains what follows it, however far back it is.
+            let lines: Vec<&str> = text.lines().collect();
+            for (at, _) in lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.contains("panicked at"))
+            {
+                out.push_str(&format!("--- node {id} panicked ---\n"));
+                for line in lines.iter().skip(at).take(3) {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!("--- node {id} log (last lines) ---\n"));
             for line in tail.into_iter().rev() {
