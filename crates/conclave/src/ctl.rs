@@ -156,7 +156,11 @@ async fn readiness(client: &Client) -> Result<String, String> {
         )
     })?
     .map_err(|e| e.to_string())?;
-    let applied = client.status().await.map_err(|e| e.to_string())?.applied;
+    let applied = tokio::time::timeout(PROBE_TIMEOUT, client.status())
+        .await
+        .map_err(|_| "the node did not answer in time".to_string())?
+        .map_err(|e| e.to_string())?
+        .applied;
     Ok(format!(
         "ready: node {} ({}), leader {leader}, applied {applied}",
         status.id, status.role

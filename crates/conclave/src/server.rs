@@ -162,7 +162,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             if let Some(successor) = stopping_node.hand_over(HANDOVER_WITHIN).await {
                 eprintln!("conclave node {id}: handed the leadership to node {successor}");
             }
+            // RESP connections answer what they had read while this node still takes part
+            // (a session read after a write needs the leader's next entries to arrive).
             stop_resp.send_replace(true);
+            if let Some(drained) = resp_drained {
+                let _ = drained.await;
+            }
             stopping.notify_one();
         });
     // A fresh node is brought into its cluster while its listener answers the other nodes'
@@ -186,10 +191,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             stop.notified().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => {}
-    }
-    // RESP connections answer what they had read (a write may be waiting for a leader) first.
-    if let Some(drained) = resp_drained {
-        let _ = drained.await;
     }
     node.shutdown().await;
     eprintln!("conclave node {id} stopped");

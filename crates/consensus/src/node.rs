@@ -1,6 +1,6 @@
 //! A running Conclave node: openraft plus storage, bootstrap, forwarding and read barriers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 const REAP_BATCH: usize = 1000;
 /// How long bootstrap waits for each peer to answer an identity probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a stopping leader waits for a successor to answer `Peer.TimeoutNow`.
+const TIMEOUT_NOW_WITHIN: Duration = Duration::from_millis(500);
 /// Pause between surveys while a fresh node waits for a majority of the listed nodes.
 const FORM_RETRY: Duration = Duration::from_millis(200);
 
@@ -165,6 +167,8 @@ struct Inner {
     leading: AtomicU64,
     /// Set by [`Node::stop_elections`]: elections stay off until the process exits.
     stopping: AtomicBool,
+    /// Set once the node answers Raft messages (see [`Node::takes_part`]).
+    takes_part: AtomicBool,
     /// The `--initial-cluster` list, and whether this node joins rather than creates.
     cluster: ClusterSpec,
     join: Joining,
@@ -285,11 +289,13 @@ impl Node {
                 handing_over: AtomicBool::new(false),
                 leading: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
+                takes_part: AtomicBool::new(false),
                 cluster: options.cluster,
                 join,
             }),
         };
         if node.initialized().await? {
+            node.inner.takes_part.store(true, Ordering::SeqCst);
             tokio::spawn(node.clone().enable_elections());
         } else {
             node.inner.raft.runtime_config().elect(true);
@@ -318,10 +324,22 @@ impl Node {
     /// `ctl members add`), unless no leader has been elected there yet. Otherwise it creates the
     /// cluster (`Raft::initialize` with the listed members; every listed node does the same with
     /// the same list) once a majority of the listed nodes, itself included, answer that they are
-    /// fresh too or have just created it, and keeps asking until then. A fresh node alone never creates the cluster: after a whole-site restart it may be
-    /// the one whose disk was lost, asking before the nodes that would recognise it are back.
-    /// A joining node asks once, for the same refusals, then waits to be added.
+    /// fresh too or have just created it, and keeps asking until then. A fresh node alone never
+    /// creates the cluster: after a whole-site restart it may be the one whose disk was lost,
+    /// asking before the nodes that would recognise it are back. A joining node asks once, for
+    /// the same refusals, then waits to be added.
+    ///
+    /// Until it has decided, the node refuses Raft messages (see [`Node::takes_part`]): a leader
+    /// replicating to it meanwhile would make it look like a node the cluster already knew.
     pub async fn form(&self) -> Result<(), StartError> {
+        let decided = self.decide_how_to_join().await;
+        if decided.is_ok() {
+            self.inner.takes_part.store(true, Ordering::SeqCst);
+        }
+        decided
+    }
+
+    async fn decide_how_to_join(&self) -> Result<(), StartError> {
         if self.initialized().await? {
             return Ok(());
         }
@@ -361,10 +379,6 @@ impl Node {
             }
             if survey.fresh + 1 >= needed {
                 return self.bootstrap(cluster).await;
-            }
-            // A leader may have reached this node meanwhile (the others formed the cluster).
-            if self.initialized().await? {
-                return Ok(());
             }
             if !said_waiting {
                 eprintln!(
@@ -440,42 +454,51 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let mut metrics = self.inner.raft.metrics();
-        // The first voter whose log matches this leader's last entry.
-        let (successor, address, term) = loop {
-            {
-                let m = metrics.borrow_and_update();
-                if m.current_leader != Some(me) {
-                    return m.current_leader;
+        let mut declined = BTreeSet::new();
+        loop {
+            // The first voter, not yet asked, whose log matches this leader's last entry.
+            let (successor, address, term) = loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if m.current_leader != Some(me) {
+                        return m.current_leader;
+                    }
+                    let membership = m.membership_config.membership();
+                    let mut others = membership
+                        .voter_ids()
+                        .filter(|id| *id != me && !declined.contains(id))
+                        .peekable();
+                    others.peek()?;
+                    let last = m.last_log_index;
+                    let matched = |id: &NodeId| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(id))
+                            .is_some_and(|log_id| log_id.map(|l| l.index) == last)
+                    };
+                    if let Some(id) = others.find(matched) {
+                        let address = membership.get_node(&id)?.addr.clone();
+                        break (id, address, m.current_term);
+                    }
                 }
-                let membership = m.membership_config.membership();
-                let mut others = membership.voter_ids().filter(|id| *id != me).peekable();
-                others.peek()?;
-                let last = m.last_log_index;
-                let matched = |id: &NodeId| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(id))
-                        .is_some_and(|log_id| log_id.map(|l| l.index) == last)
-                };
-                if let Some(id) = others.find(matched) {
-                    let address = membership.get_node(&id)?.addr.clone();
-                    break (id, address, m.current_term);
+                metrics.changed().await.ok()?;
+            };
+            let request = TimeoutNowRequest {
+                leader_id: me,
+                term,
+            };
+            match self
+                .inner
+                .peers
+                .timeout_now(&address, request, TIMEOUT_NOW_WITHIN)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!("node {me}: node {successor} did not take the leadership: {e}");
+                    declined.insert(successor);
                 }
             }
-            metrics.changed().await.ok()?;
-        };
-        let request = TimeoutNowRequest {
-            leader_id: me,
-            term,
-        };
-        let asked = self
-            .inner
-            .peers
-            .timeout_now(&address, request, self.inner.timing.request_timeout)
-            .await;
-        if let Err(e) = asked {
-            tracing::warn!("node {me}: node {successor} did not take the leadership: {e}");
-            return None;
         }
         loop {
             if let Some(leader) = metrics.borrow_and_update().current_leader {
@@ -500,6 +523,12 @@ impl Node {
                 .any(|id| id == self.inner.id);
             (m.current_leader, m.current_term, voter)
         };
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!(
+                "node {} is stopping too",
+                self.inner.id
+            )));
+        }
         if known_leader != Some(leader) || known_term != term || !voter {
             return Err(Status::failed_precondition(format!(
                 "node {} follows {known_leader:?} in term {known_term} (voter: {voter}), \
@@ -845,17 +874,25 @@ impl Node {
         }
     }
 
+    /// Whether this node answers Raft messages: it had Raft state when it started, or
+    /// [`Node::form`] has decided how it comes into the cluster.
+    pub(crate) fn takes_part(&self) -> bool {
+        self.inner.takes_part.load(Ordering::SeqCst)
+    }
+
     /// Whether this node has Raft state: it created the cluster or a leader brought it in. One
     /// without must not vote: it may be a node whose data was lost, not yet refused, and its
     /// vote could elect a leader missing acknowledged writes.
     pub(crate) fn may_vote(&self) -> bool {
-        self.inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .log_id()
-            .is_some()
+        self.takes_part()
+            && self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .log_id()
+                .is_some()
     }
 
     /// The node's view of the cluster.

@@ -32,6 +32,20 @@ impl PeerService {
     async fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.node.admit(request).await
     }
+
+    /// Admits a Raft message: refused while this fresh node is still deciding how it comes
+    /// into the cluster (see `Node::form`).
+    async fn admit_raft<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.admit(request).await?;
+        if self.node.takes_part() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(format!(
+                "node {} is still asking the other nodes how it comes into the cluster",
+                self.node.id()
+            )))
+        }
+    }
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
@@ -46,7 +60,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)?;
         self.node.heard_from_leader();
         reply(&self.node.raft().append_entries(rpc).await)
@@ -56,13 +70,13 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.into_inner().payload)?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.admit(&request).await?;
+        self.admit_raft(&request).await?;
         if !self.node.may_vote() {
             return Err(Status::unavailable(format!(
                 "node {} has no Raft state yet, so it does not vote",

@@ -112,6 +112,10 @@ pub enum Command {
     /// Record which data directory (its incarnation, chosen when the directory was created) node
     /// `node` runs on, so a node that lost its data cannot rejoin under its old id unnoticed.
     RegisterNode { node: u64, incarnation: u64 },
+    /// Forget node `node`'s incarnation. No longer proposed (applying a membership entry forgets
+    /// the nodes it leaves out); kept, with its effect, so logs written before still decode and
+    /// replay the same.
+    ForgetNode { node: u64 },
     /// Check every comparison, then run `success` if all hold, else `failure`, as one entry.
     Txn(Box<Transaction>),
     /// Start a lease that lives `ttl_ms` (at least [`MIN_LEASE_TTL_MS`]) unless kept alive.
@@ -250,6 +254,7 @@ impl Command {
             Command::Query(query) => query.payload_bytes(),
             Command::LeaseExpire { leases } => 8 * leases.len(),
             Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseKeepAlive { .. }
             | Command::LeaseRevoke { .. }
@@ -293,6 +298,7 @@ impl Command {
             Command::Query(_) => "query",
             Command::Reap { .. } => "reap",
             Command::RegisterNode { .. } => "register-node",
+            Command::ForgetNode { .. } => "forget-node",
             Command::Txn(_) => "txn",
             Command::LeaseGrant { .. } => "lease-grant",
             Command::LeaseKeepAlive { .. } => "lease-keepalive",

@@ -150,6 +150,7 @@ impl Limits {
             Command::Query(query) => query.keys().into_iter().try_for_each(|k| self.check_key(k)),
             Command::LeaseExpire { leases } => self.check_items(leases.len()),
             Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
             | Command::LeaseGrant { .. }
             | Command::LeaseKeepAlive { .. }
             | Command::LeaseRevoke { .. }

@@ -255,6 +255,9 @@ impl Machine {
                 let changed = self.incarnations.insert(*node, *incarnation) != Some(*incarnation);
                 Outcome::Count(u64::from(changed))
             }
+            Command::ForgetNode { node } => {
+                Outcome::Count(u64::from(self.incarnations.remove(node).is_some()))
+            }
             Command::Reap { keys } => {
                 let expired = keys
                     .iter()

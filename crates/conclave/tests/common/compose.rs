@@ -145,11 +145,25 @@ impl Compose {
     /// `compose up -d` as an operator types it: three nodes and their media nodes.
     pub fn up(&self) {
         let output = self.run_compose(&[], &["up", "-d"]);
-        assert!(
-            output.status.success(),
-            "compose up -d failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        if !output.status.success() {
+            // What each node's health check said, and the end of its log.
+            let mut nodes = String::new();
+            for id in 1..=3 {
+                let service = format!("conclave-{id}");
+                let health = self.inspect(&service, "{{json .State.Health}}");
+                let logs = self.logs(&service);
+                let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+                nodes.push_str(&format!("--- {service} health: {health}\n"));
+                for line in tail.into_iter().rev() {
+                    nodes.push_str(line);
+                    nodes.push('\n');
+                }
+            }
+            panic!(
+                "compose up -d failed:\n{}\n{nodes}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 
     /// Runs `deploy/ops/<script>` with `args` on this project, failing the test if it fails.
