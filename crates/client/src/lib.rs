@@ -128,6 +128,11 @@ impl Client {
                 .map_err(|_| Error::BadEndpoint(address.clone()))?
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
+                // A node whose host vanished never closes the connection: HTTP/2 pings find it
+                // gone within about two seconds, and the call in flight fails over.
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(1))
+                .keep_alive_while_idle(true)
                 .connect_lazy();
             channels.push((address, channel));
         }

@@ -107,8 +107,8 @@ impl Peers {
             .map_err(|e| Status::invalid_argument(format!("bad peer address {address}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1));
         Ok(endpoint.connect_lazy())
     }
 

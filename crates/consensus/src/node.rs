@@ -767,14 +767,20 @@ impl Node {
                         Err(_) => Err("the leader (this node) did not commit in time".to_string()),
                     }
                 }
-                Some((leader, address)) => self
-                    .inner
-                    .peers
-                    .forward(&address, &request, remaining)
-                    .await
-                    .map_err(|status| {
-                        format!("leader {leader} at {address}: {}", status.message())
-                    }),
+                Some((leader, address)) => {
+                    let forwarded = self.inner.peers.forward(&address, &request, remaining);
+                    // A leader that vanished without closing its connections (its host or
+                    // container gone) never answers: give up on it once the others replace it,
+                    // and send the request again (a write with its id applies once).
+                    tokio::select! {
+                        answer = forwarded => answer.map_err(|status| {
+                            format!("leader {leader} at {address}: {}", status.message())
+                        }),
+                        () = self.leader_replaced(leader) => {
+                            Err(format!("leader {leader} was replaced before it answered"))
+                        }
+                    }
+                }
                 None => Err("no leader is known (election in progress)".to_string()),
             };
             match outcome {
@@ -785,6 +791,16 @@ impl Node {
                 Err(reason) => problem = reason,
             }
             tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+        }
+    }
+
+    /// Resolves once this node no longer takes `leader` for the leader.
+    async fn leader_replaced(&self, leader: NodeId) {
+        let mut metrics = self.inner.raft.metrics();
+        while metrics.borrow_and_update().current_leader == Some(leader) {
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
