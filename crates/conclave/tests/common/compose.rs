@@ -283,8 +283,8 @@ impl Drop for Compose {
     }
 }
 
-/// Writes `load/<n>` keys one after another until stopped, recording what was acknowledged and
-/// what failed, as a client application would see it.
+/// Writes `<prefix>/<n>` keys one after another until stopped, recording what was acknowledged
+/// and what failed, as a client application would see it.
 pub struct Load {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<LoadReport>,
@@ -300,6 +300,10 @@ pub struct LoadReport {
 
 impl Load {
     pub fn start(client: Client) -> Load {
+        Self::start_named(client, "load")
+    }
+
+    pub fn start_named(client: Client, prefix: &'static str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
@@ -307,7 +311,7 @@ impl Load {
             let mut n = 0u64;
             while !stopping.load(Ordering::Relaxed) {
                 n += 1;
-                let (key, value) = (format!("load/{n:06}"), format!("value-{n}"));
+                let (key, value) = (format!("{prefix}/{n:06}"), format!("value-{n}"));
                 let started = Instant::now();
                 let result = client.set(&key, &value).await;
                 report.slowest = report.slowest.max(started.elapsed());
