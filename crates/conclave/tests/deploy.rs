@@ -318,12 +318,13 @@ async fn the_cluster_grows_to_five_and_shrinks_back_online() {
     let mid = client.set("at-five", "5").await.unwrap();
     for id in [4, 5] {
         let node = compose.client(&[id]).await;
-        let got = node
-            .get_with("at-five", Consistency::Session)
-            .await
-            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.status().await.unwrap().applied < mid {
+            assert!(Instant::now() < deadline, "node {id} did not apply {mid}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = node.get_with("at-five", Consistency::Local).await.unwrap();
         assert_eq!(got.map(|kv| kv.value), Some(b"5".to_vec()));
-        assert!(node.status().await.unwrap().applied >= mid);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.media_nodes(false).await.unwrap().len() < 5 {
