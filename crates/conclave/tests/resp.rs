@@ -575,14 +575,20 @@ async fn a_session_on_a_surviving_node_keeps_working_while_the_leader_is_killed(
     assert_ne!(new_leader, leader);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
-    let _serial = serial().await;
+/// A cluster whose nodes 2 and 3 are dead, and a connection to node 1 that wrote `k` before.
+async fn node_1_without_a_quorum() -> (Cluster, RespConnection) {
     let mut cluster = resp_cluster().await;
     let mut connection = RespConnection::connect(&cluster.resp(1));
     assert_eq!(connection.cmd("SET k before"), Frame::status("OK"));
     cluster.kill(2);
     cluster.kill(3);
+    (cluster, connection)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
+    let _serial = serial().await;
+    let (_cluster, mut connection) = node_1_without_a_quorum().await;
     let started = Instant::now();
     let reply = tokio::task::block_in_place(|| connection.cmd("SET k after"));
     let waited = started.elapsed();
@@ -598,11 +604,7 @@ async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_for_a_leader_is_still_answered_when_its_node_stops() {
     let _serial = serial().await;
-    let mut cluster = resp_cluster().await;
-    let mut connection = RespConnection::connect(&cluster.resp(1));
-    assert_eq!(connection.cmd("SET k before"), Frame::status("OK"));
-    cluster.kill(2);
-    cluster.kill(3);
+    let (cluster, mut connection) = node_1_without_a_quorum().await;
     // The write waits for a leader (until its deadline) while the node is told to stop: the
     // node must answer it before it exits, not cut the connection.
     connection.send(&[b"SET", b"k", b"after"]);
