@@ -1,4 +1,4 @@
-//! The `Cluster` service: status and membership.
+//! The `Cluster` service: status, membership and leadership transfer.
 
 use conclave_consensus::{AdminRequest, MemberView, MembershipView, Node};
 use conclave_proto::v1::cluster_server::{Cluster, ClusterServer};
@@ -112,5 +112,18 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let id = request.get_ref().id;
         self.change(request, AdminRequest::Remove { id }).await
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<TransferLeadershipRequest>,
+    ) -> Result<Response<TransferLeadershipResponse>, Status> {
+        let deadline = deadline(&request, self.node.request_timeout());
+        let (leader, term) = self
+            .node
+            .transfer_leadership(request.get_ref().to, deadline)
+            .await
+            .map_err(node_error)?;
+        Ok(Response::new(TransferLeadershipResponse { leader, term }))
     }
 }

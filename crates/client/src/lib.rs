@@ -315,6 +315,20 @@ impl Client {
         .await
     }
 
+    /// Moves the leadership to voter `to` (any caught-up voter if None); returns the leader
+    /// afterwards and its term. Writes are held while it moves, not failed.
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<(u64, u64), Error> {
+        let response = self
+            .with_failover(|channel| async move {
+                ClusterClient::new(channel)
+                    .transfer_leadership(v1::TransferLeadershipRequest { to })
+                    .await
+            })
+            .await?
+            .into_inner();
+        Ok((response.leader, response.term))
+    }
+
     /// One `Cluster` membership call with failover.
     async fn membership_call<F, Fut>(&self, call: F) -> Result<v1::MembershipResponse, Error>
     where

@@ -78,6 +78,13 @@ enum CtlCommand {
         #[command(subcommand)]
         command: MembersCommand,
     },
+    /// Move the leadership (before maintenance on the leader's host): to voter --to, or to any
+    /// voter holding the leader's whole log. Writes are held while it moves, not failed. Prints
+    /// the leader afterwards and its term as JSON.
+    TransferLeader {
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +343,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             println!("{}", serde_json::Value::from(nodes));
+        }
+        CtlCommand::TransferLeader { to } => {
+            let (leader, term) = client.transfer_leadership(to).await?;
+            println!("{}", serde_json::json!({ "leader": leader, "term": term }));
         }
         CtlCommand::Members { command } => match command {
             MembersCommand::Add {

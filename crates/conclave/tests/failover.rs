@@ -478,3 +478,80 @@ async fn after_a_site_restart_an_empty_node_waits_for_its_peers_and_is_refused()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leadership_moves_on_request_and_no_write_fails() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let term = cluster.status(leader).await.unwrap().term;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Instant::now() + Duration::from_secs(3);
+    let mut writers = Vec::new();
+    for id in 1..=3 {
+        let client = cluster.client_preferring(id).await;
+        writers.push(spawn_writer(
+            client,
+            format!("via{id}"),
+            ledger.clone(),
+            stop,
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ctl = |via: u64, args: &[&str]| {
+        std::process::Command::new(common::binary())
+            .args([
+                "ctl",
+                "--endpoint",
+                &cluster.endpoint(via),
+                "transfer-leader",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let answer = |output: &std::process::Output| -> (u64, u64) {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (
+            json["leader"].as_u64().unwrap(),
+            json["term"].as_u64().unwrap(),
+        )
+    };
+
+    // Asked through a follower, to the other follower.
+    let target = followers[1];
+    let moved = answer(&ctl(followers[0], &["--to", &target.to_string()]));
+    assert_eq!(moved, (target, term + 1));
+    assert_eq!(cluster.wait_leader(Duration::from_secs(10)).await, target);
+    // To whichever voter holds the whole log.
+    let (next, next_term) = answer(&ctl(leader, &[]));
+    assert_ne!(next, target, "{}", cluster.logs());
+    assert_eq!(next_term, term + 2, "{}", cluster.logs());
+    // Only to a voter.
+    let refused = ctl(leader, &["--to", "9"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("node 9 is not a voter"));
+
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let (acked, failed) = {
+        let ledger = ledger.lock().unwrap();
+        (ledger.acked.clone(), ledger.failed)
+    };
+    assert_eq!(failed, 0, "writes failed while the leadership moved");
+    let client = cluster.client(next).await;
+    for (key, value) in &acked {
+        assert_eq!(
+            read_linearizable(&client, key).await.as_deref(),
+            Some(value.as_bytes()),
+            "{key}"
+        );
+    }
+}

@@ -19,6 +19,10 @@ pub(crate) enum LeaderRequest {
     ReadIndex,
     /// Change the membership.
     Admin(AdminRequest),
+    /// Hand the leadership to voter `to` (any caught-up voter if None); see `Node::hand_over`.
+    /// Asked in term `asked_in`: retried after the leadership has moved, a transfer to any voter
+    /// is done already. Run by the node itself, not by [`execute`].
+    Transfer { to: Option<NodeId>, asked_in: u64 },
 }
 
 /// A membership change.
@@ -42,6 +46,11 @@ pub(crate) enum LeaderReply {
     Write(WriteReply),
     ReadIndex(u64),
     Admin(MembershipView),
+    /// The leader after a transfer, and its term.
+    Transferred {
+        leader: NodeId,
+        term: u64,
+    },
 }
 
 /// Why the leader did not execute a request.
@@ -118,6 +127,9 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
             })?;
             Ok(LeaderReply::ReadIndex(read_log_id.map_or(0, |id| id.index)))
         }
+        LeaderRequest::Transfer { .. } => Err(LeaderError::Rejected(
+            "a leadership transfer is run by the node, not as a log write".into(),
+        )),
         LeaderRequest::Admin(admin) => {
             let response = match admin {
                 AdminRequest::Add {

@@ -25,6 +25,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 const REAP_BATCH: usize = 1000;
 /// How long bootstrap waits for each peer to answer an identity probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a requested leadership transfer may take on the leader.
+const TRANSFER_WITHIN: Duration = Duration::from_secs(2);
 /// How long a stopping leader waits for a successor to answer `Peer.TimeoutNow`.
 const TIMEOUT_NOW_WITHIN: Duration = Duration::from_millis(500);
 /// Pause between surveys while a fresh node waits for a majority of the listed nodes.
@@ -167,6 +169,9 @@ struct Inner {
     leading: AtomicU64,
     /// Set by [`Node::stop_elections`]: elections stay off until the process exits.
     stopping: AtomicBool,
+    /// The term this node last led in and when it was first seen leading in it (by the
+    /// housekeeping loop, so a little late: see [`Node::hand_over`]).
+    led_since: std::sync::Mutex<Option<(u64, Instant)>>,
     /// Set once the node answers Raft messages (see [`Node::takes_part`]).
     takes_part: AtomicBool,
     /// The `--initial-cluster` list, and whether this node joins rather than creates.
@@ -289,6 +294,7 @@ impl Node {
                 handing_over: AtomicBool::new(false),
                 leading: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
+                led_since: std::sync::Mutex::new(None),
                 takes_part: AtomicBool::new(false),
                 cluster: options.cluster,
                 join,
@@ -430,12 +436,17 @@ impl Node {
     /// larger one the other voters refuse until their lease on the old leader runs out, and the
     /// successor wins its next attempt.
     pub async fn hand_over(&self, within: Duration) -> Option<NodeId> {
+        self.hand_over_to(None, within).await
+    }
+
+    /// [`Node::hand_over`] to voter `to` only, if given.
+    async fn hand_over_to(&self, to: Option<NodeId>, within: Duration) -> Option<NodeId> {
         let me = self.inner.id;
         if self.inner.raft.metrics().borrow().current_leader != Some(me) {
             return None;
         }
         self.inner.handing_over.store(true, Ordering::SeqCst);
-        let successor = tokio::time::timeout(within, self.hand_over_to_caught_up_voter()).await;
+        let successor = tokio::time::timeout(within, self.hand_over_to_caught_up_voter(to)).await;
         self.inner.handing_over.store(false, Ordering::SeqCst);
         match successor {
             Ok(Some(successor)) => Some(successor),
@@ -447,8 +458,17 @@ impl Node {
         }
     }
 
-    async fn hand_over_to_caught_up_voter(&self) -> Option<NodeId> {
+    async fn hand_over_to_caught_up_voter(&self, to: Option<NodeId>) -> Option<NodeId> {
         let me = self.inner.id;
+        // A leader's own vote carries a lease from its election (the election maximum): until it
+        // has run out this node would refuse its successor the vote it needs.
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let lease = Duration::from_millis(self.inner.timing.election_max_ms + 20);
+        let led_since = match *self.inner.led_since.lock().expect("lock poisoned") {
+            Some((led_term, since)) if led_term == term => since,
+            _ => Instant::now(),
+        };
+        tokio::time::sleep_until((led_since + lease).into()).await;
         // Requests that began before the handover finish first: after them the log stays put.
         while self.inner.leading.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -467,6 +487,7 @@ impl Node {
                     let mut others = membership
                         .voter_ids()
                         .filter(|id| *id != me && !declined.contains(id))
+                        .filter(|id| to.is_none_or(|to| to == *id))
                         .peekable();
                     others.peek()?;
                     let last = m.last_log_index;
@@ -762,7 +783,8 @@ impl Node {
             }
             let outcome = match self.leader() {
                 Some((leader, _)) if leader == self.inner.id => {
-                    match tokio::time::timeout(remaining, self.lead(request.clone())).await {
+                    match tokio::time::timeout(remaining, self.execute_here(request.clone())).await
+                    {
                         Ok(result) => Ok(result),
                         Err(_) => Err("the leader (this node) did not commit in time".to_string()),
                     }
@@ -813,7 +835,69 @@ impl Node {
         if !leads {
             return Err(LeaderError::NotLeader);
         }
-        self.lead(request).await
+        self.execute_here(request).await
+    }
+
+    /// Executes `request` on this node, the leader.
+    async fn execute_here(&self, request: LeaderRequest) -> Result<LeaderReply, LeaderError> {
+        match request {
+            LeaderRequest::Transfer { to, asked_in } => self.transfer(to, asked_in).await,
+            request => self.lead(request).await,
+        }
+    }
+
+    /// Hands this leader's leadership to `to` (or to any caught-up voter, unless it has moved
+    /// since term `asked_in`: the request is a retry of one that did it).
+    async fn transfer(
+        &self,
+        to: Option<NodeId>,
+        asked_in: u64,
+    ) -> Result<LeaderReply, LeaderError> {
+        let me = self.inner.id;
+        let (term, voters) = {
+            let m = self.inner.raft.metrics().borrow().clone();
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.current_term, voters)
+        };
+        match to {
+            Some(to) if to == me => return Ok(LeaderReply::Transferred { leader: me, term }),
+            None if term > asked_in => return Ok(LeaderReply::Transferred { leader: me, term }),
+            Some(to) if !voters.contains(&to) => {
+                return Err(LeaderError::Rejected(format!("node {to} is not a voter")));
+            }
+            None if voters.len() == 1 => {
+                return Err(LeaderError::Rejected(
+                    "this node is the only voter: there is no one to hand the leadership to".into(),
+                ));
+            }
+            _ => {}
+        }
+        match self.hand_over_to(to, TRANSFER_WITHIN).await {
+            Some(leader) => Ok(LeaderReply::Transferred {
+                leader,
+                term: self.inner.raft.metrics().borrow().current_term,
+            }),
+            None => Err(LeaderError::Unavailable(
+                "no voter took the leadership in time".into(),
+            )),
+        }
+    }
+
+    /// Moves the leadership to voter `to` (or to any caught-up voter), through the leader:
+    /// returns the leader afterwards and its term. Writes are held meanwhile, not failed.
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<NodeId>,
+        deadline: Instant,
+    ) -> Result<(NodeId, u64), NodeError> {
+        let asked_in = self.inner.raft.metrics().borrow().current_term;
+        match self
+            .on_leader(LeaderRequest::Transfer { to, asked_in }, deadline)
+            .await?
+        {
+            LeaderReply::Transferred { leader, term } => Ok((leader, term)),
+            other => unreachable!("a leadership transfer answered with {other:?}"),
+        }
     }
 
     /// Executes `request` as leader, unless a handover has begun; counted while it runs, so a
@@ -954,6 +1038,12 @@ impl Node {
             }
             if metrics.current_leader != Some(self.inner.id) {
                 continue;
+            }
+            {
+                let mut led_since = self.inner.led_since.lock().expect("lock poisoned");
+                if led_since.is_none_or(|(term, _)| term != metrics.current_term) {
+                    *led_since = Some((metrics.current_term, Instant::now()));
+                }
             }
             if renewed_in_term != Some(metrics.current_term) {
                 match self.propose_as_leader(Command::LeaseRenewAll).await {
