@@ -18,6 +18,28 @@ struct Ledger {
     failed: u64,
 }
 
+/// Asserts that no write in `ledger` failed and that every acknowledged one reads back through
+/// `client`; returns how many were acknowledged.
+async fn assert_none_failed_and_all_present(
+    ledger: &Mutex<Ledger>,
+    client: &conclave_client::Client,
+    during: &str,
+) -> usize {
+    let (acked, failed) = {
+        let ledger = ledger.lock().unwrap();
+        (ledger.acked.clone(), ledger.failed)
+    };
+    assert_eq!(failed, 0, "writes failed while {during}");
+    for (key, value) in &acked {
+        assert_eq!(
+            read_linearizable(client, key).await.as_deref(),
+            Some(value.as_bytes()),
+            "{key}"
+        );
+    }
+    acked.len()
+}
+
 /// Writes `prefix/N` keys through one node until `stop`, recording what was acknowledged.
 fn spawn_writer(
     client: conclave_client::Client,
@@ -373,20 +395,9 @@ async fn a_stopping_leader_hands_its_leadership_to_a_caught_up_follower() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let (acked, failed) = {
-        let ledger = ledger.lock().unwrap();
-        (ledger.acked.clone(), ledger.failed)
-    };
-    assert_eq!(failed, 0, "writes failed while the leader stopped");
-    assert!(acked.len() > 10, "writes went on: {}", acked.len());
     let client = cluster.client(followers[0]).await;
-    for (key, value) in &acked {
-        assert_eq!(
-            read_linearizable(&client, key).await.as_deref(),
-            Some(value.as_bytes()),
-            "{key}"
-        );
-    }
+    let acked = assert_none_failed_and_all_present(&ledger, &client, "the leader stopped").await;
+    assert!(acked > 10, "writes went on: {acked}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -541,17 +552,6 @@ async fn the_leadership_moves_on_request_and_no_write_fails() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let (acked, failed) = {
-        let ledger = ledger.lock().unwrap();
-        (ledger.acked.clone(), ledger.failed)
-    };
-    assert_eq!(failed, 0, "writes failed while the leadership moved");
     let client = cluster.client(next).await;
-    for (key, value) in &acked {
-        assert_eq!(
-            read_linearizable(&client, key).await.as_deref(),
-            Some(value.as_bytes()),
-            "{key}"
-        );
-    }
+    assert_none_failed_and_all_present(&ledger, &client, "the leadership moved").await;
 }
