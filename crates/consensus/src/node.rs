@@ -966,11 +966,7 @@ impl Node {
             cluster_id: self.inner.peers.cluster_id().unwrap_or(0),
             replicated_to_caller,
             recorded_incarnation: self.inner.view.read(|m| m.incarnation(caller)),
-            last_log_index: metrics
-                .membership_config
-                .log_id()
-                .is_some()
-                .then(|| metrics.last_log_index.unwrap_or(0)),
+            last_log_index: has_raft_state(&metrics).then(|| metrics.last_log_index.unwrap_or(0)),
         }
     }
 
@@ -984,15 +980,7 @@ impl Node {
     /// without must not vote: it may be a node whose data was lost, not yet refused, and its
     /// vote could elect a leader missing acknowledged writes.
     pub(crate) fn may_vote(&self) -> bool {
-        self.takes_part()
-            && self
-                .inner
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .log_id()
-                .is_some()
+        self.takes_part() && has_raft_state(&self.inner.raft.metrics().borrow())
     }
 
     /// The node's view of the cluster.
@@ -1148,6 +1136,11 @@ impl Node {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// Whether a node has Raft state: a membership from its own bootstrap or from a leader.
+fn has_raft_state(metrics: &openraft::RaftMetrics<NodeId, BasicNode>) -> bool {
+    metrics.membership_config.log_id().is_some()
 }
 
 /// A client id for this process's own writes: distinct across nodes and restarts.
