@@ -74,6 +74,9 @@ pub(crate) fn invalid(e: InvalidRequest) -> Status {
 pub(crate) fn node_error(e: NodeError) -> Status {
     match e {
         NodeError::Unavailable(reason) => Status::unavailable(reason),
+        // gRPC's code for "the deadline passed; a state change may have happened anyway": not
+        // retried by gRPC retry policies. The SDK retries it with the same write id.
+        NodeError::Indeterminate(reason) => Status::deadline_exceeded(reason),
         NodeError::Rejected(reason) => Status::invalid_argument(reason),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use conclave_consensus::{now_ms, Consistency, Node};
+use conclave_consensus::{Consistency, Node};
 use conclave_proto::v1::{ResponseHeader, WriteOptions};
 use conclave_state::{Command, Machine, Outcome, Revision, WriteReply, WriteRequest};
 use tonic::{Request, Status};
@@ -55,8 +55,9 @@ impl Gateway {
         self.node.write(request, deadline).await.map_err(node_error)
     }
 
-    /// Waits for the read barrier, then runs `read` on the replica at this node's clock; returns
-    /// the revision read with the answer.
+    /// Waits for the read barrier, then runs `read` on the replica at its replicated clock (the
+    /// largest stamp applied: every replica at one revision judges expiry alike); returns the
+    /// revision read with the answer.
     pub(crate) async fn read<R>(
         &self,
         consistency: Consistency,
@@ -67,10 +68,9 @@ impl Gateway {
             .read_barrier(consistency, deadline)
             .await
             .map_err(node_error)?;
-        let now = now_ms();
         self.node
             .view()
-            .read(|m| read(m, now).map(|r| (m.revision(), r)))
+            .read(|m| read(m, m.clock()).map(|r| (m.revision(), r)))
     }
 
     pub(crate) fn header(&self, revision: Revision) -> Option<ResponseHeader> {

@@ -1,6 +1,5 @@
 //! The `Lease` service: grant, keep alive, revoke and inspect leases.
 
-use conclave_consensus::now_ms;
 use conclave_proto::v1::lease_server::{Lease, LeaseServer};
 use conclave_proto::v1::*;
 use conclave_state::{Command, Outcome, WriteReply};
@@ -115,7 +114,7 @@ impl Lease for LeaseService {
         let r = request.into_inner();
         let (revision, lease) = self
             .gw
-            .read(consistency(r.read), deadline, |m, _| {
+            .read(consistency(r.read), deadline, |m, now| {
                 Ok(m.lease(r.id).map(|lease| {
                     let keys = lease.keys.iter().map(|key| LeaseAttachment {
                         key: key.to_vec(),
@@ -125,18 +124,19 @@ impl Lease for LeaseService {
                         key: key.to_vec(),
                         field: Some(field.to_vec()),
                     });
-                    (lease.ttl_ms, lease.deadline, keys.chain(fields).collect())
+                    let remaining = lease.deadline.saturating_sub(now);
+                    (lease.ttl_ms, remaining, keys.chain(fields).collect())
                 }))
             })
             .await?;
         let found = lease.is_some();
-        let (granted_ttl_ms, deadline_ms, attached) = lease.unwrap_or_default();
+        let (granted_ttl_ms, remaining_ms, attached) = lease.unwrap_or_default();
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.gw.header(revision),
             id: r.id,
             found,
             granted_ttl_ms,
-            remaining_ms: deadline_ms.saturating_sub(now_ms()),
+            remaining_ms,
             attached,
         }))
     }

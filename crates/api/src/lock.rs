@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use conclave_consensus::now_ms;
 use conclave_proto::v1::lock_server::{Lock, LockServer};
 use conclave_proto::v1::*;
 use conclave_state::{
@@ -80,7 +79,7 @@ impl LockService {
     async fn wait_for_release(&self, key: &Bytes, until: Instant) {
         let view = self.gw.node().view();
         loop {
-            if view.read(|m| m.record(key, now_ms()).is_none()) {
+            if view.read(|m| m.record(key, m.clock()).is_none()) {
                 return;
             }
             let remaining = until.saturating_duration_since(Instant::now());

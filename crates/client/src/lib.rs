@@ -359,8 +359,11 @@ impl Client {
 /// (client id, sequence), so they apply once.
 fn node_unreachable(status: &Status) -> bool {
     // A status that carries an error of the local transport stack (a refused or reset
-    // connection, an HTTP/2 stream broken mid-body) was not sent by a node.
-    status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
+    // connection, an HTTP/2 stream broken mid-body) was not sent by a node. A node answers
+    // DEADLINE_EXCEEDED for a write whose outcome it could not learn in time: every write of
+    // this client carries its write id, so sending it again applies it at most once.
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+        || std::error::Error::source(status).is_some()
 }
 
 /// Replies that carry a [`v1::ResponseHeader`].

@@ -67,6 +67,10 @@ pub struct ServerArgs {
     /// How long a RESP command may wait for a leader before it is answered TRYAGAIN.
     #[arg(long, default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64)]
     pub resp_deadline_ms: u64,
+    /// For tests: a file holding a signed number of milliseconds added to this node's wall
+    /// clock (re-read as it changes; missing or empty is 0), to step or skew one node's clock.
+    #[arg(long, env = "CONCLAVE_CLOCK_OFFSET_FILE", hide = true)]
+    pub clock_offset_file: Option<PathBuf>,
 }
 
 /// The node id given by `--id`, or derived from the host name.
@@ -111,6 +115,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         },
         snapshot_every: args.snapshot_every.max(1),
+        clock_offset_file: args.clock_offset_file.clone(),
+        source_ip: Some(address.ip()),
     };
     let node = Node::open(options).await?;
     tracing::info!(id, listen = %args.listen, "node serving");

@@ -239,3 +239,68 @@ fn a_node_refuses_a_data_dir_of_another_cluster_and_an_unlisted_id_only_joins() 
     let stderr = refused_start("1", &a, &dir.path().join("y"), "1=nowhere");
     assert!(stderr.contains("invalid --initial-cluster"), "{stderr}");
 }
+
+/// Node-to-node calls must announce their cluster: a Raft message or a pub/sub relay stream
+/// without the cluster id header is refused before it reaches Raft or the hub. Only the identity
+/// probe, which a `--join` node sends before it knows its cluster, is answered without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_calls_without_the_cluster_id_header_are_refused() {
+    use conclave_proto::peer::mesh_client::MeshClient;
+    use conclave_proto::peer::peer_client::PeerClient;
+    use conclave_proto::peer::{IdentifyRequest, RaftMessage, RelayBatch, RelayedMessage};
+
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let url = format!("http://{}", cluster.endpoint(follower));
+    let mut peer = PeerClient::connect(url.clone()).await.unwrap();
+
+    let refused = |status: tonic::Status, what: &str| {
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(
+            status.message().contains("conclave-cluster-id"),
+            "{what}: {}",
+            status.message()
+        );
+    };
+    let status = peer
+        .vote(RaftMessage { payload: vec![] })
+        .await
+        .unwrap_err();
+    refused(status, "vote");
+    let status = peer
+        .append_entries(RaftMessage { payload: vec![] })
+        .await
+        .unwrap_err();
+    refused(status, "append_entries");
+
+    // The probe a joining node sends before it has a cluster id is still answered.
+    let answer = peer
+        .identify(IdentifyRequest { caller_id: 99 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.node_id, follower);
+
+    let batch = RelayBatch {
+        origin_node: leader,
+        messages: vec![RelayedMessage {
+            channel: b"c".to_vec(),
+            payload: b"forged".to_vec(),
+            revision: 0,
+        }],
+        ..Default::default()
+    };
+    let status = MeshClient::connect(url)
+        .await
+        .unwrap()
+        .relay(tokio_stream::iter(vec![batch]))
+        .await
+        .unwrap_err();
+    refused(status, "relay");
+
+    // The node keeps serving.
+    let client = cluster.client(follower).await;
+    client.set("after", "v").await.unwrap();
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{media_node_binary, serial, Cluster};
+use common::{media_node_binary, serial, start_with_clock_offsets, Cluster};
 use conclave_client::{cmp, op, room_keys, v1, Error, LockOptions, WatchTarget};
 
 const DELETE: i32 = v1::EventType::EventDelete as i32;
@@ -156,6 +156,79 @@ async fn a_lease_kept_alive_survives_the_loss_of_the_leader() {
         assert!(Instant::now() < deadline, "the lease never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_on_the_leader_ends_no_kept_lease_and_no_ttl_lock() {
+    let _serial = serial().await;
+    let (cluster, offsets) = start_with_clock_offsets(3, &[], false);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let a = cluster.client(leader).await;
+    let b = cluster.client(follower).await;
+    let lease = a.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let _keeper = a.keep_alive(lease);
+    let on_lease = LockOptions {
+        lease: Some(lease.id),
+        ..Default::default()
+    };
+    let with_ttl = LockOptions {
+        ttl: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    a.lock("job", "a", on_lease).await.unwrap().expect("free");
+    a.lock("ttl-job", "a", with_ttl)
+        .await
+        .unwrap()
+        .expect("free");
+
+    // The leader's wall clock jumps a minute ahead.
+    std::fs::write(&offsets[&leader], "60000").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.wait_leader(Duration::from_secs(15)).await, leader);
+    let ttl = a.lease_time_to_live(lease.id).await.unwrap();
+    assert!(ttl.found, "the lease kept alive ended at the clock step");
+    assert!(ttl.remaining_ms <= 5000, "{}", ttl.remaining_ms);
+    let attempt = LockOptions {
+        ttl: Some(Duration::from_secs(10)),
+        wait: Duration::from_millis(300),
+        ..Default::default()
+    };
+    for name in ["job", "ttl-job"] {
+        assert!(
+            b.lock(name, "b", attempt).await.unwrap().is_none(),
+            "{name}: a second holder took the lock after the clock step\n{}",
+            cluster.logs()
+        );
+    }
+
+    // A step back (two minutes) does not stop time either: a 2 s TTL still runs out.
+    std::fs::write(&offsets[&leader], "-60000").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.set_with(v1::SetRequest {
+        key: b"short".to_vec(),
+        value: b"lived".to_vec(),
+        ttl_ms: 2000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let set = Instant::now();
+    while b.get("short").await.unwrap().is_some() {
+        assert!(
+            set.elapsed() < Duration::from_secs(5),
+            "a 2 s TTL key outlived the backward clock step"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        set.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        set.elapsed()
+    );
+    // The lease and the TTL lock survived the step back as well.
+    assert!(a.lease_time_to_live(lease.id).await.unwrap().found);
+    assert!(b.lock("ttl-job", "b", attempt).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,4 +721,55 @@ async fn an_idle_watch_hears_progress_and_the_keepalive_stream_answers_each_requ
         .send(v1::LeaseKeepAliveRequest { id: lease.id })
         .unwrap();
     assert_eq!(answers.message().await.unwrap().unwrap().ttl_ms, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_watcher_of_large_participant_writes_misses_none() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client(1).await;
+    let key = room_keys::participants("lag");
+    let before = client.set("lag-start", "x").await.unwrap();
+    // 1000 participants of 2.2 KB each, 10 to a write: more event weight than one watch response
+    // holds (2 MiB), all written before the watch starts.
+    let value = vec![b'p'; 2200];
+    for write in 0..100 {
+        let fields: Vec<(String, &[u8])> = (0..10)
+            .map(|i| (format!("p{:04}", write * 10 + i), value.as_slice()))
+            .collect();
+        assert_eq!(client.hset(&key, &fields).await.unwrap(), 10);
+    }
+    // A session read makes the watching node catch up with every write first.
+    assert_eq!(client.hgetall(&key).await.unwrap().len(), 1000);
+
+    let mut watcher = client.watch(WatchTarget::Key(key), Some(before + 1));
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "watch stalled at {} of 1000 participants, through revision {}",
+            seen.len(),
+            watcher.revision()
+        );
+        let Ok(batch) = tokio::time::timeout(Duration::from_secs(1), watcher.next()).await else {
+            continue;
+        };
+        for event in batch.expect("watch").events {
+            assert_eq!(event.r#type, PUT);
+            assert_eq!(event.value.len(), 2200);
+            seen.push((
+                event.revision,
+                String::from_utf8(event.field.unwrap()).unwrap(),
+            ));
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "events in revision order"
+    );
+    let fields: Vec<String> = seen.into_iter().map(|(_, f)| f).collect();
+    let expected: Vec<String> = (0..1000).map(|i| format!("p{i:04}")).collect();
+    assert_eq!(fields, expected, "every participant once, in order");
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::resp::{Frame, RespConnection};
-use common::{serial, Cluster};
+use common::{serial, start_with_clock_offsets, Cluster};
 
 const LOCK_RELEASE: &str = "if redis.call(\"get\", KEYS[1]) == ARGV[1] then\n\treturn redis.call(\"del\", KEYS[1])\nelse\n\treturn 0\nend";
 
@@ -171,6 +171,9 @@ async fn pipelined_commands_are_answered_in_order() {
         connection.cmd("MGET s m1 m2"),
         Frame::Array(vec![Frame::bulk("2x"), Frame::Nil, Frame::bulk("b")])
     );
+    // A key named twice is deleted once, and counted once, as in Redis.
+    assert_eq!(connection.cmd("DEL m2 m2"), Frame::Integer(1));
+    assert_eq!(connection.cmd("DEL m2 m2"), Frame::Integer(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,6 +517,36 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_the_node_keeps_serv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_reads_agree_across_skewed_nodes_at_linearizable() {
+    let _serial = serial().await;
+    let (cluster, offsets) =
+        start_with_clock_offsets(3, &["--resp-consistency", "linearizable"], true);
+    // Node 3's wall clock runs 2 s ahead of the others'.
+    std::fs::write(&offsets[&3], "2000").unwrap();
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let mut one = RespConnection::connect(&cluster.resp(1));
+    let mut three = RespConnection::connect(&cluster.resp(3));
+    assert_eq!(one.cmd("SET k v PX 3000"), Frame::status("OK"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let pttl = |connection: &mut RespConnection| match connection.cmd("PTTL k") {
+        Frame::Integer(ms) => ms,
+        other => panic!("PTTL answered {other:?}"),
+    };
+    let on_one = pttl(&mut one);
+    let on_three = pttl(&mut three);
+    assert!(
+        on_one > 0 && on_three > 0,
+        "the key expired early: PTTL {on_one} on node 1, {on_three} on node 3"
+    );
+    assert!(
+        on_one.abs_diff(on_three) <= 100,
+        "PTTL {on_one} on node 1, {on_three} on node 3"
+    );
+    assert_eq!(three.cmd("GET k"), Frame::bulk("v"));
+    assert_eq!(three.cmd("EXISTS k"), Frame::Integer(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp_and_grpc_share_one_keyspace() {
     let _serial = serial().await;
     let cluster = resp_cluster().await;
@@ -526,9 +559,128 @@ async fn resp_and_grpc_share_one_keyspace() {
     let got = client.hget("rooms", "r1").await.unwrap();
     assert_eq!(got.as_deref(), Some(&b"\x00\xffproto"[..]));
     client.set("from-grpc", "hello").await.unwrap();
-    eventually(&mut connection, "GET from-grpc", Frame::bulk("hello"));
+    // Acknowledged by node 1 over gRPC: its next session read on RESP sees it at once.
+    assert_eq!(connection.cmd("GET from-grpc"), Frame::bulk("hello"));
     assert_eq!(connection.cmd("TYPE rooms"), Frame::status("hash"));
     assert_eq!(connection.cmd("TYPE from-grpc"), Frame::status("string"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_visible_across_protocols_at_once() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    // A follower answers a forwarded write before it has applied it itself: only a node-wide
+    // record of what it acknowledged, on either protocol, makes the next read see it.
+    let a = (1..=3).find(|id| *id != leader).unwrap();
+    let mut resp_writer = RespConnection::connect(&cluster.resp(a));
+    let grpc_writer = cluster.client(a).await;
+    for i in 0..50 {
+        let (x, y, value) = (
+            format!("across:x{i}"),
+            format!("across:y{i}"),
+            i.to_string(),
+        );
+        let reply = tokio::task::block_in_place(|| {
+            resp_writer.call(&[b"SET", x.as_bytes(), value.as_bytes()])
+        });
+        assert_eq!(reply, Frame::status("OK"));
+        let grpc_reader = cluster.client(a).await;
+        let got = grpc_reader.get(&x).await.unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "round {i}: a gRPC read after a RESP write"
+        );
+        grpc_writer.set(&y, &value).await.unwrap();
+        let got = tokio::task::block_in_place(|| {
+            RespConnection::connect(&cluster.resp(a)).call(&[b"GET", y.as_bytes()])
+        });
+        assert_eq!(
+            got,
+            Frame::bulk(&value),
+            "round {i}: a RESP read after a gRPC write"
+        );
+    }
+}
+
+/// GET `key` on fresh connections to `address` (a node that may still be starting) until one is
+/// answered with something other than an error; returns that answer.
+fn resp_get_when_served(address: &str, key: &str) -> Frame {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "GET {key} was never served");
+        if std::net::TcpStream::connect(address).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let mut connection = RespConnection::connect(address);
+        connection.send(&[b"GET", key.as_bytes()]);
+        match connection.try_read() {
+            Some(Frame::Error(_)) | None => std::thread::sleep(Duration::from_millis(20)),
+            Some(frame) => return frame,
+        }
+    }
+}
+
+/// A session GET of `key` through fresh gRPC clients of node `id`, retried until one answers.
+async fn grpc_get_when_served(cluster: &Cluster, id: u64, key: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "GET {key} was never served");
+        let client = cluster.client(id).await;
+        match tokio::time::timeout(Duration::from_secs(5), client.get(key)).await {
+            Ok(Ok(value)) => return value,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_never_reads_below_what_it_acknowledged() {
+    let _serial = serial().await;
+    let mut cluster = resp_cluster().await;
+    for round in 0..4 {
+        let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+        let a = (1..=3).find(|id| *id != leader).unwrap();
+        let key = format!("restart:{round}");
+        let (old, new) = (format!("v1-{round}"), format!("v2-{round}"));
+        let address = cluster.resp(a);
+        tokio::task::block_in_place(|| {
+            let mut connection = RespConnection::connect(&address);
+            for value in [&old, &new] {
+                let reply = connection.call(&[b"SET", key.as_bytes(), value.as_bytes()]);
+                assert_eq!(reply, Frame::status("OK"), "round {round}");
+            }
+        });
+        // With the leader frozen the restarted node cannot catch up from it at once: it must
+        // wait for the new leader rather than answer from what it had applied before the crash.
+        cluster.pause(leader);
+        cluster.kill(a);
+        cluster.restart(a);
+        let check_resp = || {
+            let got = tokio::task::block_in_place(|| resp_get_when_served(&address, &key));
+            assert_eq!(
+                got,
+                Frame::bulk(&new),
+                "round {round}: RESP read after the restart"
+            );
+        };
+        // Each protocol gets to be the first to read from the restarted process.
+        if round % 2 == 0 {
+            check_resp();
+        }
+        let got = grpc_get_when_served(&cluster, a, &key).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(new.as_bytes()),
+            "round {round}: gRPC read after the restart"
+        );
+        if round % 2 == 1 {
+            check_resp();
+        }
+        cluster.resume(leader);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,20 +727,32 @@ async fn a_session_on_a_surviving_node_keeps_working_while_the_leader_is_killed(
     assert_ne!(new_leader, leader);
 }
 
-/// A cluster whose nodes 2 and 3 are dead, and a connection to node 1 that wrote `k` before.
-async fn node_1_without_a_quorum() -> (Cluster, RespConnection) {
+/// A cluster whose two other nodes are dead, and a connection to the follower left, which wrote
+/// `k` before: the killed leader refuses connections, so no leader is ever handed a write.
+async fn a_follower_without_a_quorum() -> (Cluster, RespConnection, u64) {
     let mut cluster = resp_cluster().await;
-    let mut connection = RespConnection::connect(&cluster.resp(1));
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut connection = RespConnection::connect(&cluster.resp(follower));
     assert_eq!(connection.cmd("SET k before"), Frame::status("OK"));
-    cluster.kill(2);
-    cluster.kill(3);
-    (cluster, connection)
+    for id in (1..=3).filter(|id| *id != follower) {
+        cluster.kill(id);
+    }
+    // Once the follower has given up on the dead leader, no write can reach a leader. (A write
+    // sent before may have gone out on the old leader's connection as it broke: its outcome
+    // would be unknown.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.status(follower).await.is_some_and(|s| s.leader.is_some()) {
+        assert!(Instant::now() < deadline, "the follower still follows a dead leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (cluster, connection, follower)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
+async fn a_write_no_leader_was_given_is_answered_tryagain_within_its_deadline() {
     let _serial = serial().await;
-    let (_cluster, mut connection) = node_1_without_a_quorum().await;
+    let (_cluster, mut connection, _) = a_follower_without_a_quorum().await;
     let started = Instant::now();
     let reply = tokio::task::block_in_place(|| connection.cmd("SET k after"));
     let waited = started.elapsed();
@@ -602,14 +766,36 @@ async fn without_a_quorum_a_write_is_answered_tryagain_within_its_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_leader_may_still_commit_is_never_answered_tryagain() {
+    let _serial = serial().await;
+    let cluster = resp_cluster().await;
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let mut connection = RespConnection::connect(&cluster.resp(leader));
+    assert_eq!(connection.cmd("SET k before"), Frame::status("OK"));
+    // The leader appends the write but cannot commit it while both followers are stopped.
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &followers {
+        cluster.pause(*id);
+    }
+    let reply = tokio::task::block_in_place(|| connection.cmd("INCR counter"));
+    // TRYAGAIN would make go-redis send INCR again: applied twice once the followers return.
+    assert!(reply.error_text().starts_with("UNCERTAIN"), "{reply:?}");
+    // And indeed it is applied once one follower is back: only the leader, whose log holds the
+    // write, can win a vote of these two, and it commits its whole log.
+    cluster.resume(followers[0]);
+    eventually(&mut connection, "GET counter", Frame::bulk("1"));
+    cluster.resume(followers[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_for_a_leader_is_still_answered_when_its_node_stops() {
     let _serial = serial().await;
-    let (cluster, mut connection) = node_1_without_a_quorum().await;
+    let (cluster, mut connection, node) = a_follower_without_a_quorum().await;
     // The write waits for a leader (until its deadline) while the node is told to stop: the
     // node must answer it before it exits, not cut the connection.
     connection.send(&[b"SET", b"k", b"after"]);
     std::thread::sleep(Duration::from_millis(200));
-    cluster.terminate(1);
+    cluster.terminate(node);
     let reply = tokio::task::block_in_place(|| connection.try_read());
     assert!(
         matches!(&reply, Some(Frame::Error(e)) if e.starts_with("TRYAGAIN")),

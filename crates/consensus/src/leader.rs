@@ -110,7 +110,19 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Lea
     }
 }
 
-/// Executes `request` on this node, which must be the leader.
+/// The error of a leadership check (read index).
+pub(crate) fn read_error(
+    e: RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, BasicNode>>,
+) -> LeaderError {
+    match e {
+        RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_)) => {
+            LeaderError::NotLeader
+        }
+        other => LeaderError::Unavailable(other.to_string()),
+    }
+}
+
+/// Executes `request` on this node, which must be the leader; a write is stamped `now`.
 pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> LeaderResult {
     match request {
         LeaderRequest::Write(mut write) => {
@@ -119,12 +131,7 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
             Ok(LeaderReply::Write(response.data))
         }
         LeaderRequest::ReadIndex => {
-            let (read_log_id, _applied) = raft.get_read_log_id().await.map_err(|e| match e {
-                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_)) => {
-                    LeaderError::NotLeader
-                }
-                other => LeaderError::Unavailable(other.to_string()),
-            })?;
+            let (read_log_id, _applied) = raft.get_read_log_id().await.map_err(read_error)?;
             Ok(LeaderReply::ReadIndex(read_log_id.map_or(0, |id| id.index)))
         }
         LeaderRequest::Transfer { .. } => Err(LeaderError::Rejected(

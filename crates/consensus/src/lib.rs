@@ -10,19 +10,21 @@
 //! below it but its methods), the data model (the state crate), durability (the storage crate).
 //!
 //! Write path: any node accepts a write ([`Node::write`]). If it is the leader it stamps the entry
-//! with its clock and proposes it; otherwise it forwards the request over the `Peer.Forward` RPC.
-//! While there is no leader (an election) the write is held and retried until its deadline; a
-//! client never sees a redirect. Every write carries a (client id, sequence), assigned here when
-//! the client gave none, so a retry after a lost answer is applied once.
+//! with the replicated time (module `clock`: the leader's monotonic clock, slewed toward its wall
+//! clock, continuing from the last applied stamp in a new term) and proposes it; otherwise it
+//! forwards the request over the `Peer.Forward` RPC. While there is no leader (an election) the
+//! write is held and retried until its deadline; a client never sees a redirect. Every write
+//! carries a (client id, sequence), assigned here when the client gave none, so a retry after a
+//! lost answer is applied once.
 //!
 //! Known to be missing: snapshot transfer is openraft's chunked transfer of an in-memory snapshot.
 
+mod clock;
 mod cluster;
 mod codec;
 mod leader;
 pub mod network;
 mod node;
-pub use node::now_ms;
 mod service;
 
 use std::io::Cursor;

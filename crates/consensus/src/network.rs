@@ -1,6 +1,7 @@
 //! The node-to-node network: gRPC clients of other nodes' `Peer` service.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Peers {
     cluster_id: Arc<Mutex<Option<u64>>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The address connections to peers leave from (see [`Peers::leaving_from`]).
+    source: Option<IpAddr>,
 }
 
 impl Peers {
@@ -59,7 +62,16 @@ impl Peers {
         Peers {
             cluster_id: Arc::new(Mutex::new(cluster_id)),
             channels: Arc::default(),
+            source: None,
         }
+    }
+
+    /// Connections to peers leave from `source` (the node's listen address, when it names
+    /// one): peers and firewalls then see each node under one address, whichever way a
+    /// connection goes (the chaos suite cuts links by address).
+    pub fn leaving_from(mut self, source: Option<IpAddr>) -> Self {
+        self.source = source.filter(|ip| !ip.is_unspecified());
+        self
     }
 
     /// The cluster id announced on calls.
@@ -77,7 +89,7 @@ impl Peers {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Self::connect(address)?;
+                let channel = self.connect(address)?;
                 channels.insert(address.to_string(), channel.clone());
                 channel
             }
@@ -88,7 +100,7 @@ impl Peers {
     /// A channel of its own to the node at `address` (not shared with Raft traffic, so a busy
     /// stream cannot delay heartbeats behind it on one connection).
     pub fn dedicated_channel(&self, address: &str) -> Result<Channel, Status> {
-        Self::connect(address)
+        self.connect(address)
     }
 
     /// Adds the cluster id header to a request of any node-to-node service.
@@ -102,13 +114,14 @@ impl Peers {
         request
     }
 
-    fn connect(address: &str) -> Result<Channel, Status> {
+    fn connect(&self, address: &str) -> Result<Channel, Status> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Status::invalid_argument(format!("bad peer address {address}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(1));
+            .keep_alive_timeout(Duration::from_secs(1))
+            .local_address(self.source);
         Ok(endpoint.connect_lazy())
     }
 

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conclave_proto::peer::{IdentifyResponse, TimeoutNowRequest};
-use conclave_state::{Command, RequestId, Revision, WriteReply, WriteRequest};
+use conclave_state::{Command, Millis, RequestId, Revision, WriteReply, WriteRequest};
 use conclave_storage::{Identity, IdentityError, LogStats, StorageOptions};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tonic::Status;
 
+use crate::clock::{LeaderTime, WallClock};
 use crate::cluster::ClusterSpec;
 use crate::leader::{self, AdminRequest, LeaderError, LeaderReply, LeaderRequest, MembershipView};
 use crate::network::{NetworkFactory, Peers};
@@ -21,6 +22,12 @@ use crate::{MemberView, NodeId, Raft, StateView};
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// How often the leader looks for expired keys and leases.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
+/// An idle leader commits a `Tick` once the replicated clock lags its time by this much, so
+/// replicated time (and with it expiry on every replica) advances without writes.
+const IDLE_TICK_AFTER_MS: Millis = 1000;
+/// A linearizable read commits a `Tick` first when the replicated clock lags the leader's time
+/// by more than this, so every replica judges TTLs at about the same, current, time.
+const READ_CLOCK_LAG_MS: Millis = 20;
 /// Most keys (or leases) ended by one entry.
 const REAP_BATCH: usize = 1000;
 /// How long bootstrap waits for each peer to answer an identity probe.
@@ -69,6 +76,12 @@ pub struct NodeOptions {
     pub timing: Timing,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// A file holding a signed offset in milliseconds added to this node's wall clock (absent:
+    /// none), for tests that step or skew one node's clock.
+    pub clock_offset_file: Option<PathBuf>,
+    /// The address this node listens on, which its connections to peers leave from too (none:
+    /// any address, as the system picks).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// How fresh a read must be.
@@ -76,7 +89,9 @@ pub struct NodeOptions {
 pub enum Consistency {
     /// Whatever this replica has applied.
     Local,
-    /// At least `min_revision` (read-your-writes for a client that passes its last revision).
+    /// At least `min_revision` (read-your-writes for a client that passes its last revision),
+    /// every write this node has acknowledged to anyone, and everything committed before this
+    /// node's process started (see `Node::read_barrier`).
     Session { min_revision: Revision },
     /// Everything committed before the read began, confirmed with a quorum.
     Linearizable,
@@ -115,8 +130,14 @@ pub enum StartError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// No leader answered in time, or this node cannot serve the read yet. Retrying may succeed.
+    /// For a write: it was never handed to a leader, so it was not applied and will not be.
     #[error("{0}")]
     Unavailable(String),
+    /// A write's deadline passed after it was handed to a leader, which may still commit it:
+    /// whether it was applied is unknown. A client must not retry it blindly (unless it carries
+    /// a request id, which makes the retry apply at most once).
+    #[error("{0}")]
+    Indeterminate(String),
     /// The request is invalid for the cluster as it is (e.g. removing an unknown member).
     #[error("{0}")]
     Rejected(String),
@@ -177,6 +198,17 @@ struct Inner {
     /// The `--initial-cluster` list, and whether this node joins rather than creates.
     cluster: ClusterSpec,
     join: Joining,
+    /// The stamps this node puts on entries while it leads.
+    time: LeaderTime,
+    /// Held while a linearizable read commits a `Tick`: concurrent reads share it.
+    read_tick: tokio::sync::Mutex<()>,
+    /// The newest revision this process has acknowledged to anyone (a write's or membership
+    /// change's reply), on any front end: session reads here never see less.
+    acknowledged: AtomicU64,
+    /// A leader's read index obtained after this process started (see [`Node::startup_floor`]):
+    /// at least every revision acknowledged anywhere before, this node's own acknowledgements
+    /// before a crash included. Session reads wait for it.
+    startup_floor: tokio::sync::OnceCell<Revision>,
 }
 
 /// How a node without Raft state comes into the cluster.
@@ -202,13 +234,6 @@ struct Survey {
     fresh: usize,
 }
 
-/// Milliseconds since the Unix epoch on this node's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
     let keep = options.snapshot_every.min(1000);
     let config = openraft::Config {
@@ -227,6 +252,19 @@ fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
     config
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// The cluster id a node-to-node call announces in its header, if it has one.
+fn announced_cluster<T>(request: &tonic::Request<T>) -> Result<Option<u64>, Status> {
+    let Some(value) = request.metadata().get(conclave_proto::CLUSTER_ID_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("malformed cluster id header"))
 }
 
 impl Node {
@@ -263,7 +301,7 @@ impl Node {
         } else {
             recorded
         };
-        let peers = Peers::new(cluster_id);
+        let peers = Peers::new(cluster_id).leaving_from(options.source_ip);
         let view = storage.state.view();
         let log_stats = storage.log.stats();
         let raft = Raft::new(
@@ -296,8 +334,12 @@ impl Node {
                 stopping: AtomicBool::new(false),
                 led_since: std::sync::Mutex::new(None),
                 takes_part: AtomicBool::new(false),
+                time: LeaderTime::new(WallClock::new(options.clock_offset_file.clone())),
+                read_tick: tokio::sync::Mutex::new(()),
                 cluster: options.cluster,
                 join,
+                acknowledged: AtomicU64::new(0),
+                startup_floor: tokio::sync::OnceCell::new(),
             }),
         };
         if node.initialized().await? {
@@ -308,6 +350,7 @@ impl Node {
         }
         tokio::spawn(node.clone().leader_housekeeping());
         tokio::spawn(node.clone().register_incarnation());
+        tokio::spawn(node.clone().learn_startup_floor());
         Ok(node)
     }
 
@@ -700,24 +743,35 @@ impl Node {
         Some((leader, address))
     }
 
+    /// A request id of this node's own, for a write that will be sent again after an
+    /// [`NodeError::Indeterminate`] answer (the retry then applies at most once).
+    pub fn next_request_id(&self) -> RequestId {
+        RequestId {
+            client_id: self.inner.client_id,
+            sequence: self.inner.sequence.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// Applies a write through the leader and returns its reply, waiting through elections until
-    /// `deadline`. A request without an id gets one, so internal retries apply it once.
+    /// `deadline`. A request without an id gets one, so internal retries apply it once. At the
+    /// deadline the error says whether the write may still be applied
+    /// ([`NodeError::Indeterminate`]) or certainly will not be ([`NodeError::Unavailable`]).
     pub async fn write(
         &self,
         mut request: WriteRequest,
         deadline: Instant,
     ) -> Result<WriteReply, NodeError> {
         if request.id.is_none() {
-            request.id = Some(RequestId {
-                client_id: self.inner.client_id,
-                sequence: self.inner.sequence.fetch_add(1, Ordering::Relaxed),
-            });
+            request.id = Some(self.next_request_id());
         }
         match self
             .on_leader(LeaderRequest::Write(request), deadline)
             .await?
         {
-            LeaderReply::Write(reply) => Ok(reply),
+            LeaderReply::Write(reply) => {
+                self.record_acknowledged(reply.revision);
+                Ok(reply)
+            }
             other => unreachable!("a write answered with {other:?}"),
         }
     }
@@ -732,13 +786,79 @@ impl Node {
             .on_leader(LeaderRequest::Admin(request), deadline)
             .await?
         {
-            LeaderReply::Admin(view) => Ok(view),
+            LeaderReply::Admin(view) => {
+                self.record_acknowledged(view.revision);
+                Ok(view)
+            }
             other => unreachable!("a membership change answered with {other:?}"),
         }
     }
 
+    /// The newest revision this process has acknowledged to anyone, on any front end: a write
+    /// (or membership change) answered here, even before this replica has applied it (a
+    /// follower's write returns when the leader answers).
+    pub fn acknowledged(&self) -> Revision {
+        self.inner.acknowledged.load(Ordering::Acquire)
+    }
+
+    /// Records a reply at `revision` about to be returned to a client.
+    fn record_acknowledged(&self, revision: Revision) {
+        self.inner
+            .acknowledged
+            .fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// The revision every session read in this process must reach: a leader's read index,
+    /// obtained once after the process started (by [`Node::learn_startup_floor`], or by the first
+    /// read that finds it missing). An entry committed before then, such as a write this node
+    /// acknowledged before it crashed, is at or below it; a restarted node has forgotten what it
+    /// acknowledged and may not have applied it yet. Until a leader answers, session reads fail
+    /// Unavailable rather than answer from a replica that may be behind them.
+    async fn startup_floor(&self, deadline: Instant) -> Result<Revision, NodeError> {
+        if let Some(floor) = self.inner.startup_floor.get() {
+            return Ok(*floor);
+        }
+        self.read_index(deadline).await.map_err(|e| match e {
+            NodeError::Unavailable(reason) => NodeError::Unavailable(format!(
+                "node {} has not yet learned what was committed before it started: {reason}",
+                self.inner.id
+            )),
+            other => other,
+        })
+    }
+
+    /// The leader's read index: everything committed before this call. It also serves as this
+    /// process's startup floor if it has none yet.
+    async fn read_index(&self, deadline: Instant) -> Result<Revision, NodeError> {
+        match self.on_leader(LeaderRequest::ReadIndex, deadline).await? {
+            LeaderReply::ReadIndex(index) => {
+                let _ = self.inner.startup_floor.set(index);
+                Ok(index)
+            }
+            other => unreachable!("a read index answered with {other:?}"),
+        }
+    }
+
+    /// Obtains the startup floor as soon as a leader answers, so the first session read does
+    /// not wait for it; retried until then (a fresh node waits to be added).
+    async fn learn_startup_floor(self) {
+        while self.inner.startup_floor.get().is_none() {
+            if self.inner.raft.metrics().borrow().state == ServerState::Shutdown {
+                return;
+            }
+            let deadline = Instant::now() + self.inner.timing.request_timeout;
+            if let Err(e) = self.read_index(deadline).await {
+                tracing::debug!("learning the startup floor failed: {e}");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
     /// Waits until a read at `consistency` may be served from this replica, then returns the
-    /// revision applied here.
+    /// revision applied here. A session read waits for the newest of its `min_revision`, what
+    /// this node has acknowledged (so every front end and connection of one node is one
+    /// session), and the startup floor (so a restarted node never answers below what it
+    /// acknowledged before it crashed).
     pub async fn read_barrier(
         &self,
         consistency: Consistency,
@@ -746,13 +866,10 @@ impl Node {
     ) -> Result<Revision, NodeError> {
         let wanted = match consistency {
             Consistency::Local => return Ok(self.inner.view.applied()),
-            Consistency::Session { min_revision } => min_revision,
-            Consistency::Linearizable => {
-                match self.on_leader(LeaderRequest::ReadIndex, deadline).await? {
-                    LeaderReply::ReadIndex(index) => index,
-                    other => unreachable!("a read index answered with {other:?}"),
-                }
-            }
+            Consistency::Session { min_revision } => min_revision
+                .max(self.acknowledged())
+                .max(self.startup_floor(deadline).await?),
+            Consistency::Linearizable => self.read_index(deadline).await?,
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if self.inner.view.wait_applied(wanted, remaining).await {
@@ -774,15 +891,24 @@ impl Node {
         deadline: Instant,
     ) -> Result<LeaderReply, NodeError> {
         let mut problem = String::from("no leader is known");
+        // Whether a leader may have been handed this request (then a write may commit later,
+        // even after this call gave up on it).
+        let mut handed_over = false;
+        let writes = matches!(request, LeaderRequest::Write(_));
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(NodeError::Unavailable(format!(
-                    "no leader answered in time: {problem}"
-                )));
+                return Err(if writes && handed_over {
+                    NodeError::Indeterminate(format!(
+                        "no leader confirmed the write in time, and it may still be applied: {problem}"
+                    ))
+                } else {
+                    NodeError::Unavailable(format!("no leader answered in time: {problem}"))
+                });
             }
             let outcome = match self.leader() {
                 Some((leader, _)) if leader == self.inner.id => {
+                    handed_over = true;
                     match tokio::time::timeout(remaining, self.execute_here(request.clone())).await
                     {
                         Ok(result) => Ok(result),
@@ -796,15 +922,20 @@ impl Node {
                     // and send the request again (a write with its id applies once).
                     tokio::select! {
                         answer = forwarded => answer.map_err(|status| {
+                            handed_over |= !never_sent(&status);
                             format!("leader {leader} at {address}: {}", status.message())
                         }),
                         () = self.leader_replaced(leader) => {
+                            handed_over = true;
                             Err(format!("leader {leader} was replaced before it answered"))
                         }
                     }
                 }
                 None => Err("no leader is known (election in progress)".to_string()),
             };
+            if outcome.is_ok() {
+                handed_over = true;
+            }
             match outcome {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(LeaderError::Rejected(reason))) => return Err(NodeError::Rejected(reason)),
@@ -916,21 +1047,82 @@ impl Node {
                 "the leader is handing its leadership over".into(),
             ));
         }
-        leader::execute(&self.inner.raft, request, now_ms()).await
+        match request {
+            LeaderRequest::ReadIndex => self.read_index_as_leader().await,
+            LeaderRequest::Write(write) => {
+                let stamp = self.leader_time().await?;
+                leader::execute(&self.inner.raft, LeaderRequest::Write(write), stamp).await
+            }
+            request => leader::execute(&self.inner.raft, request, 0).await,
+        }
     }
 
-    /// Admits a node-to-node call: refuses one from another cluster; a node that does not know
-    /// its cluster yet (it was started with `--join`) adopts the first cluster id it hears.
+    /// The replicated time this node stamps now, as leader of its current term. The first stamp
+    /// of a term waits until this replica has applied every entry committed before the term
+    /// (`ensure_linearizable`): the term's time continues from their largest stamp.
+    async fn leader_time(&self) -> Result<Millis, LeaderError> {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        if !self.inner.time.started(term) {
+            self.inner
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(leader::read_error)?;
+        }
+        let floor = self.inner.view.read(|m| m.clock());
+        Ok(self.inner.time.stamp(term, floor))
+    }
+
+    /// How far the replicated clock of this replica lags the leader's time.
+    async fn clock_lag(&self) -> Result<Millis, LeaderError> {
+        let now = self.leader_time().await?;
+        Ok(now.saturating_sub(self.inner.view.read(|m| m.clock())))
+    }
+
+    /// The index a linearizable read waits for. If the replicated clock lags this leader's time
+    /// by more than [`READ_CLOCK_LAG_MS`], the index of a `Tick` committed now (in this term,
+    /// so it confirms the leadership too), so the read judges TTLs at the current time on any
+    /// replica; reads arriving meanwhile wait for that `Tick` rather than commit their own.
+    async fn read_index_as_leader(&self) -> Result<LeaderReply, LeaderError> {
+        if self.clock_lag().await? > READ_CLOCK_LAG_MS {
+            let _tick = self.inner.read_tick.lock().await;
+            if self.clock_lag().await? > READ_CLOCK_LAG_MS {
+                let tick = LeaderRequest::Write(WriteRequest {
+                    id: None,
+                    stamp: 0,
+                    command: Command::Tick,
+                });
+                let stamp = self.leader_time().await?;
+                return match leader::execute(&self.inner.raft, tick, stamp).await? {
+                    LeaderReply::Write(reply) => Ok(LeaderReply::ReadIndex(reply.revision)),
+                    other => unreachable!("a tick answered with {other:?}"),
+                };
+            }
+        }
+        leader::execute(&self.inner.raft, LeaderRequest::ReadIndex, 0).await
+    }
+
+    /// Admits a node-to-node call: refuses one that does not announce its cluster (UNAUTHENTICATED)
+    /// or comes from another cluster; a node that does not know its cluster yet (it was started
+    /// with `--join`) adopts the first cluster id it hears.
     pub async fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        let Some(value) = request.metadata().get(conclave_proto::CLUSTER_ID_HEADER) else {
-            return Ok(());
-        };
-        let theirs = value
-            .to_str()
-            .ok()
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| Status::invalid_argument("malformed cluster id header"))?;
-        self.admit_cluster(theirs).await
+        match announced_cluster(request)? {
+            Some(theirs) => self.admit_cluster(theirs).await,
+            None => Err(Status::unauthenticated(format!(
+                "node {} refuses a node-to-node call without the {} header",
+                self.inner.id,
+                conclave_proto::CLUSTER_ID_HEADER
+            ))),
+        }
+    }
+
+    /// Admits an identity probe: like [`Node::admit`], except that one without the header is
+    /// answered (a `--join` node probes before it knows its cluster; the answer is read-only).
+    pub async fn admit_probe<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        match announced_cluster(request)? {
+            Some(theirs) => self.admit_cluster(theirs).await,
+            None => Ok(()),
+        }
     }
 
     /// Admits a call from a node announcing `cluster_id`.
@@ -1040,13 +1232,28 @@ impl Node {
                 }
                 continue;
             }
-            let now = now_ms();
-            let (keys, leases) = self.inner.view.read(|m| {
+            // Expired at the replicated time this leader would stamp now, not at its wall clock.
+            let timeout = self.inner.timing.request_timeout;
+            let now = match tokio::time::timeout(timeout, self.leader_time()).await {
+                Ok(Ok(now)) => now,
+                Ok(Err(e)) => {
+                    tracing::debug!("reading the replicated time failed: {e:?}");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let (keys, leases, lag) = self.inner.view.read(|m| {
                 (
                     m.expired_keys(now, REAP_BATCH),
                     m.expired_leases(now, REAP_BATCH),
+                    now.saturating_sub(m.clock()),
                 )
             });
+            if keys.is_empty() && leases.is_empty() && lag >= IDLE_TICK_AFTER_MS {
+                if let Err(e) = self.propose_as_leader(Command::Tick).await {
+                    tracing::debug!("advancing the replicated clock failed: {e}");
+                }
+            }
             if !keys.is_empty() {
                 if let Err(e) = self.propose_as_leader(Command::Reap { keys }).await {
                     tracing::debug!("reaping expired keys failed: {e}");
@@ -1136,6 +1343,23 @@ impl Node {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// Whether a failed call certainly never reached its peer: no TCP connection to it could be
+/// made (refused, or timed out connecting), so nothing was sent.
+fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let refused = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        // hyper-util's connector reports every failure to connect so (its `ConnectError`).
+        if refused || error.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Whether a node has Raft state: a membership from its own bootstrap or from a leader.

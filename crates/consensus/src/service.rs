@@ -103,7 +103,7 @@ impl Peer for PeerService {
         &self,
         request: Request<IdentifyRequest>,
     ) -> Result<Response<IdentifyResponse>, Status> {
-        self.admit(&request).await?;
+        self.node.admit_probe(&request).await?;
         let caller = request.get_ref().caller_id;
         Ok(Response::new(self.node.identify(caller)))
     }

@@ -9,7 +9,9 @@
 //! top of [`PubSub::publish`] and [`PubSub::subscriber`].
 //!
 //! Guarantees: at most once; ordered per publishing node and channel (one ordered queue per
-//! source: the local publishers, and each peer's stream); causal: a message carries its
+//! source: the local publishers, and each peer's relay; when a peer's relay reconnects, its new
+//! stream supersedes the old one, whose undelivered messages are dropped, so the two never
+//! deliver concurrently); causal: a message carries its
 //! publisher's session revision and is delivered on a node only once that node has applied it
 //! (a message whose revision does not arrive within [`CAUSAL_WAIT`] is dropped and counted).
 //! Messages never go through the Raft log. A subscriber whose unread messages exceed its
@@ -108,7 +110,8 @@ impl std::fmt::Display for Disconnected {
 pub struct Stats {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
-    /// Messages not relayed to a peer (its queue was full, or they aged while it was away).
+    /// Messages not relayed to a peer (its queue was full, or they aged while it was away), and
+    /// relayed messages dropped here because a newer stream from their node superseded theirs.
     pub dropped_relay: AtomicU64,
     /// Messages dropped because the publisher's revision did not arrive in time.
     pub dropped_causal: AtomicU64,
@@ -128,6 +131,8 @@ struct Hub {
     registry: Mutex<Registry>,
     local: mpsc::Sender<Arc<Published>>,
     relays: mesh::Relays,
+    /// The other nodes' incoming relay streams, per origin.
+    lanes: mesh::Lanes,
     limits: Limits,
     stats: Stats,
 }
@@ -182,6 +187,7 @@ impl PubSub {
             registry: Mutex::default(),
             local,
             relays: mesh::Relays::default(),
+            lanes: mesh::Lanes::default(),
             limits,
             stats: Stats::default(),
         });
@@ -305,12 +311,27 @@ impl Hub {
     /// Waits until this node has applied the message's revision, then hands it to every matching
     /// local subscriber. Callers deliver one source's messages one at a time, in order.
     async fn deliver(&self, message: Arc<Published>) {
+        self.deliver_unless(message, std::future::pending()).await;
+    }
+
+    /// [`Hub::deliver`], unless `cancel` completes while the message waits for its revision: then
+    /// the message is dropped and the answer is false.
+    async fn deliver_unless(
+        &self,
+        message: Arc<Published>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> bool {
         let view = self.node.view();
-        if view.applied() < message.revision
-            && !view.wait_applied(message.revision, CAUSAL_WAIT).await
-        {
-            self.stats.dropped_causal.fetch_add(1, Ordering::Relaxed);
-            return;
+        if view.applied() < message.revision {
+            tokio::select! {
+                applied = view.wait_applied(message.revision, CAUSAL_WAIT) => {
+                    if !applied {
+                        self.stats.dropped_causal.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
+                }
+                () = cancel => return false,
+            }
         }
         let registry = self.registry.lock().expect("registry poisoned");
         let mut delivered = 0;
@@ -336,6 +357,7 @@ impl Hub {
             }
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        true
     }
 }
 

@@ -111,54 +111,123 @@ async fn run(node: Node, mut submissions: mpsc::UnboundedReceiver<Submission>) {
     }
 }
 
-/// Sends one batch to the leader and hands each submission its outcomes.
+/// Sends one batch to the leader and hands each submission its outcomes, each at its own
+/// deadline at the latest.
+///
+/// The batch is one write with one request id. It is sent until the earliest deadline among the
+/// submissions still waiting; when that passes:
+/// - if no leader was ever handed the write, it was not applied and will not be: the expired
+///   submissions are answered `Unavailable` (TRYAGAIN) and the others go on as a new write;
+/// - otherwise the write may still be applied: the expired submissions are answered
+///   `Indeterminate`, and the same write (same id, so it applies at most once) is sent again
+///   for the others, whose answer is then its true outcome.
 async fn execute(node: &Node, batch: Vec<Submission>) {
-    let deadline = batch
-        .iter()
-        .map(|s| s.deadline)
-        .min()
-        .expect("a batch is never empty");
-    let sizes: Vec<usize> = batch.iter().map(|s| s.commands.len()).collect();
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut commands = Vec::with_capacity(sizes.iter().sum());
-    for submission in batch {
-        commands.extend(submission.commands);
-        replies.push(submission.done);
+    let mut waiting: Vec<Submission> = batch;
+    while !waiting.is_empty() {
+        let write = Write::of(node, &mut waiting);
+        waiting = write.run(node).await;
     }
-    let single = commands.len() == 1;
-    let command = if single {
-        commands.pop().expect("one command")
-    } else {
-        Command::Txn(Box::new(Transaction {
-            compares: vec![],
-            success: commands,
-            failure: vec![],
-        }))
-    };
-    let request = WriteRequest {
-        id: None,
-        stamp: 0,
-        command,
-    };
-    let answer = node.write(request, deadline).await.map(|reply| {
-        let outcomes = match reply.outcome {
-            Outcome::Txn { outcomes, .. } if !single => outcomes,
-            other => vec![other],
+}
+
+/// One log write carrying the commands of several submissions, in order.
+struct Write {
+    request: WriteRequest,
+    /// Each submission's command count and, until answered, the submission.
+    members: Vec<(usize, Option<Submission>)>,
+    /// Whether the request's commands are wrapped in a transaction (more than one).
+    wrapped: bool,
+}
+
+impl Write {
+    /// Takes every submission of `waiting` into one write with a fresh request id.
+    fn of(node: &Node, waiting: &mut Vec<Submission>) -> Write {
+        let mut members = Vec::with_capacity(waiting.len());
+        let mut commands = Vec::new();
+        for mut submission in waiting.drain(..) {
+            let size = submission.commands.len();
+            commands.append(&mut submission.commands);
+            members.push((size, Some(submission)));
+        }
+        let wrapped = commands.len() != 1;
+        let command = if wrapped {
+            Command::Txn(Box::new(Transaction {
+                compares: vec![],
+                success: commands,
+                failure: vec![],
+            }))
+        } else {
+            commands.pop().expect("one command")
         };
-        (reply.revision, outcomes)
-    });
-    match answer {
-        Ok((revision, outcomes)) => {
-            let mut outcomes = outcomes.into_iter();
-            for (done, size) in replies.into_iter().zip(sizes) {
-                let mine = outcomes.by_ref().take(size).collect();
-                let _ = done.send(Ok((revision, mine)));
+        let request = WriteRequest {
+            id: Some(node.next_request_id()),
+            stamp: 0,
+            command,
+        };
+        Write {
+            request,
+            members,
+            wrapped,
+        }
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.members
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().map(|s| s.deadline))
+            .min()
+    }
+
+    /// Answers the members whose deadline has passed with `error`.
+    fn expire(&mut self, error: &NodeError) {
+        let now = Instant::now();
+        for (_, member) in &mut self.members {
+            if member.as_ref().is_some_and(|s| s.deadline <= now) {
+                let submission = member.take().expect("checked");
+                let _ = submission.done.send(Err(error.clone()));
             }
         }
-        Err(error) => {
-            for done in replies {
-                let _ = done.send(Err(error.clone()));
+    }
+
+    /// Sends the write until every member is answered; returns the members to send again as a
+    /// new write (the write was certainly not applied).
+    async fn run(mut self, node: &Node) -> Vec<Submission> {
+        // Whether a leader may have been handed this request id, in any attempt.
+        let mut uncertain = false;
+        while let Some(deadline) = self.earliest_deadline() {
+            match node.write(self.request.clone(), deadline).await {
+                Ok(reply) => {
+                    let outcomes = match reply.outcome {
+                        Outcome::Txn { outcomes, .. } if self.wrapped => outcomes,
+                        other => vec![other],
+                    };
+                    let mut outcomes = outcomes.into_iter();
+                    for (size, member) in self.members {
+                        let mine: Vec<Outcome> = outcomes.by_ref().take(size).collect();
+                        if let Some(submission) = member {
+                            let _ = submission.done.send(Ok((reply.revision, mine)));
+                        }
+                    }
+                    return Vec::new();
+                }
+                Err(NodeError::Unavailable(reason)) if !uncertain => {
+                    self.expire(&NodeError::Unavailable(reason));
+                    // Not applied, never to be: the rest go out as a new write.
+                    return self.members.into_iter().filter_map(|(_, s)| s).collect();
+                }
+                Err(NodeError::Rejected(reason)) => {
+                    for submission in self.members.into_iter().filter_map(|(_, s)| s) {
+                        let _ = submission
+                            .done
+                            .send(Err(NodeError::Rejected(reason.clone())));
+                    }
+                    return Vec::new();
+                }
+                Err(NodeError::Unavailable(reason) | NodeError::Indeterminate(reason)) => {
+                    uncertain = true;
+                    self.expire(&NodeError::Indeterminate(reason));
+                }
             }
         }
+        Vec::new()
     }
 }

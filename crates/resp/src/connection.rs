@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use conclave_consensus::{now_ms, Consistency, NodeError};
+use conclave_consensus::{Consistency, NodeError};
 use conclave_pubsub::{Change, Item, Receiver, Subscriptions};
 use conclave_state::{
     Bytes, Check, Command, Compare, Limits, Machine, Outcome, Revision, Transaction, WriteRequest,
@@ -26,6 +26,9 @@ use crate::{ReadConsistency, Shared};
 
 /// Replies are written out once this many bytes are waiting, even mid-pipeline.
 const FLUSH_AT: usize = 64 * 1024;
+/// The error prefix of a write whose outcome is unknown (see `node_error`): not one go-redis,
+/// redis-py or Jedis retry by themselves.
+const UNCERTAIN: &str = "UNCERTAIN the write may or may not have been applied:";
 /// Most requests taken from the input buffer before they are answered.
 const MAX_PIPELINE: usize = 1024;
 /// Most commands one pipeline sends to the leader in one submission.
@@ -380,15 +383,18 @@ impl Connection {
             "info" => Reply::bulk(introspection::info(&self.shared, args)),
             "command" => introspection::command(args),
             "config" => introspection::config(&self.shared, args),
-            "time" => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                Reply::Array(vec![
-                    Reply::bulk(now.as_secs().to_string()),
-                    Reply::bulk(now.subsec_micros().to_string()),
-                ])
-            }
+            // The replicated time, which TTLs are judged by (not this node's wall clock).
+            "time" => match self
+                .read(|_, now| {
+                    Reply::Array(vec![
+                        Reply::bulk((now / 1000).to_string()),
+                        Reply::bulk((now % 1000 * 1000).to_string()),
+                    ])
+                })
+                .await
+            {
+                Ok(reply) | Err(reply) => reply,
+            },
             other => Reply::error(format!("ERR command '{other}' is listed but not handled")),
         }]
     }
@@ -561,20 +567,19 @@ impl Connection {
 
     // ----- Keyspace -----
 
-    /// Records a write acknowledged to this client at `revision`.
+    /// Records a write acknowledged to this client at `revision` (the node records it too, for
+    /// every connection and front end: see [`conclave_consensus::Node::acknowledged`]).
     fn acknowledged(&mut self, revision: Revision) {
         self.revision = self.revision.max(revision);
-        self.shared
-            .acknowledged
-            .fetch_max(revision, Ordering::AcqRel);
     }
 
-    /// What a session read must see: this connection's writes and reads, and every write this
-    /// node has acknowledged to any client. A Redis client pools connections and expects a
-    /// write acknowledged on one to be visible on the next, as on a single Redis server.
+    /// What this connection's state depends on: its writes and reads, and every write this node
+    /// has acknowledged to any client, on either protocol. A Redis client pools connections and
+    /// expects a write acknowledged on one to be visible on the next, as on a single Redis
+    /// server. A session read waits for it (the node's read barrier adds what the node
+    /// acknowledged, and what was committed before it started); a publish carries it.
     fn session_revision(&self) -> Revision {
-        self.revision
-            .max(self.shared.acknowledged.load(Ordering::Acquire))
+        self.revision.max(self.shared.node.acknowledged())
     }
 
     /// Waits for this connection's read barrier, then reads the local replica.
@@ -582,7 +587,7 @@ impl Connection {
         let node = &self.shared.node;
         let consistency = match self.shared.options.consistency {
             ReadConsistency::Session => Consistency::Session {
-                min_revision: self.session_revision(),
+                min_revision: self.revision,
             },
             ReadConsistency::Linearizable => Consistency::Linearizable,
             ReadConsistency::Local => Consistency::Local,
@@ -591,8 +596,8 @@ impl Connection {
         node.read_barrier(consistency, deadline)
             .await
             .map_err(node_error)?;
-        let now = now_ms();
-        let (revision, value) = node.view().read(|m| (m.revision(), read(m, now)));
+        // Expiry is judged at the replica's replicated clock, so replicas at one revision agree.
+        let (revision, value) = node.view().read(|m| (m.revision(), read(m, m.clock())));
         self.revision = self.revision.max(revision);
         Ok(value)
     }
@@ -1016,10 +1021,13 @@ fn unknown_command(request: &Request) -> Reply {
     Reply::error(text)
 }
 
-/// The reply for a request the node could not serve in time: retriable.
-fn node_error(error: NodeError) -> Reply {
+/// The reply for a request the node could not serve in time. `TRYAGAIN`, which clients retry by
+/// themselves, only when the command certainly was not and will not be applied; a write whose
+/// outcome is unknown gets an error no client retries by itself (a retry could apply it twice).
+pub(crate) fn node_error(error: NodeError) -> Reply {
     match error {
         NodeError::Unavailable(reason) => Reply::error(format!("TRYAGAIN {reason}")),
+        NodeError::Indeterminate(reason) => Reply::error(format!("{UNCERTAIN} {reason}")),
         NodeError::Rejected(reason) => Reply::error(format!("ERR {reason}")),
     }
 }

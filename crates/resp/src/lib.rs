@@ -19,8 +19,9 @@
 //! Consistency: writes are forwarded to the leader and answered once applied; across a leader
 //! change they are held until [`RespOptions::write_deadline`], then answered `TRYAGAIN` (which
 //! go-redis retries by itself). Reads follow [`ReadConsistency`], per node; under the default
-//! (`Session`) a read sees every write this node has acknowledged, on any connection, and never
-//! older state than its connection saw.
+//! (`Session`) a read sees every write this node has acknowledged, on any connection or over
+//! gRPC, before or after a restart ([`Node::read_barrier`]), and never older state than its
+//! connection saw.
 //!
 //! Known to be missing: Lua (only recognised scripts run), databases other than 0, blocking
 //! commands, keyspace notifications, CLIENT LIST/KILL, ACL users other than `default`; EVAL
@@ -48,8 +49,8 @@ pub use protocol::FrameLimits;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadConsistency {
     /// The connection's own writes, everything it has read before (read-your-writes, monotonic
-    /// reads), and every write this node has acknowledged to any of its clients, as on one
-    /// Redis server. The default.
+    /// reads), and every write this node has acknowledged to any of its clients (either
+    /// protocol, before or after a restart), as on one Redis server. The default.
     Session,
     /// Everything committed anywhere before the read began (one round trip to the leader).
     Linearizable,
@@ -107,9 +108,6 @@ pub(crate) struct Shared {
     scripts: scripts::ScriptCache,
     batcher: batch::WriteBatcher,
     cursors: connection::Cursors,
-    /// The newest revision a write was acknowledged at to any client of this listener; session
-    /// reads on every connection wait for it.
-    acknowledged: AtomicU64,
     clients: AtomicUsize,
     next_client_id: AtomicU64,
     connections_received: AtomicU64,
@@ -145,7 +143,6 @@ pub async fn serve(
         port,
         scripts: Default::default(),
         cursors: Default::default(),
-        acknowledged: AtomicU64::new(0),
         clients: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(1),
         connections_received: AtomicU64::new(0),

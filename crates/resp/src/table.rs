@@ -233,7 +233,13 @@ pub(crate) const COMMANDS: &[Spec] = &[
         NONE,
         "CONFIG GET of the settings clients probe.",
     ),
-    spec("time", 1, C, NONE, "This node's clock."),
+    spec(
+        "time",
+        1,
+        C,
+        NONE,
+        "The replicated time that TTLs are judged by.",
+    ),
 ];
 
 /// The spec of a command, by name in any case.

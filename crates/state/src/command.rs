@@ -131,6 +131,10 @@ pub enum Command {
     /// Give every lease its full time to live again from the entry's stamp. A new leader proposes
     /// this before it expires any lease, so keep-alives lost to an election do not end leases.
     LeaseRenewAll,
+    /// Does nothing but carry the leader's stamp, so replicated time advances while no client
+    /// writes (proposed by the leader when idle, and before a linearizable read whose replica
+    /// clock lags). Last in the enum: the variants before it keep their encoding.
+    Tick,
 }
 
 /// When an [`Command::Expire`] applies (Redis's EXPIRE options).
@@ -259,6 +263,7 @@ impl Command {
             | Command::LeaseKeepAlive { .. }
             | Command::LeaseRevoke { .. }
             | Command::LeaseRenewAll => 16,
+            Command::Tick => 0,
         }
     }
 
@@ -305,6 +310,7 @@ impl Command {
             Command::LeaseRevoke { .. } => "lease-revoke",
             Command::LeaseExpire { .. } => "lease-expire",
             Command::LeaseRenewAll => "lease-renew-all",
+            Command::Tick => "tick",
         }
     }
 }

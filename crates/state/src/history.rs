@@ -15,7 +15,7 @@ use crate::{Bytes, Revision};
 
 /// Most events the history keeps.
 pub const HISTORY_MAX_EVENTS: usize = 50_000;
-/// Most bytes (keys, fields and values) the history keeps.
+/// Most bytes of event weight (a fixed overhead plus key, field and value) the history keeps.
 pub const HISTORY_MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// Bookkeeping bytes counted per event on top of its payload.
@@ -65,6 +65,17 @@ impl KeyFilter {
             KeyFilter::Prefix(p) => key.starts_with(p),
         }
     }
+}
+
+/// What [`History::events_after`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventBatch {
+    /// The matching events, oldest first, whole revisions only.
+    pub events: Vec<Event>,
+    /// Some(r) when the batch stopped early at its bounds: every matching event up to and
+    /// including revision r is in `events`, and later ones are not. None when it reached the end
+    /// of the history, so every matching event after the requested revision is in `events`.
+    pub stopped_after: Option<Revision>,
 }
 
 /// Events at or before this revision are no longer kept.
@@ -124,33 +135,44 @@ impl History {
     }
 
     /// Events after revision `after` that match `filter`, whole revisions only, stopping once at
-    /// least `limit` events or `max_bytes` of keys and values are collected. Fails when events
-    /// after `after` were already dropped.
+    /// least `limit` events or `max_bytes` of event weight (a fixed overhead plus key, field and
+    /// value) are collected. The batch says how far it got, so a reader resumes from there rather
+    /// than recomputing the weights. Fails when events after `after` were already dropped.
     pub fn events_after(
         &self,
         after: Revision,
         filter: &KeyFilter,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Event>, Compacted> {
+    ) -> Result<EventBatch, Compacted> {
         if after < self.compacted {
             return Err(Compacted {
                 compacted: self.compacted,
             });
         }
-        let mut found: Vec<Event> = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
         let mut bytes = 0;
         for event in self.events.range(self.first_after(after)..) {
-            let full = found.len() >= limit || bytes >= max_bytes;
-            if full && found.last().is_some_and(|l| l.revision != event.revision) {
-                break;
+            let full = events.len() >= limit || bytes >= max_bytes;
+            if full {
+                if let Some(last) = events.last().map(|l| l.revision) {
+                    if last != event.revision {
+                        return Ok(EventBatch {
+                            events,
+                            stopped_after: Some(last),
+                        });
+                    }
+                }
             }
             if filter.matches(&event.key) {
                 bytes += event.weight();
-                found.push(event.clone());
+                events.push(event.clone());
             }
         }
-        Ok(found)
+        Ok(EventBatch {
+            events,
+            stopped_after: None,
+        })
     }
 
     /// Whether any event touched `key` after revision `after`; None when that cannot be known

@@ -32,7 +32,8 @@ pub use command::{
     SetCondition, Transaction, WriteReply, WriteRequest, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
 };
 pub use history::{
-    Compacted, Event, EventKind, History, KeyFilter, HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS,
+    Compacted, Event, EventBatch, EventKind, History, KeyFilter, HISTORY_MAX_BYTES,
+    HISTORY_MAX_EVENTS,
 };
 pub use limits::{InvalidRequest, Limits};
 pub use machine::{

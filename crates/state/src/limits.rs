@@ -154,7 +154,8 @@ impl Limits {
             | Command::LeaseGrant { .. }
             | Command::LeaseKeepAlive { .. }
             | Command::LeaseRevoke { .. }
-            | Command::LeaseRenewAll => Ok(()),
+            | Command::LeaseRenewAll
+            | Command::Tick => Ok(()),
         }
     }
 }

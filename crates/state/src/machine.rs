@@ -233,13 +233,15 @@ impl Machine {
                 },
             ),
             Command::Delete { keys } => {
-                let removed = keys
-                    .iter()
-                    .filter(|k| self.live_mut(k, now).is_some())
-                    .cloned()
-                    .collect::<Vec<_>>();
-                removed.iter().for_each(|k| self.remove(k));
-                Outcome::Count(removed.len() as u64)
+                // Check and remove each key in one step, so a key named twice counts once.
+                let mut removed = 0u64;
+                for key in keys {
+                    if self.live_mut(key, now).is_some() {
+                        self.remove(key);
+                        removed += 1;
+                    }
+                }
+                Outcome::Count(removed)
             }
             Command::HashSet { key, fields, lease } => {
                 self.hash_set(index, now, key, fields, *lease)
@@ -259,13 +261,14 @@ impl Machine {
                 Outcome::Count(u64::from(self.incarnations.remove(node).is_some()))
             }
             Command::Reap { keys } => {
-                let expired = keys
-                    .iter()
-                    .filter(|k| self.keys.get(*k).is_some_and(|r| r.is_expired(now)))
-                    .cloned()
-                    .collect::<Vec<_>>();
-                expired.iter().for_each(|k| self.remove(k));
-                Outcome::Count(expired.len() as u64)
+                let mut expired = 0u64;
+                for key in keys {
+                    if self.keys.get(key).is_some_and(|r| r.is_expired(now)) {
+                        self.remove(key);
+                        expired += 1;
+                    }
+                }
+                Outcome::Count(expired)
             }
             Command::HashSetIfAbsent { key, field, value } => {
                 self.hash_set_if_absent(index, now, key, field, value)
@@ -293,6 +296,8 @@ impl Machine {
             },
             Command::LeaseExpire { leases } => self.expire_leases(index, now, leases),
             Command::LeaseRenewAll => self.renew_all_leases(now),
+            // `apply` has advanced the clock to the stamp already.
+            Command::Tick => Outcome::None,
         }
     }
 

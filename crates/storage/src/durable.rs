@@ -26,6 +26,8 @@ impl Disk {
 
     /// Returns once every write made before the call is on disk.
     pub(crate) async fn persist(&self) -> io::Result<()> {
+        #[cfg(test)]
+        PERSISTS.with(|n| n.set(n.get() + 1));
         self.db.flush_async().await.map_err(io::Error::other)?;
         let file = self.log_file.clone();
         tokio::task::spawn_blocking(move || sync_filesystem(&file))
@@ -45,4 +47,17 @@ fn sync_filesystem(file: &File) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times [`Disk::persist`] was called on this thread (tests run one per thread and
+    /// call it from their own runtime, so counts do not mix between tests).
+    static PERSISTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The number of [`Disk::persist`] calls made so far on this thread.
+#[cfg(test)]
+pub(crate) fn persists() -> u64 {
+    PERSISTS.with(|n| n.get())
 }

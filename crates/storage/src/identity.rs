@@ -2,11 +2,14 @@
 
 use sled::Tree;
 
+use crate::durable::Disk;
+
 /// The node id and cluster id recorded in a data directory, so that a directory is never served
 /// under another node's id or joined to another cluster.
 #[derive(Clone)]
 pub struct Identity {
     tree: Tree,
+    disk: Disk,
 }
 
 const NODE_ID: &[u8] = b"node_id";
@@ -24,13 +27,24 @@ pub enum IdentityError {
     WrongCluster { recorded: u64, requested: u64 },
     #[error("storage error: {0}")]
     Engine(#[from] sled::Error),
+    #[error("cannot sync the identity record to disk: {0}")]
+    Sync(#[from] std::io::Error),
 }
 
 impl Identity {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db, disk: Disk) -> Result<Self, sled::Error> {
         Ok(Identity {
             tree: db.open_tree("identity")?,
+            disk,
         })
+    }
+
+    /// Records `value` under `key` and returns once it is on disk (flushed and synced, like the
+    /// Raft log: a node that forgot its identity after a power loss could rejoin as another).
+    async fn write(&self, key: &[u8], value: u64) -> Result<(), IdentityError> {
+        self.tree.insert(key, &value.to_be_bytes())?;
+        self.disk.persist().await?;
+        Ok(())
     }
 
     fn read(&self, key: &[u8]) -> Result<Option<u64>, sled::Error> {
@@ -59,11 +73,7 @@ impl Identity {
                 requested: node_id,
             }),
             Some(_) => Ok(()),
-            None => {
-                self.tree.insert(NODE_ID, &node_id.to_be_bytes())?;
-                self.tree.flush_async().await?;
-                Ok(())
-            }
+            None => self.write(NODE_ID, node_id).await,
         }
     }
 
@@ -74,8 +84,7 @@ impl Identity {
             return Ok(incarnation);
         }
         let incarnation = random_u64();
-        self.tree.insert(INCARNATION, &incarnation.to_be_bytes())?;
-        self.tree.flush_async().await?;
+        self.write(INCARNATION, incarnation).await?;
         Ok(incarnation)
     }
 
@@ -87,11 +96,7 @@ impl Identity {
                 requested: cluster_id,
             }),
             Some(_) => Ok(()),
-            None => {
-                self.tree.insert(CLUSTER_ID, &cluster_id.to_be_bytes())?;
-                self.tree.flush_async().await?;
-                Ok(())
-            }
+            None => self.write(CLUSTER_ID, cluster_id).await,
         }
     }
 }
@@ -106,4 +111,40 @@ fn random_u64() -> u64 {
     hasher.write_u128(nanos);
     hasher.write_u32(std::process::id());
     hasher.finish() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::durable::persists;
+
+    type Config = crate::state_machine::tests::Config;
+
+    /// Each identity record is synced (flush and syncfs) before it is reported as recorded,
+    /// and a value already on disk is not written again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_identity_write_is_synced_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::open::<Config>(dir.path(), Default::default()).unwrap();
+        let identity = storage.identity;
+
+        let before = persists();
+        identity.claim_node(7).await.unwrap();
+        assert_eq!(persists() - before, 1, "claim_node syncs");
+        identity.claim_node(7).await.unwrap();
+        assert_eq!(
+            persists() - before,
+            1,
+            "an unchanged node id is not rewritten"
+        );
+
+        let incarnation = identity.incarnation().await.unwrap();
+        assert_eq!(persists() - before, 2, "a new incarnation syncs");
+        assert_eq!(identity.incarnation().await.unwrap(), incarnation);
+        assert_eq!(persists() - before, 2);
+
+        identity.claim_cluster(42).await.unwrap();
+        assert_eq!(persists() - before, 3, "claim_cluster syncs");
+        identity.claim_cluster(42).await.unwrap();
+        assert_eq!(persists() - before, 3);
+    }
 }

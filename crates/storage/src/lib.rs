@@ -9,7 +9,8 @@
 //! are generic over any config whose application data is [`conclave_state::WriteRequest`]),
 //! networking, clocks.
 //!
-//! Durability: appends, votes, truncations, purge points and snapshots are acknowledged only
+//! Durability: appends, votes, truncations, purge points, snapshots and the identity record
+//! (node id, incarnation, cluster id) are acknowledged only
 //! after `sled::Db::flush_async` and a `syncfs(2)` of the data directory's filesystem
 //! (module `durable`), with one flush covering every append that arrived while the previous one ran.
 //! They survive `kill -9` and power loss.
@@ -105,8 +106,8 @@ pub fn open<C: StoreConfig>(dir: &Path, options: StorageOptions) -> Result<Stora
     let disk = durable::Disk::open(&db, dir)?;
     Ok(Storage {
         log: LogStore::open(&db, disk.clone())?,
-        state: StateMachineStore::open(&db, disk)?,
-        identity: Identity::open(&db)?,
+        state: StateMachineStore::open(&db, disk.clone())?,
+        identity: Identity::open(&db, disk)?,
     })
 }
 

@@ -23,7 +23,9 @@ type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig
 type Meta<C> =
     SnapshotMeta<<C as openraft::RaftTypeConfig>::NodeId, <C as openraft::RaftTypeConfig>::Node>;
 
-/// The current snapshot is kept under two keys, written in one atomic batch.
+/// The current snapshot is kept under two keys, written in one atomic batch and, while the node
+/// runs, read under the save lock (two lookups are not atomic: a save between them would pair
+/// the old meta with the new data).
 const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
 
@@ -57,11 +59,22 @@ struct SnapshotFile {
     tree: Tree,
     saving: Arc<tokio::sync::Mutex<()>>,
     built: Arc<AtomicU64>,
+    /// Run once, between reading the meta and the data, by the next `load` (tests widen the
+    /// window a concurrent save could slip into).
+    #[cfg(test)]
+    between_reads: Arc<std::sync::Mutex<Option<TestHook>>>,
 }
+
+#[cfg(test)]
+type TestHook = Box<dyn FnOnce() + Send>;
 
 impl SnapshotFile {
     fn load<C: StoreConfig>(&self) -> Result<Option<StoredSnapshot<C>>, String> {
         let meta = self.tree.get(SNAPSHOT_META).map_err(|e| e.to_string())?;
+        #[cfg(test)]
+        if let Some(hook) = self.between_reads.lock().expect("hook lock").take() {
+            hook();
+        }
         let data = self.tree.get(SNAPSHOT_DATA).map_err(|e| e.to_string())?;
         match (meta, data) {
             (Some(meta), Some(data)) => Ok(Some(StoredSnapshot {
@@ -136,6 +149,8 @@ impl<C: StoreConfig> StateMachineStore<C> {
             tree: db.open_tree("snapshots")?,
             saving: Arc::default(),
             built: Arc::default(),
+            #[cfg(test)]
+            between_reads: Arc::default(),
         };
         let replica = match snapshots.load::<C>().map_err(OpenError::Snapshot)? {
             Some(stored) => Replica {
@@ -298,6 +313,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>, C> {
+        let _saving = self.snapshots.saving.lock().await;
         let stored = self
             .snapshots
             .load::<C>()
@@ -309,5 +325,76 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Cursor;
+    use std::time::Duration;
+
+    use conclave_state::{Machine, WriteReply, WriteRequest};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+
+    openraft::declare_raft_types!(
+        pub Config:
+            D = WriteRequest,
+            R = WriteReply,
+            NodeId = u64,
+            Node = openraft::BasicNode,
+            Entry = openraft::Entry<Config>,
+            SnapshotData = Cursor<Vec<u8>>,
+    );
+
+    fn blanks(from: u64, to: u64) -> Vec<Entry<Config>> {
+        (from..=to)
+            .map(|index| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+                payload: EntryPayload::Blank,
+            })
+            .collect()
+    }
+
+    /// A snapshot read while a newer one is being saved is one snapshot, not the old meta with
+    /// the new data: the read stops between its two lookups while a build saves a newer one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_read_during_a_save_is_never_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::open::<Config>(dir.path(), Default::default()).unwrap();
+        let mut store = storage.state;
+        store.apply(blanks(1, 1)).await.unwrap();
+        let mut builder = store.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        store.apply(blanks(2, 3)).await.unwrap();
+
+        let (paused, on_pause) = tokio::sync::oneshot::channel::<()>();
+        let (go, wait_go) = std::sync::mpsc::channel::<()>();
+        *store.snapshots.between_reads.lock().unwrap() = Some(Box::new(move || {
+            let _ = paused.send(());
+            let _ = wait_go.recv_timeout(Duration::from_secs(10));
+        }));
+        let read = tokio::spawn(async move { store.get_current_snapshot().await });
+        on_pause.await.unwrap();
+
+        // A newer snapshot is built meanwhile (it may wait for the read to finish).
+        let mut build = tokio::spawn(async move { builder.build_snapshot().await });
+        let built_during_read = tokio::time::timeout(Duration::from_millis(500), &mut build)
+            .await
+            .is_ok();
+        go.send(()).unwrap();
+        let snapshot = read.await.unwrap().unwrap().expect("a snapshot is kept");
+        if !built_during_read {
+            build.await.unwrap().unwrap();
+        }
+
+        let index = snapshot.meta.last_log_id.expect("not empty").index;
+        let machine: Machine = crate::decode(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(
+            machine.revision(),
+            index,
+            "the snapshot's data is at revision {} but its meta says {index}",
+            machine.revision()
+        );
     }
 }

@@ -396,3 +396,28 @@ pub fn run_to_exit(mut command: Command, timeout: Duration) -> std::process::Out
     }
     child.wait_with_output().expect("output")
 }
+
+/// Starts `size` nodes, each reading its wall clock's offset from a file of its own (returned
+/// by node id); writing milliseconds into a file steps that node's clock while it runs.
+pub fn start_with_clock_offsets(
+    size: u64,
+    extra: &[&str],
+    resp: bool,
+) -> (Cluster, BTreeMap<u64, PathBuf>) {
+    let mut cluster = Cluster::define(size, extra, resp);
+    let mut offsets = BTreeMap::new();
+    for id in 1..=size {
+        let path = cluster.dir.path().join(format!("node{id}.clock-offset"));
+        std::fs::write(&path, "0").unwrap();
+        let node = cluster.nodes.get_mut(&id).unwrap();
+        node.extra_args.extend([
+            "--clock-offset-file".to_string(),
+            path.display().to_string(),
+        ]);
+        offsets.insert(id, path);
+    }
+    for id in 1..=size {
+        cluster.restart(id);
+    }
+    (cluster, offsets)
+}

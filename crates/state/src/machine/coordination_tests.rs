@@ -48,6 +48,7 @@ fn all_events(m: &Machine) -> Vec<Event> {
     m.history()
         .events_after(0, &KeyFilter::Prefix(Bytes::new()), usize::MAX, usize::MAX)
         .unwrap()
+        .events
 }
 
 fn field_of(m: &Machine, key: &str, field: &str) -> Option<Vec<u8>> {
@@ -411,18 +412,83 @@ fn history_keeps_whole_revisions_and_reports_compaction() {
     assert_eq!(err.compacted, history.compacted());
     let kept = history
         .events_after(history.compacted(), &everything, usize::MAX, usize::MAX)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(kept.len() % 2, 0, "never half a revision");
     assert_eq!(kept.first().unwrap().revision, history.compacted() + 1);
     // A limit of one event, or of one byte, still returns the whole of the first revision.
     let by_count = history
         .events_after(history.compacted(), &everything, 1, usize::MAX)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(by_count.len(), 2);
     let by_bytes = history
         .events_after(history.compacted(), &everything, usize::MAX, 1)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(by_bytes.len(), 2);
+}
+
+/// The byte cap counts each event's whole weight (48 bytes of overhead, key, field and value),
+/// and the batch names the last revision it covers when it stops there.
+#[test]
+fn events_after_says_where_it_stopped_at_the_byte_cap() {
+    let mut m = Machine::new();
+    let value = "v".repeat(100);
+    for i in 1..=10u64 {
+        m.apply(i, &write(0, hset("h", &format!("f{i:02}"), &value, None)));
+    }
+    m.apply(11, &write(0, set("other", "x", None)));
+    let history = m.history();
+    let filter = KeyFilter::Key(b("h"));
+    // 48 + "h" + "fNN" + 100 bytes of value.
+    let weight = 48 + 1 + 3 + 100;
+
+    let at_cap = history
+        .events_after(0, &filter, usize::MAX, 3 * weight)
+        .unwrap();
+    assert_eq!(at_cap.events.len(), 3);
+    assert_eq!(at_cap.stopped_after, Some(3));
+    // Keys and values alone are well under the cap: only the weight says the batch is full.
+    let payload: usize = at_cap
+        .events
+        .iter()
+        .map(|e| e.key.len() + e.value.len())
+        .sum();
+    assert!(payload < 3 * weight);
+
+    let past_cap = history
+        .events_after(0, &filter, usize::MAX, 3 * weight + 1)
+        .unwrap();
+    assert_eq!(past_cap.events.len(), 4);
+    assert_eq!(past_cap.stopped_after, Some(4));
+
+    // Resuming from where it stopped picks up the next revision.
+    let resumed = history
+        .events_after(3, &filter, usize::MAX, 3 * weight)
+        .unwrap();
+    assert_eq!(resumed.events.first().unwrap().revision, 4);
+
+    // Filling up on the last matching event still reports early: a non-matching revision
+    // follows, and the batch cannot tell it holds every match.
+    let full_at_end = history
+        .events_after(7, &filter, usize::MAX, 3 * weight)
+        .unwrap();
+    assert_eq!(full_at_end.events.len(), 3);
+    assert_eq!(full_at_end.stopped_after, Some(10));
+
+    // Under the cap it reaches the end of the history.
+    let whole = history
+        .events_after(0, &filter, usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(whole.events.len(), 10);
+    assert_eq!(whole.stopped_after, None);
+    let by_count = history.events_after(8, &filter, 2, usize::MAX).unwrap();
+    assert_eq!(by_count.events.len(), 2);
+    assert_eq!(by_count.stopped_after, Some(10));
+    let to_end = history.events_after(8, &filter, 3, usize::MAX).unwrap();
+    assert_eq!(to_end.events.len(), 2);
+    assert_eq!(to_end.stopped_after, None);
 }
 
 #[test]
@@ -434,7 +500,8 @@ fn events_follow_the_filter() {
     let prefix = m
         .history()
         .events_after(0, &KeyFilter::Prefix(b("room/")), 100, usize::MAX)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(
         prefix.iter().map(|e| e.revision).collect::<Vec<_>>(),
         vec![1, 2]
@@ -442,7 +509,8 @@ fn events_follow_the_filter() {
     let one = m
         .history()
         .events_after(1, &KeyFilter::Key(b("room/2")), 100, usize::MAX)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].value, b("b"));
 }

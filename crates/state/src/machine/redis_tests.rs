@@ -408,3 +408,22 @@ fn queries_answer_like_redis() {
         "expired at the reader's clock"
     );
 }
+
+#[test]
+fn delete_of_duplicate_keys_counts_each_key_once() {
+    let mut m = Machine::new();
+    m.apply(1, &write(100, set("k", "v", Expiry::Never)));
+    m.apply(2, &write(100, set("j", "v", Expiry::Never)));
+    let delete = Command::Delete {
+        keys: vec![b("k"), b("k"), b("j"), b("absent"), b("j")],
+    };
+    assert_eq!(m.apply(3, &write(100, delete)).outcome, Outcome::Count(2));
+    assert!(m.record(b"k", 100).is_none());
+    assert!(m.record(b"j", 100).is_none());
+
+    m.apply(4, &write(100, set("t", "v", Expiry::AfterMillis(10))));
+    let reap = Command::Reap {
+        keys: vec![b("t"), b("t")],
+    };
+    assert_eq!(m.apply(5, &write(200, reap)).outcome, Outcome::Count(1));
+}

@@ -153,6 +153,30 @@ fn stamps_never_go_backwards() {
 }
 
 #[test]
+fn a_tick_only_advances_the_clock() {
+    let mut m = Machine::new();
+    m.apply(
+        1,
+        &write(
+            1000,
+            set_with("k", "v", SetCondition::Always, Expiry::AfterMillis(500)),
+        ),
+    );
+    let before = m.history().len();
+    let r = m.apply(2, &write(1600, Command::Tick));
+    assert_eq!(r.outcome, Outcome::None);
+    assert_eq!(m.clock(), 1600);
+    assert_eq!(m.revision(), 2);
+    // Nothing changed: no event, and the expired key waits for its reap.
+    assert_eq!(m.history().len(), before);
+    assert_eq!(m.len(), 1);
+    assert!(m.record(b"k", m.clock()).is_none());
+    // An earlier stamp does not move the clock back.
+    m.apply(3, &write(1200, Command::Tick));
+    assert_eq!(m.clock(), 1600);
+}
+
+#[test]
 fn reap_removes_only_keys_still_expired() {
     let mut m = Machine::new();
     m.apply(
