@@ -3,7 +3,8 @@
 # Tests start real `conclave server` processes on loopback ports and drive them with real Redis
 # clients (redis-cli, redis-py), which setup-test-deps.sh installs when they are missing. Where a
 # Docker engine answers, the image is built first (deploy/build-image.sh) and the deploy tests run
-# the compose cluster; without one they say they are skipped.
+# the compose cluster; without one they say they are skipped. Last, the chaos suite runs a fixed
+# seed set (it needs root, for the iptables rules of its partitions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,9 @@ else
 fi
 echo "== cargo test"
 cargo test --workspace --locked
+# The chaos suite on the debug build the tests just made, a fixed seed set: every nemesis, each
+# run checked for lost, duplicated and non-linearizable operations (cluster-tests/README.md).
+for seed in 1 2 3; do
+    echo "== chaos suite, seed $seed (cluster-tests/run.sh --duration 30 --nemesis all --seed $seed)"
+    CHAOS_PROFILE=debug ./cluster-tests/run.sh --duration 30 --nemesis all --seed "$seed"
+done

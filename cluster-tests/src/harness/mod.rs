@@ -1,0 +1,100 @@
+//! Harnesses: where the cluster under test runs and how faults reach it. The workloads,
+//! nemeses and checkers are the same for every harness.
+
+pub mod local;
+
+use std::time::{Duration, Instant};
+
+use conclave_client::Client;
+
+pub type NodeId = u64;
+
+/// A cluster whose nodes a nemesis can kill, pause, cut off and skew.
+pub trait Harness: Send {
+    fn name(&self) -> &'static str;
+    /// Every node id, started or not.
+    fn ids(&self) -> Vec<NodeId>;
+    /// The node's gRPC (client and peer) address.
+    fn grpc(&self, id: NodeId) -> String;
+    /// The node's Redis-protocol address.
+    fn resp(&self, id: NodeId) -> String;
+    /// Starts the node from its data directory (no-op if it runs).
+    fn start(&mut self, id: NodeId) -> anyhow::Result<()>;
+    /// SIGKILL.
+    fn kill(&mut self, id: NodeId);
+    /// SIGTERM, and wait for the node to exit.
+    fn stop(&mut self, id: NodeId);
+    /// SIGSTOP / SIGCONT.
+    fn pause(&mut self, id: NodeId);
+    fn resume(&mut self, id: NodeId);
+    /// Started and not paused.
+    fn running(&self, id: NodeId) -> bool;
+    /// Kills the node and deletes its data directory.
+    fn wipe(&mut self, id: NodeId) -> anyhow::Result<()>;
+    /// Drops every packet from `from` to `to`, for each pair (one direction each).
+    fn cut(&mut self, links: &[(NodeId, NodeId)]) -> anyhow::Result<()>;
+    /// Removes every cut.
+    fn heal(&mut self) -> anyhow::Result<()>;
+    /// Sets the node's wall clock offset (milliseconds, either sign), at once.
+    fn set_clock_offset(&mut self, id: NodeId, offset_ms: i64) -> anyhow::Result<()>;
+}
+
+/// A gRPC client of one node only (no failover), for status calls.
+pub async fn node_client(address: &str) -> Option<Client> {
+    Client::connect([address]).await.ok()
+}
+
+/// The leader as the running nodes report it, if a majority of those answering agree.
+pub async fn leader(harness: &dyn Harness) -> Option<NodeId> {
+    let mut votes = std::collections::BTreeMap::new();
+    for id in harness.ids() {
+        if !harness.running(id) {
+            continue;
+        }
+        let Some(client) = node_client(&harness.grpc(id)).await else {
+            continue;
+        };
+        let status = tokio::time::timeout(Duration::from_millis(500), client.status()).await;
+        if let Ok(Ok(status)) = status {
+            if let Some(leader) = status.leader {
+                *votes.entry(leader).or_insert(0) += 1;
+            }
+        }
+    }
+    votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+}
+
+/// Waits until every running node answers a status call and knows one leader, which has
+/// applied an entry of its term (so it serves writes).
+pub async fn wait_healthy(harness: &dyn Harness, within: Duration) -> anyhow::Result<NodeId> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(leader) = agreed_leader(harness).await {
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the cluster did not agree on a leader within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agreed_leader(harness: &dyn Harness) -> Option<NodeId> {
+    let mut agreed = None;
+    for id in harness.ids() {
+        if !harness.running(id) {
+            continue;
+        }
+        let client = node_client(&harness.grpc(id)).await?;
+        let status = tokio::time::timeout(Duration::from_millis(500), client.status())
+            .await
+            .ok()?
+            .ok()?;
+        let leader = status.leader?;
+        if agreed.is_some_and(|l| l != leader) {
+            return None;
+        }
+        agreed = Some(leader);
+    }
+    agreed
+}

@@ -1,0 +1,157 @@
+//! `chaos`: Conclave's chaos suite. It starts a cluster (the local harness: real `conclave
+//! server` processes on loopback addresses of their own), runs workloads on every node that
+//! record a history of every operation, injects a seeded schedule of faults, heals, reads the
+//! final state, and checks the history: registers for linearizability, sets for lost and
+//! unexpected elements, counters for lost and duplicated increments.
+//!
+//! `cluster-tests/run.sh` is the entry point (it builds the binaries first); the contract:
+//! `run.sh --duration SECONDS --nemesis LIST|all --seed N [--harness local]
+//! [--consistency linearizable|session|local]`. The last line printed is
+//! `RESULT lost=N duplicated=N linearizable=true|false ops=N faults=N`; the exit status is 0
+//! only when every check holds.
+//!
+//! Known to be missing: the docker harness, the watch, lock/lease and pub/sub workloads, and
+//! Redis-with-Sentinel under the same schedule.
+
+mod checker;
+mod harness;
+mod history;
+mod nemesis;
+mod report;
+mod resp;
+mod rng;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::harness::Harness;
+use crate::history::History;
+use crate::rng::Rng;
+use crate::workload::ReadLevel;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chaos",
+    about = "Conclave's chaos suite: workloads, faults, history checkers"
+)]
+struct Args {
+    /// How long the workloads run, in seconds (faults stop 3 s before the end).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Faults to draw from: a comma-separated list, `all` or `none`.
+    #[arg(long, default_value = "all")]
+    nemesis: String,
+    /// Seeds the schedule and the operations; the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the cluster runs.
+    #[arg(long, default_value = "local", value_parser = ["local"])]
+    harness: String,
+    /// Read consistency of the clients (and of the nodes' RESP reads).
+    #[arg(long, default_value = "linearizable")]
+    consistency: String,
+    /// Workloads to run: a comma-separated list of register, set, counter.
+    #[arg(long, default_value = "register,set,counter")]
+    workloads: String,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// The `conclave` binary the local harness starts.
+    #[arg(long, default_value = "target/release/conclave")]
+    binary: PathBuf,
+    /// Where histories and reports go (a directory per run).
+    #[arg(long, default_value = "cluster-tests/out")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            println!("RESULT lost=0 duplicated=0 linearizable=false ops=0 faults=0 error=true");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let kinds = nemesis::parse_kinds(&args.nemesis)?;
+    let reads = ReadLevel::parse(&args.consistency)?;
+    let workloads: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    if let Some(unknown) = workloads.iter().find(|w| !workload::WORKLOADS.contains(w)) {
+        anyhow::bail!(
+            "unknown workload {unknown:?}; known: {}",
+            workload::WORKLOADS.join(", ")
+        );
+    }
+    anyhow::ensure!(
+        args.binary.exists(),
+        "{} does not exist: build it (cluster-tests/run.sh does) or pass --binary",
+        args.binary.display()
+    );
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = args.out.join(format!("seed{}-{started}", args.seed));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "chaos: seed {} | {} harness | {} s | nemesis {} | {} nodes | reads {} | workloads {} | out {}",
+        args.seed,
+        args.harness,
+        args.duration,
+        if kinds.is_empty() { "none".to_string() } else { kinds.join(",") },
+        args.nodes,
+        reads.name(),
+        workloads.join(","),
+        dir.display()
+    );
+
+    let server_args = vec![
+        "--resp-consistency".to_string(),
+        reads.name().to_string(),
+        // Snapshots and log compaction happen during the run, not only after hours.
+        "--snapshot-every".to_string(),
+        "500".to_string(),
+    ];
+    let mut cluster =
+        harness::local::LocalCluster::new(args.binary.clone(), &dir, args.nodes, server_args);
+    println!(
+        "cluster: {} harness, node logs in {}",
+        cluster.name(),
+        dir.display()
+    );
+    for id in cluster.ids() {
+        cluster.start(id)?;
+    }
+    harness::wait_healthy(&cluster, Duration::from_secs(60)).await?;
+
+    let history = History::new(Instant::now());
+    let mut rng = Rng::new(args.seed);
+    let stop_us = args.duration * 1_000_000;
+    let mut clients = workload::spawn(&workloads, &cluster, &history, &mut rng, stop_us, reads);
+    let mut log = |line: &str| println!("{line}");
+    let faults = nemesis::run(&mut cluster, &kinds, &mut rng, &history, stop_us, &mut log).await?;
+    while clients.join_next().await.is_some() {}
+    nemesis::heal(&mut cluster).await?;
+    harness::wait_healthy(&cluster, Duration::from_secs(60)).await?;
+    let finals = workload::final_reads(&cluster, &history).await?;
+    drop(cluster);
+
+    let ops = history.ops();
+    let report = report::Report::build(&ops, &faults, &finals, reads, args.seed);
+    report.print();
+    report.write(&dir, &ops)?;
+    println!("{}", report.result_line());
+    Ok(report.holds())
+}
