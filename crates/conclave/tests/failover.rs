@@ -490,6 +490,120 @@ async fn after_a_site_restart_an_empty_node_waits_for_its_peers_and_is_refused()
     }
 }
 
+/// Starts node 1, then node 3, and stops node 3 (SIGSTOP) right after it has created the cluster
+/// counting node 1, before node 1 has: node 3 then holds Raft state and no entry. None if node 1
+/// created it too meanwhile (the caller tries again).
+async fn a_founder_cut_off_before_the_first_entry() -> Option<Cluster> {
+    let mut cluster = Cluster::define(3, &[], false);
+    cluster.restart(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if cluster
+            .status(3)
+            .await
+            .is_some_and(|s| !s.members.is_empty())
+        {
+            cluster.pause(3);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never created the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let one = cluster.status(1).await?;
+    one.members.is_empty().then_some(cluster)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_founder_cut_off_before_the_first_entry_never_forms_a_cluster_with_a_node_that_lost_its_disk(
+) {
+    let _serial = serial().await;
+    let mut attempts = 0;
+    let mut cluster = loop {
+        attempts += 1;
+        if let Some(cluster) = a_founder_cut_off_before_the_first_entry().await {
+            break cluster;
+        }
+        assert!(attempts < 6, "node 1 kept creating the cluster with node 3");
+    };
+    // Nodes 1 and 2 form the cluster (node 3 is stopped) and acknowledge writes.
+    cluster.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let one = cluster.status(1).await.and_then(|s| s.leader);
+        let two = cluster.status(2).await.and_then(|s| s.leader);
+        if one.is_some() && one == two {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes 1 and 2 elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = cluster.client_preferring(1).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let key = format!("acknowledged/{i}");
+        client.set(&key, "yes").await.unwrap();
+        acked.push(key);
+    }
+    for id in [1, 2] {
+        let applied = cluster.status(id).await.unwrap().applied;
+        cluster
+            .wait_applied(id, applied, Duration::from_secs(10))
+            .await;
+    }
+    // Every node that knows a leader has registered its data directory by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A site restart: node 2 comes back without its disk, node 3 with its state (no entry), node
+    // 1 stays down. Node 3 counted node 1, not this new directory of node 2, when it created the
+    // cluster: the two must not form one without the acknowledged writes.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    std::fs::remove_dir_all(&cluster.nodes[&2].data_dir).unwrap();
+    cluster.restart(3);
+    cluster.restart(2);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in [2, 3] {
+        let status = cluster.status(id).await;
+        assert!(
+            status.as_ref().is_none_or(|s| s.leader.is_none()),
+            "nodes 2 (empty) and 3 (never saw an entry) elected a leader: {status:?}\n{}",
+            cluster.logs()
+        );
+    }
+    assert!(
+        cluster
+            .logs()
+            .contains("node 2: waiting for 2 of the 3 nodes"),
+        "{}",
+        cluster.logs()
+    );
+
+    // Node 1 returns: it remembers node 2's old directory, so node 2 refuses to go on, and
+    // nodes 1 and 3 serve every acknowledged write.
+    cluster.restart(1);
+    let exit = cluster.wait_exit(2, Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|status| !status.success()),
+        "node 2 went on with an empty disk: {exit:?}\n{}",
+        cluster.logs()
+    );
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let client = cluster.client_preferring(3).await;
+    for key in &acked {
+        assert_eq!(
+            read_linearizable(&client, key).await.as_deref(),
+            Some(&b"yes"[..]),
+            "{key}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leadership_moves_on_request_and_no_write_fails() {
     let _serial = serial().await;

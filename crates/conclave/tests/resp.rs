@@ -742,8 +742,15 @@ async fn a_follower_without_a_quorum() -> (Cluster, RespConnection, u64) {
     // sent before may have gone out on the old leader's connection as it broke: its outcome
     // would be unknown.)
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cluster.status(follower).await.is_some_and(|s| s.leader.is_some()) {
-        assert!(Instant::now() < deadline, "the follower still follows a dead leader");
+    while cluster
+        .status(follower)
+        .await
+        .is_some_and(|s| s.leader.is_some())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the follower still follows a dead leader"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (cluster, connection, follower)

@@ -22,6 +22,7 @@
 mod clock;
 mod cluster;
 mod codec;
+mod formation;
 mod leader;
 pub mod network;
 mod node;

@@ -14,6 +14,7 @@ use tonic::Status;
 
 use crate::clock::{LeaderTime, WallClock};
 use crate::cluster::ClusterSpec;
+use crate::formation::{self, Decision, PeerState, Refusal};
 use crate::leader::{self, AdminRequest, LeaderError, LeaderReply, LeaderRequest, MembershipView};
 use crate::network::{NetworkFactory, Peers};
 use crate::{MemberView, NodeId, Raft, StateView};
@@ -223,17 +224,6 @@ enum Joining {
     Unlisted,
 }
 
-/// What the other listed nodes said about themselves (see `Node::survey_peers`).
-#[derive(Default)]
-struct Survey {
-    /// One of them belongs to this node's cluster, and a leader has been elected in it.
-    formed: bool,
-    /// How many were listed in the same `--initial-cluster` and have no Raft state yet, or have
-    /// created the cluster but seen no leader elected yet (founders this node may join in
-    /// creating it: every founder initializes with the same list).
-    fresh: usize,
-}
-
 fn raft_config(options: &NodeOptions) -> Result<openraft::Config, StartError> {
     let keep = options.snapshot_every.min(1000);
     let config = openraft::Config {
@@ -414,27 +404,28 @@ impl Node {
                 }
                 Joining::No => {}
             }
-            if survey.formed {
-                self.inner
-                    .identity
-                    .claim_cluster(cluster.cluster_id())
-                    .await?;
-                eprintln!(
-                    "node {id}: the cluster already exists, so this empty node does not bootstrap it; \
-                     it waits for the leader (add it with `conclave ctl members add {id} ADDRESS` \
-                     if it is not a member)"
-                );
-                return Ok(());
-            }
-            if survey.fresh + 1 >= needed {
-                return self.bootstrap(cluster).await;
-            }
+            let founders = match formation::decide(&survey, cluster.members().len()) {
+                Decision::Create { founders } => return self.bootstrap(cluster, &founders).await,
+                Decision::Wait { founders } => founders,
+                Decision::AwaitLeader => {
+                    self.inner
+                        .identity
+                        .claim_cluster(cluster.cluster_id())
+                        .await?;
+                    eprintln!(
+                        "node {id}: the cluster already exists, so this empty node does not bootstrap it; \
+                         it waits for the leader (add it with `conclave ctl members add {id} ADDRESS` \
+                         if it is not a member)"
+                    );
+                    return Ok(());
+                }
+            };
             if !said_waiting {
                 eprintln!(
                     "node {id}: waiting for {needed} of the {} nodes in --initial-cluster to be up \
-                     and empty before creating the cluster ({} so far, this one included)",
+                     and empty (or to have counted this one when creating the cluster) before \
+                     creating the cluster ({founders} so far, this one included)",
                     cluster.members().len(),
-                    survey.fresh + 1
                 );
                 said_waiting = true;
             }
@@ -617,7 +608,7 @@ impl Node {
     /// themselves. Fails if one belongs to another cluster, or remembers this node id with
     /// another data directory or has replicated to it as leader (its data was lost). Nodes that
     /// do not answer are counted as neither formed nor fresh.
-    async fn survey_peers(&self) -> Result<Survey, StartError> {
+    async fn survey_peers(&self) -> Result<Vec<(NodeId, PeerState)>, StartError> {
         let ours = self.inner.peers.cluster_id();
         let mut probes = tokio::task::JoinSet::new();
         for (peer, address) in self.inner.cluster.members() {
@@ -635,43 +626,42 @@ impl Node {
                 (peer, address, answer)
             });
         }
-        let mut survey = Survey::default();
+        let mut survey = Vec::new();
         while let Some(probe) = probes.join_next().await {
             let Ok((peer, address, Ok(answer))) = probe else {
                 continue;
             };
-            if let Some(ours) = ours.filter(|o| answer.cluster_id != 0 && answer.cluster_id != *o) {
-                return Err(StartError::PeerInOtherCluster {
-                    peer,
-                    address,
-                    theirs: answer.cluster_id,
-                    ours,
-                });
-            }
-            let remembered = answer
-                .recorded_incarnation
-                .is_some_and(|i| i != self.inner.incarnation);
-            let replicated = answer.replicated_to_caller.filter(|i| *i > 0);
-            if remembered || replicated.is_some() {
-                return Err(StartError::DataLost {
-                    id: self.inner.id,
-                    peer,
-                });
-            }
-            let same_cluster = ours.is_some_and(|o| answer.cluster_id == o);
-            if same_cluster && answer.last_log_index.is_some_and(|i| i > 0) {
-                survey.formed = true;
-            } else if same_cluster {
-                survey.fresh += 1;
+            match formation::classify(&answer, ours, self.inner.incarnation) {
+                Ok(state) => survey.push((peer, state)),
+                Err(Refusal::OtherCluster { theirs }) => {
+                    return Err(StartError::PeerInOtherCluster {
+                        peer,
+                        address,
+                        theirs,
+                        ours: ours.unwrap_or(0),
+                    })
+                }
+                Err(Refusal::DataLost) => {
+                    return Err(StartError::DataLost {
+                        id: self.inner.id,
+                        peer,
+                    })
+                }
             }
         }
         Ok(survey)
     }
 
-    /// Records the cluster id and initializes Raft with the listed members.
-    async fn bootstrap(&self, cluster: &ClusterSpec) -> Result<(), StartError> {
+    /// Records the cluster id and the fellow founders counted, then initializes Raft with the
+    /// listed members.
+    async fn bootstrap(
+        &self,
+        cluster: &ClusterSpec,
+        founders: &[(NodeId, u64)],
+    ) -> Result<(), StartError> {
         let ours = cluster.cluster_id();
         self.inner.identity.claim_cluster(ours).await?;
+        self.inner.identity.record_founders(founders).await?;
         let members: BTreeMap<NodeId, BasicNode> = cluster
             .members()
             .iter()
@@ -1159,6 +1149,14 @@ impl Node {
             replicated_to_caller,
             recorded_incarnation: self.inner.view.read(|m| m.incarnation(caller)),
             last_log_index: has_raft_state(&metrics).then(|| metrics.last_log_index.unwrap_or(0)),
+            incarnation: self.inner.incarnation,
+            founded_with_caller: self
+                .inner
+                .identity
+                .founders()
+                .ok()
+                .flatten()
+                .and_then(|f| f.iter().find(|(id, _)| *id == caller).map(|(_, i)| *i)),
         }
     }
 

@@ -15,6 +15,7 @@ pub struct Identity {
 const NODE_ID: &[u8] = b"node_id";
 const INCARNATION: &[u8] = b"incarnation";
 const CLUSTER_ID: &[u8] = b"cluster_id";
+const FOUNDERS: &[u8] = b"founders";
 
 /// A data directory that belongs elsewhere.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,33 @@ impl Identity {
         let incarnation = random_u64();
         self.write(INCARNATION, incarnation).await?;
         Ok(incarnation)
+    }
+
+    /// The fellow founders this node counted when it created the cluster: (node id, incarnation
+    /// of its data directory then). None if it did not create the cluster itself.
+    pub fn founders(&self) -> Result<Option<Vec<(u64, u64)>>, sled::Error> {
+        Ok(self.tree.get(FOUNDERS)?.map(|v| {
+            v.chunks_exact(16)
+                .map(|pair| {
+                    let (id, incarnation) = pair.split_at(8);
+                    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+                    (word(id), word(incarnation))
+                })
+                .collect()
+        }))
+    }
+
+    /// Records the fellow founders counted before creating the cluster; on disk before it
+    /// returns (it must be, before the node creates the cluster).
+    pub async fn record_founders(&self, founders: &[(u64, u64)]) -> Result<(), IdentityError> {
+        let bytes: Vec<u8> = founders
+            .iter()
+            .flat_map(|(id, incarnation)| [id.to_be_bytes(), incarnation.to_be_bytes()])
+            .flatten()
+            .collect();
+        self.tree.insert(FOUNDERS, bytes)?;
+        self.disk.persist().await?;
+        Ok(())
     }
 
     /// Records `cluster_id` in a directory that has none yet, or checks that it matches.
