@@ -58,7 +58,7 @@ pub(crate) fn classify(
     if remembered || replicated {
         return Err(Refusal::DataLost);
     }
-    if !ours.is_some_and(|o| answer.cluster_id == o) {
+    if ours.is_none_or(|o| answer.cluster_id != o) {
         return Ok(PeerState::Uncounted);
     }
     Ok(match answer.last_log_index {
