@@ -78,8 +78,7 @@ pub async fn run(
     while history.now_us() + 3_000_000 < until_us && !kinds.is_empty() {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let hold = Duration::from_millis(1000 + rng.below(3000));
-        let start_us = history.now_us();
-        let description = inject(harness, kind, hold, rng).await?;
+        let (description, start_us) = inject(harness, kind, hold, rng, history).await?;
         let healed_us = history.now_us();
         heal(harness).await?;
         let recovered = harness::wait_healthy(harness, Duration::from_secs(30)).await;
@@ -146,12 +145,33 @@ async fn current_leader(harness: &dyn Harness, ids: &[NodeId], rng: &mut Rng) ->
     }
 }
 
-/// Injects one fault of `kind`, holds it for `hold`, and describes it; healing is the caller's.
+/// Notes when the fault took effect (the first call), then holds it.
+async fn hold_fault(history: &History, applied: &mut Option<u64>, hold: Duration) {
+    applied.get_or_insert(history.now_us());
+    tokio::time::sleep(hold).await;
+}
+
+/// Injects one fault of `kind`, holds it for `hold`, and describes it, with the time it took
+/// effect (microseconds since the run began); healing is the caller's.
 async fn inject(
     harness: &mut dyn Harness,
     kind: &str,
     hold: Duration,
     rng: &mut Rng,
+    history: &History,
+) -> anyhow::Result<(String, u64)> {
+    let mut applied = None;
+    let description = inject_fault(harness, kind, hold, rng, history, &mut applied).await?;
+    Ok((description, applied.unwrap_or_else(|| history.now_us())))
+}
+
+async fn inject_fault(
+    harness: &mut dyn Harness,
+    kind: &str,
+    hold: Duration,
+    rng: &mut Rng,
+    history: &History,
+    applied: &mut Option<u64>,
 ) -> anyhow::Result<String> {
     let ids = harness.ids();
     let majority = ids.len() / 2 + 1;
@@ -168,7 +188,7 @@ async fn inject(
             for id in &victims {
                 harness.kill(*id);
             }
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("kill -9 {victims:?}, restarted")
         }
         "pause" | "pause-leader" | "pause-majority" => {
@@ -180,12 +200,12 @@ async fn inject(
             for id in &victims {
                 harness.pause(*id);
             }
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("SIGSTOP {victims:?}, then SIGCONT")
         }
         "partition-leader" => {
             harness.cut(&between(&[leader], &others))?;
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("leader {leader} isolated from {others:?}")
         }
         "partition-halves" => {
@@ -193,7 +213,7 @@ async fn inject(
             rng.shuffle(&mut shuffled);
             let (minority, rest) = shuffled.split_at(ids.len() - majority);
             harness.cut(&between(minority, rest))?;
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("{minority:?} | {rest:?}")
         }
         "partition-bridge" => {
@@ -203,7 +223,7 @@ async fn inject(
             let half = (shuffled.len() - 1) / 2;
             let (left, right) = shuffled[1..].split_at(half);
             harness.cut(&between(left, right))?;
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("{left:?} | {right:?}, node {bridge} reaches both")
         }
         "partition-one-way" => {
@@ -213,7 +233,7 @@ async fn inject(
                 .map(|o| if outgoing { (leader, *o) } else { (*o, leader) })
                 .collect();
             harness.cut(&links)?;
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             if outgoing {
                 format!("leader {leader} cannot send to {others:?}")
             } else {
@@ -233,7 +253,7 @@ async fn inject(
                 -magnitude
             };
             harness.set_clock_offset(node, offset)?;
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("node {node}'s clock stepped {offset:+} ms, then back")
         }
         "clock-skew" => {
@@ -243,7 +263,7 @@ async fn inject(
                 harness.set_clock_offset(*id, offset)?;
                 offsets.push((*id, offset));
             }
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!("clocks skewed {offsets:?} ms")
         }
         "wipe" => {
@@ -252,6 +272,7 @@ async fn inject(
             }
             let victim = others[rng.below(others.len() as u64) as usize];
             harness.wipe(victim)?;
+            applied.get_or_insert(history.now_us());
             let survivor = leader;
             let client = harness::node_client(&harness.grpc(survivor))
                 .await
@@ -259,9 +280,9 @@ async fn inject(
             let removed = client.remove_member(victim).await;
             harness.start(victim)?;
             let added = client
-                .add_member(victim, &harness.grpc(victim), false)
+                .add_member(victim, &harness.peer_address(victim), false)
                 .await;
-            tokio::time::sleep(hold).await;
+            hold_fault(history, applied, hold).await;
             format!(
                 "node {victim} lost its data; removed ({}) and added back ({})",
                 outcome(&removed),
@@ -277,9 +298,10 @@ async fn inject(
                 .await
                 .ok_or_else(|| anyhow::anyhow!("no client of node {leader}"))?;
             let removed = client.remove_member(victim).await;
-            tokio::time::sleep(hold).await;
+            applied.get_or_insert(history.now_us());
+            hold_fault(history, applied, hold).await;
             let added = client
-                .add_member(victim, &harness.grpc(victim), false)
+                .add_member(victim, &harness.peer_address(victim), false)
                 .await;
             format!(
                 "node {victim} removed ({}) and added back ({})",
@@ -292,6 +314,7 @@ async fn inject(
             order.push(leader);
             for id in &order {
                 harness.stop(*id);
+                applied.get_or_insert(history.now_us());
                 harness.start(*id)?;
                 harness::wait_healthy(harness, Duration::from_secs(30)).await?;
             }

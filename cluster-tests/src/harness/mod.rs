@@ -1,6 +1,7 @@
 //! Harnesses: where the cluster under test runs and how faults reach it. The workloads,
 //! nemeses and checkers are the same for every harness.
 
+pub mod docker;
 pub mod local;
 
 use std::time::{Duration, Instant};
@@ -18,6 +19,10 @@ pub trait Harness: Send {
     fn grpc(&self, id: NodeId) -> String;
     /// The node's Redis-protocol address.
     fn resp(&self, id: NodeId) -> String;
+    /// The node's address as its peers reach it (what a membership change names).
+    fn peer_address(&self, id: NodeId) -> String {
+        self.grpc(id)
+    }
     /// Starts the node from its data directory (no-op if it runs).
     fn start(&mut self, id: NodeId) -> anyhow::Result<()>;
     /// SIGKILL.

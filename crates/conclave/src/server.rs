@@ -59,7 +59,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub resp: Option<String>,
     /// What a RESP read waits for: session (read your own writes), linearizable or local.
-    #[arg(long, default_value = "session")]
+    #[arg(long, env = "CONCLAVE_RESP_CONSISTENCY", default_value = "session")]
     pub resp_consistency: conclave_resp::ReadConsistency,
     /// The password RESP clients must give (AUTH / HELLO ... AUTH default <password>).
     #[arg(long, env = "CONCLAVE_RESP_PASSWORD")]
@@ -115,7 +115,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         },
         snapshot_every: args.snapshot_every.max(1),
-        clock_offset_file: args.clock_offset_file.clone(),
+        // An empty CONCLAVE_CLOCK_OFFSET_FILE (as the compose file passes by default) is none.
+        clock_offset_file: args
+            .clock_offset_file
+            .clone()
+            .filter(|path| !path.as_os_str().is_empty()),
         source_ip: Some(address.ip()),
     };
     let node = Node::open(options).await?;

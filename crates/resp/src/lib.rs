@@ -18,7 +18,8 @@
 //!
 //! Consistency: writes are forwarded to the leader and answered once applied; across a leader
 //! change they are held until [`RespOptions::write_deadline`], then answered `TRYAGAIN` (which
-//! go-redis retries by itself). Reads follow [`ReadConsistency`], per node; under the default
+//! go-redis retries by itself) if no leader was ever handed them, else `UNCERTAIN ...` (which
+//! no client retries blindly: the write may still be applied). Reads follow [`ReadConsistency`], per node; under the default
 //! (`Session`) a read sees every write this node has acknowledged, on any connection or over
 //! gRPC, before or after a restart ([`Node::read_barrier`]), and never older state than its
 //! connection saw.
