@@ -13,6 +13,10 @@ use conclave_api::{
 use conclave_consensus::{ClusterSpec, Node, NodeOptions, Timing};
 use tonic::transport::server::TcpIncoming;
 
+/// The longest request deadline accepted: a write is re-sent under its request id until its
+/// deadline, and the state machine remembers replies for at least a minute
+/// (`conclave_state::MIN_REPLY_AGE_MS`), so a retry within the deadline never applies twice.
+const MAX_DEADLINE_MS: u64 = 30_000;
 /// How long in-flight calls and open streams get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a stopping leader tries to hand its leadership over before it stops anyway.
@@ -53,7 +57,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = Timing::default().election_max_ms)]
     pub election_max_ms: u64,
     /// How long a request may wait for a leader before failing with UNAVAILABLE.
-    #[arg(long, default_value_t = Timing::default().request_timeout.as_millis() as u64)]
+    #[arg(long, default_value_t = Timing::default().request_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub request_timeout_ms: u64,
     /// HOST:PORT to serve the Redis protocol (RESP2/RESP3) on; off when absent.
     #[arg(long)]
@@ -64,8 +69,10 @@ pub struct ServerArgs {
     /// The password RESP clients must give (AUTH / HELLO ... AUTH default <password>).
     #[arg(long, env = "CONCLAVE_RESP_PASSWORD")]
     pub resp_password: Option<String>,
-    /// How long a RESP command may wait for a leader before it is answered TRYAGAIN.
-    #[arg(long, default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64)]
+    /// How long a RESP command may wait for a leader before it is answered TRYAGAIN (or, for a
+    /// write a leader may still commit, UNCERTAIN).
+    #[arg(long, default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub resp_deadline_ms: u64,
     /// For tests: a file holding a signed number of milliseconds added to this node's wall
     /// clock (re-read as it changes; missing or empty is 0), to step or skew one node's clock.

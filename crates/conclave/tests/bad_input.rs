@@ -304,3 +304,19 @@ async fn peer_calls_without_the_cluster_id_header_are_refused() {
     let client = cluster.client(follower).await;
     client.set("after", "v").await.unwrap();
 }
+
+#[test]
+fn a_request_deadline_longer_than_the_de_dup_window_allows_is_refused_at_start() {
+    // A write is re-sent under its id until its deadline; past the minute the state machine
+    // keeps replies, a re-sent copy could apply twice.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    for flag in ["--resp-deadline-ms", "--request-timeout-ms"] {
+        let mut command = server("1", &listen, dir.path(), &format!("1={listen}"));
+        command.args([flag, "90000"]);
+        let output = run_to_exit(command, Duration::from_secs(15));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} 90000 was accepted");
+        assert!(stderr.contains("not in 1..=30000"), "{stderr}");
+    }
+}

@@ -68,7 +68,14 @@ pub(crate) struct TermTime {
     /// The time at `at`, in microseconds since the epoch (sub-millisecond steps add up).
     micros: u64,
     at: Instant,
+    /// Slew earned and not yet used, in thousandths of a microsecond: stamps taken less than
+    /// 100 µs apart each earn less than a microsecond of slew, which must add up, not round
+    /// away. Capped at [`MAX_SLEW_CREDIT`], so time that needed no slew never pays for a jump.
+    slew_credit: u64,
 }
+
+/// At most 1 ms of unused slew is kept.
+const MAX_SLEW_CREDIT: u64 = 1_000_000;
 
 impl TermTime {
     /// Time in `term`, which starts at `floor` (the replica's clock) or, on an empty machine,
@@ -79,6 +86,7 @@ impl TermTime {
             term,
             micros: start.saturating_mul(1000),
             at,
+            slew_credit: 0,
         }
     }
 
@@ -90,12 +98,18 @@ impl TermTime {
             self.at = now;
         }
         let plain = self.micros.saturating_add(elapsed);
-        let bound = elapsed * SLEW_PER_MILLE / 1000;
+        self.slew_credit = self
+            .slew_credit
+            .saturating_add(elapsed.saturating_mul(SLEW_PER_MILLE))
+            .min(MAX_SLEW_CREDIT);
+        let bound = self.slew_credit / 1000;
         let wall = wall.saturating_mul(1000);
+        let slew = wall.abs_diff(plain).min(bound);
+        self.slew_credit -= slew * 1000;
         let slewed = if wall > plain {
-            plain + (wall - plain).min(bound)
+            plain + slew
         } else {
-            plain - (plain - wall).min(bound)
+            plain - slew
         };
         self.micros = slewed.max(floor.saturating_mul(1000)).max(self.micros);
         self.micros / 1000
@@ -161,6 +175,24 @@ mod tests {
         }
         assert!(last >= WALL + 2000, "{}", last - WALL);
         assert!(last <= WALL + 2000 + 20, "{}", last - WALL);
+    }
+
+    #[test]
+    fn stamps_taken_microseconds_apart_still_slew_toward_the_wall_clock() {
+        // Stamps every 50 µs each earn half a microsecond of slew: over a second they must still
+        // add up to about 1% of it (10 ms), not round down to nothing.
+        let t0 = Instant::now();
+        let mut time = TermTime::start(1, 0, WALL, t0);
+        let mut stamp = 0;
+        for i in 1..=20_000u64 {
+            let now = t0 + Duration::from_micros(50 * i);
+            stamp = time.advance(now, WALL + 60_000, 0);
+        }
+        let slewed = stamp - (WALL + 1000);
+        assert!(
+            (9..=11).contains(&slewed),
+            "slewed {slewed} ms in one second"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! alone.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use conclave_consensus::{Node, NodeError};
 use conclave_state::{Command, Limits, Outcome, Revision, Transaction, WriteRequest};
@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Batches in flight at once per node: while they wait for the leader, the next batch fills.
 const MAX_IN_FLIGHT: usize = 4;
+/// Submissions join a batch only if their deadline is at most this much after its first's: a
+/// batch whose outcome is unknown at that deadline is answered as a whole then, so no member is
+/// answered more than this before its own deadline.
+const MERGE_WINDOW: Duration = Duration::from_millis(50);
 /// Bytes of keys and values per batch: well under the 16 MiB a command may carry.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -90,8 +94,10 @@ async fn run(node: Node, mut submissions: mpsc::UnboundedReceiver<Submission>) {
         if batch[0].mergeable() {
             let mut ops = batch[0].commands.len();
             let mut bytes = batch[0].bytes();
+            let merge_until = batch[0].deadline + MERGE_WINDOW;
             while let Ok(next) = submissions.try_recv() {
                 let fits = next.mergeable()
+                    && next.deadline <= merge_until
                     && ops + next.commands.len() <= max_ops
                     && bytes + next.bytes() <= MAX_BATCH_BYTES;
                 if !fits {
@@ -111,16 +117,18 @@ async fn run(node: Node, mut submissions: mpsc::UnboundedReceiver<Submission>) {
     }
 }
 
-/// Sends one batch to the leader and hands each submission its outcomes, each at its own
-/// deadline at the latest.
+/// Sends one batch to the leader and hands each submission its outcomes, each by its own
+/// deadline.
 ///
-/// The batch is one write with one request id. It is sent until the earliest deadline among the
-/// submissions still waiting; when that passes:
+/// The batch is one write with one request id, sent (and re-sent under that id by
+/// `Node::write`) until the earliest deadline among the submissions still waiting. When that
+/// passes:
 /// - if no leader was ever handed the write, it was not applied and will not be: the expired
 ///   submissions are answered `Unavailable` (TRYAGAIN) and the others go on as a new write;
-/// - otherwise the write may still be applied: the expired submissions are answered
-///   `Indeterminate`, and the same write (same id, so it applies at most once) is sent again
-///   for the others, whose answer is then its true outcome.
+/// - otherwise the write may still be applied: every submission left is answered
+///   `Indeterminate` at once (their deadlines are within [`MERGE_WINDOW`]). Nothing of it is sent
+///   again: a connection told UNCERTAIN may write the key again, and a re-sent copy landing
+///   after that write would undo it.
 async fn execute(node: &Node, batch: Vec<Submission>) {
     let mut waiting: Vec<Submission> = batch;
     while !waiting.is_empty() {
@@ -191,42 +199,33 @@ impl Write {
     /// Sends the write until every member is answered; returns the members to send again as a
     /// new write (the write was certainly not applied).
     async fn run(mut self, node: &Node) -> Vec<Submission> {
-        // Whether a leader may have been handed this request id, in any attempt.
-        let mut uncertain = false;
-        while let Some(deadline) = self.earliest_deadline() {
-            match node.write(self.request.clone(), deadline).await {
-                Ok(reply) => {
-                    let outcomes = match reply.outcome {
-                        Outcome::Txn { outcomes, .. } if self.wrapped => outcomes,
-                        other => vec![other],
-                    };
-                    let mut outcomes = outcomes.into_iter();
-                    for (size, member) in self.members {
-                        let mine: Vec<Outcome> = outcomes.by_ref().take(size).collect();
-                        if let Some(submission) = member {
-                            let _ = submission.done.send(Ok((reply.revision, mine)));
-                        }
+        let Some(deadline) = self.earliest_deadline() else {
+            return Vec::new();
+        };
+        let error = match node.write(self.request.clone(), deadline).await {
+            Ok(reply) => {
+                let outcomes = match reply.outcome {
+                    Outcome::Txn { outcomes, .. } if self.wrapped => outcomes,
+                    other => vec![other],
+                };
+                let mut outcomes = outcomes.into_iter();
+                for (size, member) in self.members {
+                    let mine: Vec<Outcome> = outcomes.by_ref().take(size).collect();
+                    if let Some(submission) = member {
+                        let _ = submission.done.send(Ok((reply.revision, mine)));
                     }
-                    return Vec::new();
                 }
-                Err(NodeError::Unavailable(reason)) if !uncertain => {
-                    self.expire(&NodeError::Unavailable(reason));
-                    // Not applied, never to be: the rest go out as a new write.
-                    return self.members.into_iter().filter_map(|(_, s)| s).collect();
-                }
-                Err(NodeError::Rejected(reason)) => {
-                    for submission in self.members.into_iter().filter_map(|(_, s)| s) {
-                        let _ = submission
-                            .done
-                            .send(Err(NodeError::Rejected(reason.clone())));
-                    }
-                    return Vec::new();
-                }
-                Err(NodeError::Unavailable(reason) | NodeError::Indeterminate(reason)) => {
-                    uncertain = true;
-                    self.expire(&NodeError::Indeterminate(reason));
-                }
+                return Vec::new();
             }
+            Err(NodeError::Unavailable(reason)) => {
+                self.expire(&NodeError::Unavailable(reason));
+                // Not applied, never to be: the rest go out as a new write.
+                return self.members.into_iter().filter_map(|(_, s)| s).collect();
+            }
+            Err(error) => error,
+        };
+        for submission in self.members.into_iter().filter_map(|(_, s)| s) {
+            let _ = submission.done.send(Err(error.clone()));
         }
         Vec::new()
     }
