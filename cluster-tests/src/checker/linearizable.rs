@@ -207,34 +207,25 @@ fn search<'a>(ops: &'a [Op]) -> Search {
                 }
             }
             entry = next[entry];
-        } else {
-            // The earliest completion of an operation not yet placed.
-            if kept[event.op].2 == u64::MAX {
-                // Only operations of unknown outcome are left: they may never have happened.
-                return Search::Linearizable;
+            // (Every call's completion follows it in the list, so this is only a safeguard.)
+            if entry != NIL {
+                continue;
             }
-            let Some((call, before)) = stack.pop() else {
-                return Search::Violation;
-            };
-            let op = events[call].op;
-            state = before;
-            linearized[op / 64] &= !(1 << (op % 64));
-            relink(&mut next, &mut prev, events[call].matched);
-            relink(&mut next, &mut prev, call);
-            entry = next[call];
+        } else if kept[event.op].2 == u64::MAX {
+            // The earliest completion of an operation not yet placed is at infinity: only
+            // operations of unknown outcome are left, and they may never have happened.
+            return Search::Linearizable;
         }
-        if entry == NIL {
-            // Nothing left to try at this level: undo the last placement.
-            let Some((call, before)) = stack.pop() else {
-                return Search::Violation;
-            };
-            let op = events[call].op;
-            state = before;
-            linearized[op / 64] &= !(1 << (op % 64));
-            relink(&mut next, &mut prev, events[call].matched);
-            relink(&mut next, &mut prev, call);
-            entry = next[call];
-        }
+        // An operation completes unplaced, or nothing is left to try: undo the last placement.
+        let Some((call, before)) = stack.pop() else {
+            return Search::Violation;
+        };
+        let op = events[call].op;
+        state = before;
+        linearized[op / 64] &= !(1 << (op % 64));
+        relink(&mut next, &mut prev, events[call].matched);
+        relink(&mut next, &mut prev, call);
+        entry = next[call];
     }
     Search::Linearizable
 }
