@@ -24,6 +24,12 @@ pub enum Call {
     Add { element: String },
     /// Increment a counter by one (retried by the client on TRYAGAIN).
     Incr,
+    /// Acquire a lock: the fencing token got (0 when none).
+    Acquire { token: u64 },
+    /// A write fenced by a lock's token, and the revision it was answered at.
+    Fenced { token: u64, revision: u64 },
+    /// After the faults: whether a lease kept alive all along (and its key) still exists.
+    LeaseKept { alive: bool },
 }
 
 /// How an operation ended.

@@ -10,7 +10,7 @@
 //! `RESULT lost=N duplicated=N linearizable=true|false ops=N faults=N`; the exit status is 0
 //! only when every check holds.
 //!
-//! Known to be missing: the watch, lock/lease and pub/sub workloads, and
+//! Known to be missing: the watch and pub/sub workloads, and
 //! Redis-with-Sentinel under the same schedule.
 
 mod checker;
@@ -54,8 +54,8 @@ struct Args {
     /// Read consistency of the clients (and of the nodes' RESP reads).
     #[arg(long, default_value = "linearizable")]
     consistency: String,
-    /// Workloads to run: a comma-separated list of register, set, counter.
-    #[arg(long, default_value = "register,set,counter")]
+    /// Workloads to run: a comma-separated list of register, set, counter, locks.
+    #[arg(long, default_value = "register,set,counter,locks")]
     workloads: String,
     /// Cluster size.
     #[arg(long, default_value_t = 3)]

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::checker::counter::CounterReport;
 use crate::checker::linearizable::{self, Verdict};
+use crate::checker::locks::LockReport;
 use crate::checker::set::SetReport;
 use crate::history::{Call, Op, Outcome};
 use crate::nemesis::FaultRecord;
@@ -26,6 +27,7 @@ pub struct Report {
     registers_hold: bool,
     sets: SetReport,
     counters: CounterReport,
+    locks: LockReport,
     faults: Vec<FaultRecord>,
     unavailability_ms: BTreeMap<&'static str, Window>,
     unrecovered_faults: usize,
@@ -89,6 +91,7 @@ impl Report {
             registers_hold,
             sets: crate::checker::set::check(ops, &finals.sets),
             counters: crate::checker::counter::check(ops, &finals.counters),
+            locks: crate::checker::locks::check(ops),
             faults: faults.to_vec(),
             unavailability_ms: unavailability(ops, faults),
             unrecovered_faults: faults.iter().filter(|f| f.recovered_us.is_none()).count(),
@@ -99,6 +102,7 @@ impl Report {
         self.registers_hold
             && self.sets.holds()
             && self.counters.holds()
+            && self.locks.holds()
             && self.unrecovered_faults == 0
     }
 
@@ -182,6 +186,17 @@ impl Report {
             }
         }
         println!(
+            "== locks: {} acquisitions, {} fenced writes ({} refused); tokens shared {}, stale fenced {}; leases kept {} of {}: {}",
+            self.locks.acquisitions,
+            self.locks.fenced_ok,
+            self.locks.fenced_refused,
+            self.locks.shared_tokens.len(),
+            self.locks.stale_fenced.len(),
+            self.locks.leases_checked - self.locks.leases_lost.len(),
+            self.locks.leases_checked,
+            if self.locks.holds() { "ok" } else { "VIOLATED" }
+        );
+        println!(
             "== verdict: {}",
             if self.holds() {
                 "every check holds"
@@ -207,9 +222,12 @@ impl Report {
     pub fn result_line(&self) -> String {
         format!(
             "RESULT lost={} duplicated={} linearizable={} ops={} faults={}",
-            self.sets.lost.len() as u64 + self.counters.lost,
+            self.sets.lost.len() as u64 + self.counters.lost + self.locks.leases_lost.len() as u64,
             self.counters.duplicated + self.sets.unexpected.len() as u64,
-            self.registers_hold,
+            // A lock is a linearizable object too: two holders at once break it.
+            self.registers_hold
+                && self.locks.shared_tokens.is_empty()
+                && self.locks.stale_fenced.is_empty(),
             self.ops.total,
             self.faults.len()
         )

@@ -3,4 +3,5 @@
 
 pub mod counter;
 pub mod linearizable;
+pub mod locks;
 pub mod set;

@@ -2,11 +2,14 @@
 //!
 //! - `register`: get / set / compare-and-set on a few keys, over RESP and over the SDK;
 //! - `set`: unique adds to a set (RESP `SADD`, SDK `SAdd`) and to a hash (RESP `HSET`);
-//! - `counter`: `INCR` of a counter of each client's own, retried on `TRYAGAIN` as go-redis does.
+//! - `counter`: `INCR` of a counter of each client's own, retried on `TRYAGAIN` as go-redis does;
+//! - `locks`: a lock taken and released with a write fenced by its token, and leases kept alive
+//!   through the whole run.
 //!
 //! After the faults heal, `final_reads` reads every set, hash and counter at `linearizable`.
 
 mod counter;
+mod locks;
 mod register;
 mod set;
 
@@ -21,7 +24,7 @@ use crate::history::{History, Outcome};
 use crate::resp::{CallError, Connection, Reply};
 use crate::rng::Rng;
 
-pub const WORKLOADS: &[&str] = &["register", "set", "counter"];
+pub const WORKLOADS: &[&str] = &["register", "set", "counter", "locks"];
 
 /// Register keys.
 const REGISTERS: usize = 3;
@@ -133,6 +136,10 @@ pub fn spawn(
                 }
                 "counter" => {
                     clients.spawn(counter::resp(context(node, harness.resp(node), rng)));
+                }
+                "locks" => {
+                    clients.spawn(locks::lock(context(node, harness.grpc(node), rng)));
+                    clients.spawn(locks::lease(context(node, harness.grpc(node), rng)));
                 }
                 other => panic!("unknown workload {other}"),
             }
