@@ -25,7 +25,13 @@ echo "== cargo test"
 cargo test --workspace --locked
 # The chaos suite on the debug build the tests just made, a fixed seed set: every nemesis, each
 # run checked for lost, duplicated and non-linearizable operations (cluster-tests/README.md).
+# Partitions are iptables rules: without root (or iptables) the other nemeses still run.
+nemesis=all
+if [ "$(id -u)" != 0 ] || ! iptables -w 5 -L INPUT -n >/dev/null 2>&1; then
+    nemesis=kill,kill-leader,kill-majority,kill-all,pause,pause-leader,pause-majority,clock-step,clock-skew,wipe,membership,rolling-restart
+    echo "== chaos suite: no root or no iptables, so no partitions"
+fi
 for seed in 1 2 3; do
-    echo "== chaos suite, seed $seed (cluster-tests/run.sh --duration 30 --nemesis all --seed $seed)"
-    CHAOS_PROFILE=debug ./cluster-tests/run.sh --duration 30 --nemesis all --seed "$seed"
+    echo "== chaos suite, seed $seed (cluster-tests/run.sh --duration 30 --nemesis $nemesis --seed $seed)"
+    CHAOS_PROFILE=debug ./cluster-tests/run.sh --duration 30 --nemesis "$nemesis" --seed "$seed"
 done

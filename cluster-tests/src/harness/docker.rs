@@ -18,10 +18,13 @@ use anyhow::{bail, Context};
 use super::{Harness, NodeId};
 
 const PROJECT: &str = "conclave-chaos";
+/// Where each node reads its clock offset (`cluster-tests/docker-compose.chaos.yml` says so).
 const CLOCK_FILE: &str = "/data/clock-offset";
 
 pub struct DockerCluster {
     compose_file: PathBuf,
+    /// The chaos suite's additions to it (the clock offset file).
+    chaos_file: PathBuf,
     dir: PathBuf,
     ids: Vec<NodeId>,
     /// Nodes paused or stopped by a nemesis (Docker knows too; this saves asking it).
@@ -62,6 +65,7 @@ impl DockerCluster {
         let ids = vec![1, 2, 3];
         let cluster = DockerCluster {
             compose_file: repo.join("deploy/docker-compose.yml"),
+            chaos_file: repo.join("cluster-tests/docker-compose.chaos.yml"),
             dir: dir.to_path_buf(),
             paused: ids.iter().map(|id| (*id, false)).collect(),
             stopped: ids.iter().map(|id| (*id, true)).collect(),
@@ -80,10 +84,11 @@ impl DockerCluster {
         command
             .arg("-f")
             .arg(&self.compose_file)
+            .arg("-f")
+            .arg(&self.chaos_file)
             .args(["-p", PROJECT])
             .args(args)
-            .env("CONCLAVE_RESP_CONSISTENCY", &self.consistency)
-            .env("CONCLAVE_CLOCK_OFFSET_FILE", CLOCK_FILE);
+            .env("CONCLAVE_RESP_CONSISTENCY", &self.consistency);
         for id in &self.ids {
             command
                 .env(format!("CONCLAVE_GRPC_PORT_{id}"), (27000 + id).to_string())

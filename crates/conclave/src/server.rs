@@ -122,11 +122,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         },
         snapshot_every: args.snapshot_every.max(1),
-        // An empty CONCLAVE_CLOCK_OFFSET_FILE (as the compose file passes by default) is none.
-        clock_offset_file: args
-            .clock_offset_file
-            .clone()
-            .filter(|path| !path.as_os_str().is_empty()),
+        clock_offset_file: args.clock_offset_file.clone(),
         source_ip: Some(address.ip()),
     };
     let node = Node::open(options).await?;
