@@ -128,6 +128,24 @@ async fn oversized_malformed_and_unknown_requests_get_clear_errors() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    // A newcomer at a member's address: that member would take the messages meant for the
+    // newcomer for its own (the leader's replication to itself panics openraft).
+    for member in 1..=3 {
+        let status = admin
+            .add_member(v1::AddMemberRequest {
+                id: 4,
+                address: cluster.endpoint(member),
+                learner_only: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("already a member at"),
+            "{}",
+            status.message()
+        );
+    }
 
     // Garbage on the listener: the connection is dropped, the node keeps serving.
     let mut raw = std::net::TcpStream::connect(cluster.endpoint(2)).unwrap();
@@ -235,16 +253,19 @@ fn a_node_refuses_a_data_dir_of_another_cluster_and_an_unlisted_id_only_joins() 
     let stderr = refused_start("2", &b, &data, &pair);
     assert!(stderr.contains("belongs to node 1"), "{stderr}");
 
-    // Malformed lists are refused.
+    // Malformed lists are refused, and so is one naming two nodes at one address.
     let stderr = refused_start("1", &a, &dir.path().join("y"), "1=nowhere");
     assert!(stderr.contains("invalid --initial-cluster"), "{stderr}");
+    let stderr = refused_start("1", &a, &dir.path().join("z"), &format!("1={a},2={a}"));
+    assert!(stderr.contains("both listed at"), "{stderr}");
 }
 
 /// Node-to-node calls must announce their cluster: a Raft message or a pub/sub relay stream
 /// without the cluster id header is refused before it reaches Raft or the hub. Only the identity
-/// probe, which a `--join` node sends before it knows its cluster, is answered without one.
+/// probe, which a `--join` node sends before it knows its cluster, is answered without one. A
+/// call meant for another node is refused too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_calls_without_the_cluster_id_header_are_refused() {
+async fn peer_calls_without_the_cluster_id_header_or_for_another_node_are_refused() {
     use conclave_proto::peer::mesh_client::MeshClient;
     use conclave_proto::peer::peer_client::PeerClient;
     use conclave_proto::peer::{IdentifyRequest, RaftMessage, RelayBatch, RelayedMessage};
@@ -274,6 +295,17 @@ async fn peer_calls_without_the_cluster_id_header_are_refused() {
         .await
         .unwrap_err();
     refused(status, "append_entries");
+    let mut request = tonic::Request::new(RaftMessage { payload: vec![] });
+    request
+        .metadata_mut()
+        .insert(conclave_proto::TARGET_NODE_HEADER, "99".parse().unwrap());
+    let status = peer.vote(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("meant for node 99"),
+        "{}",
+        status.message()
+    );
 
     // The probe a joining node sends before it has a cluster id is still answered.
     let answer = peer

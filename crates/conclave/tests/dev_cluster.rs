@@ -10,22 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{binary, serial_blocking};
 
-/// A port p such that p, p+1 and p+2 are free on loopback.
-fn three_free_ports() -> u16 {
-    loop {
-        let base = common::free_port();
-        if base > 65000 {
-            continue;
-        }
-        let held: Vec<_> = (0..3)
-            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == 3 {
-            return base;
-        }
-    }
-}
-
 fn ctl(endpoint: &str, args: &[&str]) -> std::process::Output {
     Command::new(binary())
         .args(["ctl", "--endpoint", endpoint])
@@ -38,8 +22,8 @@ fn ctl(endpoint: &str, args: &[&str]) -> std::process::Output {
 fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     let _serial = serial_blocking();
     let dir = tempfile::tempdir().unwrap();
-    let base = three_free_ports();
-    let resp_base = three_free_ports();
+    let base = common::free_ports(3);
+    let resp_base = common::free_ports(3);
     let mut dev = Command::new(binary())
         .args(["dev", "--base-port", &base.to_string()])
         .args(["--resp-base-port", &resp_base.to_string()])

@@ -26,7 +26,7 @@ impl std::error::Error for SpecError {}
 impl ClusterSpec {
     /// Parses `1=host:port,2=host:port`.
     pub fn parse(text: &str) -> Result<Self, SpecError> {
-        let mut members = BTreeMap::new();
+        let mut members: BTreeMap<NodeId, String> = BTreeMap::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (id, address) = item
                 .split_once('=')
@@ -41,6 +41,11 @@ impl ClusterSpec {
             let address = address.trim();
             if !address.contains(':') {
                 return Err(SpecError(format!("'{address}' is not HOST:PORT")));
+            }
+            if let Some((other, _)) = members.iter().find(|(_, a)| a.as_str() == address) {
+                return Err(SpecError(format!(
+                    "nodes {other} and {id} are both listed at {address}"
+                )));
             }
             if members.insert(id, address.to_string()).is_some() {
                 return Err(SpecError(format!("node {id} is listed twice")));
@@ -104,7 +109,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed_lists() {
-        for bad in ["", "1", "x=h:1", "0=h:1", "1=nohostport", "1=h:1,1=h:2"] {
+        for bad in [
+            "",
+            "1",
+            "x=h:1",
+            "0=h:1",
+            "1=nohostport",
+            "1=h:1,1=h:2",
+            "1=h:1,2=h:1",
+        ] {
             assert!(ClusterSpec::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

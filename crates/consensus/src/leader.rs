@@ -147,6 +147,14 @@ pub(crate) async fn execute(raft: &Raft, request: LeaderRequest, now: u64) -> Le
                     // Adding a member again is a no-op (an operator's retry after a timeout).
                     let current = raft.metrics().borrow().membership_config.clone();
                     let membership = current.membership();
+                    if let Some((other, _)) = membership
+                        .nodes()
+                        .find(|(other, node)| **other != id && node.addr == address)
+                    {
+                        return Err(LeaderError::Rejected(format!(
+                            "node {other} is already a member at {address}"
+                        )));
+                    }
                     if let Some(node) = membership.get_node(&id) {
                         if node.addr != address {
                             return Err(LeaderError::Rejected(format!(

@@ -9,7 +9,7 @@ use conclave_proto::peer::peer_client::PeerClient;
 use conclave_proto::peer::{
     ForwardRequest, IdentifyRequest, IdentifyResponse, RaftMessage, TimeoutNowRequest,
 };
-use conclave_proto::CLUSTER_ID_HEADER;
+use conclave_proto::{CLUSTER_ID_HEADER, TARGET_NODE_HEADER};
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
     RemoteError, Unreachable,
@@ -131,9 +131,23 @@ impl Peers {
         self.stamp(request)
     }
 
-    /// Sends a request to be executed by the node at `address` as leader.
+    /// A request meant for node `target` only (see [`TARGET_NODE_HEADER`]).
+    fn request_to<T>(&self, target: NodeId, message: T, timeout: Duration) -> Request<T> {
+        let mut request = self.request(message, timeout);
+        request.metadata_mut().insert(
+            TARGET_NODE_HEADER,
+            target
+                .to_string()
+                .parse()
+                .expect("digits are valid metadata"),
+        );
+        request
+    }
+
+    /// Sends a request to be executed by node `leader`, at `address`, as leader.
     pub(crate) async fn forward(
         &self,
+        leader: NodeId,
         address: &str,
         request: &LeaderRequest,
         timeout: Duration,
@@ -142,7 +156,9 @@ impl Peers {
         let message = ForwardRequest {
             request: encode(request),
         };
-        let response = client.forward(self.request(message, timeout)).await?;
+        let response = client
+            .forward(self.request_to(leader, message, timeout))
+            .await?;
         decode::<LeaderResult>(&response.into_inner().reply)
     }
 
@@ -160,15 +176,19 @@ impl Peers {
         Ok(response.into_inner())
     }
 
-    /// Asks the node at `address` to start an election now (see [`crate::Node::hand_over`]).
+    /// Asks node `successor`, at `address`, to start an election now (see
+    /// [`crate::Node::hand_over`]).
     pub(crate) async fn timeout_now(
         &self,
+        successor: NodeId,
         address: &str,
         request: TimeoutNowRequest,
         timeout: Duration,
     ) -> Result<(), Status> {
         let mut client = self.client(address)?;
-        client.timeout_now(self.request(request, timeout)).await?;
+        client
+            .timeout_now(self.request_to(successor, request, timeout))
+            .await?;
         Ok(())
     }
 }
@@ -234,7 +254,10 @@ impl PeerNetwork {
         let message = RaftMessage {
             payload: encode(request),
         };
-        let response = send(client, self.peers.request(message, option.hard_ttl()))
+        let request = self
+            .peers
+            .request_to(self.target, message, option.hard_ttl());
+        let response = send(client, request)
             .await
             .map_err(Self::transport_error::<E>)?;
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&response.into_inner().payload)

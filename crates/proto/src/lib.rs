@@ -17,5 +17,10 @@ pub mod peer {
 /// The metadata header carrying the sender's cluster id on every node-to-node call.
 pub const CLUSTER_ID_HEADER: &str = "conclave-cluster-id";
 
+/// The metadata header naming the node a node-to-node call is meant for, where the sender knows
+/// it: a node refuses a call meant for another (two members listed at one address, or an address
+/// that moved), which would otherwise have it take its own messages for a peer's.
+pub const TARGET_NODE_HEADER: &str = "conclave-target-node";
+
 /// The trailer naming the compacted revision when a watch asks for history already dropped.
 pub const COMPACTED_REVISION_TRAILER: &str = "conclave-compacted-revision";

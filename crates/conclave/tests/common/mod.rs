@@ -48,12 +48,39 @@ pub fn media_node_binary() -> PathBuf {
     path
 }
 
-/// A free loopback port (bound, then released for the node to take).
+/// A free loopback port for a node to take (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports(1)
+}
+
+/// The first of `count` consecutive loopback ports that are free now and that this test
+/// process has not handed out before. They come from below the kernel's ephemeral range
+/// (32768-60999 by default), never from `bind(0)`: a port that `bind(0)` picked and released can
+/// be picked again by the next `bind(0)` or taken by any outgoing connection before the node
+/// binds it (CI once saw two nodes of one cluster handed one port, and one of them talk to
+/// itself as its peer).
+pub fn free_ports(count: u16) -> u16 {
+    const FIRST: u32 = 10_000;
+    const END: u32 = 32_000;
+    static NEXT: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().expect("port lock poisoned");
+    let count = u32::from(count);
+    // Test processes run one after another; starting where the pid says keeps two that overlap
+    // (a leftover node, another checkout's tests) apart too.
+    let mut base = next.unwrap_or(FIRST + std::process::id() * 7919 % (END - FIRST));
+    for _ in 0..(END - FIRST) {
+        if base + count > END {
+            base = FIRST;
+        }
+        let free =
+            (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok());
+        if free {
+            *next = Some(base + count);
+            return base as u16;
+        }
+        base += 1;
+    }
+    panic!("no {count} free consecutive ports between {FIRST} and {END}");
 }
 
 pub struct NodeProcess {

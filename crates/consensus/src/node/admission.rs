@@ -11,10 +11,19 @@ use super::{has_raft_state, Node};
 use crate::NodeId;
 
 impl Node {
-    /// Admits a node-to-node call: refuses one that does not announce its cluster (UNAUTHENTICATED)
-    /// or comes from another cluster; a node that does not know its cluster yet (it was started
-    /// with `--join`) adopts the first cluster id it hears.
+    /// Admits a node-to-node call: refuses one that does not announce its cluster (UNAUTHENTICATED),
+    /// comes from another cluster or is meant for another node (FAILED_PRECONDITION); a node that
+    /// does not know its cluster yet (it was started with `--join`) adopts the first cluster id
+    /// it hears.
     pub async fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        if let Some(target) = addressed_to(request)? {
+            if target != self.inner.id {
+                return Err(Status::failed_precondition(format!(
+                    "a call meant for node {target} reached node {} (two members at one address?)",
+                    self.inner.id
+                )));
+            }
+        }
         match announced_cluster(request)? {
             Some(theirs) => self.admit_cluster(theirs).await,
             None => Err(Status::unauthenticated(format!(
@@ -91,6 +100,19 @@ impl Node {
     pub(crate) fn may_vote(&self) -> bool {
         self.takes_part() && has_raft_state(&self.inner.raft.metrics().borrow())
     }
+}
+
+/// The node a node-to-node call says it is meant for, if it says.
+fn addressed_to<T>(request: &tonic::Request<T>) -> Result<Option<NodeId>, Status> {
+    let Some(value) = request.metadata().get(conclave_proto::TARGET_NODE_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("malformed target node header"))
 }
 
 /// The cluster id a node-to-node call announces in its header, if it has one.

@@ -107,7 +107,7 @@ impl Node {
             match self
                 .inner
                 .peers
-                .timeout_now(&address, request, TIMEOUT_NOW_WITHIN)
+                .timeout_now(successor, &address, request, TIMEOUT_NOW_WITHIN)
                 .await
             {
                 Ok(()) => break,

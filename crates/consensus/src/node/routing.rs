@@ -114,7 +114,10 @@ impl Node {
                     }
                 }
                 Some((leader, address)) => {
-                    let forwarded = self.inner.peers.forward(&address, &request, remaining);
+                    let forwarded = self
+                        .inner
+                        .peers
+                        .forward(leader, &address, &request, remaining);
                     // A leader that vanished without closing its connections (its host or
                     // container gone) never answers: give up on it once the others replace it,
                     // and send the request again (a write with its id applies once).
