@@ -30,6 +30,43 @@ pub enum Call {
     Fenced { token: u64, revision: u64 },
     /// After the faults: whether a lease kept alive all along (and its key) still exists.
     LeaseKept { alive: bool },
+    /// Put a new field of a watched hash (its value starts with the field's name), answered at
+    /// `revision` (0 when the reply does not say: RESP).
+    Put { field: String, revision: u64 },
+    /// One watcher's stream, from revision `start`: every event through `through` delivered,
+    /// these in the order received.
+    Watch {
+        start: u64,
+        through: u64,
+        events: Vec<Seen>,
+        /// Whether it caught up with the last acknowledged write after the faults.
+        caught_up: bool,
+    },
+    /// Publish message `seq` of this client on the chaos channel; `marked`: the client's write
+    /// of `seq` to its marker key was acknowledged just before (a causal message).
+    Publish { seq: u64, marked: bool },
+    /// One subscription, from confirmed to ended: the messages in the order received.
+    Subscription { messages: Vec<Received> },
+}
+
+/// A watch event as a watcher received it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    pub revision: u64,
+    pub key: String,
+    pub field: String,
+    /// What the value starts with (up to its `|`): the field's name when intact.
+    pub tag: String,
+}
+
+/// A pub/sub message as a subscriber received it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Received {
+    pub publisher: usize,
+    pub seq: u64,
+    /// For a causal message: whether the subscriber's node, read locally on receipt, already
+    /// had the publisher's marker write (None: not read, or the read failed).
+    pub causal: Option<bool>,
 }
 
 /// How an operation ended.

@@ -2,7 +2,9 @@
 //! server` processes on loopback addresses of their own), runs workloads on every node that
 //! record a history of every operation, injects a seeded schedule of faults, heals, reads the
 //! final state, and checks the history: registers for linearizability, sets for lost and
-//! unexpected elements, counters for lost and duplicated increments.
+//! unexpected elements, counters for lost and duplicated increments, locks for two holders,
+//! watch streams for skipped, repeated and reordered events, pub/sub for repeats, reordering,
+//! causality and losses far from faults.
 //!
 //! `cluster-tests/run.sh` is the entry point (it builds the binaries first); the contract:
 //! `run.sh --duration SECONDS --nemesis LIST|all --seed N [--harness local]
@@ -10,8 +12,7 @@
 //! `RESULT lost=N duplicated=N linearizable=true|false ops=N faults=N`; the exit status is 0
 //! only when every check holds.
 //!
-//! Known to be missing: the watch and pub/sub workloads, and
-//! Redis-with-Sentinel under the same schedule.
+//! Known to be missing: Redis-with-Sentinel under the same schedule.
 
 mod checker;
 mod harness;
@@ -54,8 +55,8 @@ struct Args {
     /// Read consistency of the clients (and of the nodes' RESP reads).
     #[arg(long, default_value = "linearizable")]
     consistency: String,
-    /// Workloads to run: a comma-separated list of register, set, counter, locks.
-    #[arg(long, default_value = "register,set,counter,locks")]
+    /// Workloads to run: a comma-separated list of register, set, counter, locks, watch, pubsub.
+    #[arg(long, default_value = "register,set,counter,locks,watch,pubsub")]
     workloads: String,
     /// Cluster size.
     #[arg(long, default_value_t = 3)]

@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::checker::counter::CounterReport;
 use crate::checker::linearizable::{self, Verdict};
 use crate::checker::locks::LockReport;
+use crate::checker::pubsub::PubsubReport;
 use crate::checker::set::SetReport;
+use crate::checker::watch::WatchReport;
 use crate::history::{Call, Op, Outcome};
 use crate::nemesis::FaultRecord;
 use crate::workload::{Finals, ReadLevel};
@@ -28,6 +30,8 @@ pub struct Report {
     sets: SetReport,
     counters: CounterReport,
     locks: LockReport,
+    watch: WatchReport,
+    pubsub: PubsubReport,
     faults: Vec<FaultRecord>,
     unavailability_ms: BTreeMap<&'static str, Window>,
     unrecovered_faults: usize,
@@ -92,6 +96,8 @@ impl Report {
             sets: crate::checker::set::check(ops, &finals.sets),
             counters: crate::checker::counter::check(ops, &finals.counters),
             locks: crate::checker::locks::check(ops),
+            watch: crate::checker::watch::check(ops),
+            pubsub: crate::checker::pubsub::check(ops, faults),
             faults: faults.to_vec(),
             unavailability_ms: unavailability(ops, faults),
             unrecovered_faults: faults.iter().filter(|f| f.recovered_us.is_none()).count(),
@@ -103,6 +109,8 @@ impl Report {
             && self.sets.holds()
             && self.counters.holds()
             && self.locks.holds()
+            && self.watch.holds()
+            && self.pubsub.holds()
             && self.unrecovered_faults == 0
     }
 
@@ -196,6 +204,31 @@ impl Report {
             self.locks.leases_checked,
             if self.locks.holds() { "ok" } else { "VIOLATED" }
         );
+        if self.watch.ran() {
+            let w = &self.watch;
+            println!(
+                "== watch: {} acknowledged puts, {} streams, {} events; skipped {}, duplicated {}, out of order {}, diverged {}, phantom {}, unfinished {}: {}",
+                w.writes_acknowledged, w.streams, w.events, w.skipped, w.duplicated,
+                w.out_of_order, w.diverged, w.phantom, w.unfinished,
+                if w.holds() { "ok" } else { "VIOLATED" }
+            );
+            for example in &w.examples {
+                println!("   {example}");
+            }
+        }
+        if self.pubsub.ran() {
+            let p = &self.pubsub;
+            println!(
+                "== pubsub: {} acknowledged publishes, {} subscriptions, {} deliveries; lost {} near faults (at most once), {} far from any; duplicated {}, reordered {}, phantom {}; causal {} of {} checked: {}",
+                p.published, p.subscriptions, p.delivered, p.lost_near_faults, p.lost_quiet,
+                p.duplicated, p.reordered, p.phantom,
+                p.causal_checked - p.causal_violations, p.causal_checked,
+                if p.holds() { "ok" } else { "VIOLATED" }
+            );
+            for example in &p.examples {
+                println!("   {example}");
+            }
+        }
         println!(
             "== verdict: {}",
             if self.holds() {
@@ -222,12 +255,26 @@ impl Report {
     pub fn result_line(&self) -> String {
         format!(
             "RESULT lost={} duplicated={} linearizable={} ops={} faults={}",
-            self.sets.lost.len() as u64 + self.counters.lost + self.locks.leases_lost.len() as u64,
-            self.counters.duplicated + self.sets.unexpected.len() as u64,
-            // A lock is a linearizable object too: two holders at once break it.
+            self.sets.lost.len() as u64
+                + self.counters.lost
+                + self.locks.leases_lost.len() as u64
+                + self.watch.skipped
+                + self.pubsub.lost_quiet,
+            self.counters.duplicated
+                + self.sets.unexpected.len() as u64
+                + self.watch.duplicated
+                + self.pubsub.duplicated,
+            // A lock is a linearizable object too (two holders at once break it), and the
+            // order of watch events and of a publisher's messages is part of the same promise.
             self.registers_hold
                 && self.locks.shared_tokens.is_empty()
-                && self.locks.stale_fenced.is_empty(),
+                && self.locks.stale_fenced.is_empty()
+                && self.watch.out_of_order == 0
+                && self.watch.diverged == 0
+                && self.watch.phantom == 0
+                && self.pubsub.reordered == 0
+                && self.pubsub.phantom == 0
+                && self.pubsub.causal_violations == 0,
             self.ops.total,
             self.faults.len()
         )
@@ -238,7 +285,17 @@ impl Report {
 fn unavailability(ops: &[Op], faults: &[FaultRecord]) -> BTreeMap<&'static str, Window> {
     let mut acked_writes: Vec<(u64, u64)> = ops
         .iter()
-        .filter(|op| op.is_ok() && !matches!(op.call, Call::Read { .. }))
+        .filter(|op| {
+            op.is_ok()
+                && !matches!(
+                    op.call,
+                    Call::Read { .. }
+                        | Call::Watch { .. }
+                        | Call::Publish { .. }
+                        | Call::Subscription { .. }
+                        | Call::LeaseKept { .. }
+                )
+        })
         .map(|op| (op.invoked_us, op.completed_us))
         .collect();
     acked_writes.sort();

@@ -74,6 +74,24 @@ impl Connection {
             .await
             .map_err(|_| CallError::Timeout)?
     }
+
+    /// Reads the next frame the server pushes (a subscriber's message), waiting at most
+    /// `within`. A timeout leaves the connection usable: nothing was sent.
+    pub async fn receive(&mut self, within: Duration) -> Result<Option<Reply>, CallError> {
+        // Waiting for the first byte can be cut short; a frame begun is read to its end.
+        if self.stream.buffer().is_empty() {
+            match tokio::time::timeout(within, self.stream.fill_buf()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(e)) => return Err(CallError::Io(e)),
+                Ok(Ok([])) => return Err(CallError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(Ok(_)) => {}
+            }
+        }
+        tokio::time::timeout(self.timeout, read_reply(&mut self.stream))
+            .await
+            .map_err(|_| CallError::Timeout)?
+            .map(Some)
+    }
 }
 
 async fn read_line(stream: &mut BufReader<TcpStream>) -> Result<String, CallError> {

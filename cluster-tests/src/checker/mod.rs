@@ -4,4 +4,6 @@
 pub mod counter;
 pub mod linearizable;
 pub mod locks;
+pub mod pubsub;
 pub mod set;
+pub mod watch;

@@ -4,14 +4,19 @@
 //! - `set`: unique adds to a set (RESP `SADD`, SDK `SAdd`) and to a hash (RESP `HSET`);
 //! - `counter`: `INCR` of a counter of each client's own, retried on `TRYAGAIN` as go-redis does;
 //! - `locks`: a lock taken and released with a write fenced by its token, and leases kept alive
-//!   through the whole run.
+//!   through the whole run;
+//! - `watch`: puts of ~2 KB hash fields, followed by watchers that lag and move between nodes;
+//! - `pubsub`: numbered messages from a publisher on every node to a subscriber on every node,
+//!   some of them causal (after a write the subscriber's node must have applied).
 //!
 //! After the faults heal, `final_reads` reads every set, hash and counter at `linearizable`.
 
 mod counter;
 mod locks;
+mod pubsub;
 mod register;
 mod set;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -24,7 +29,7 @@ use crate::history::{History, Outcome};
 use crate::resp::{CallError, Connection, Reply};
 use crate::rng::Rng;
 
-pub const WORKLOADS: &[&str] = &["register", "set", "counter", "locks"];
+pub const WORKLOADS: &[&str] = &["register", "set", "counter", "locks", "watch", "pubsub"];
 
 /// Register keys.
 const REGISTERS: usize = 3;
@@ -121,6 +126,7 @@ pub fn spawn(
             reads,
         }
     };
+    let watched = watch::Progress::new();
     for &node in &ids {
         for workload in workloads {
             match *workload {
@@ -140,6 +146,22 @@ pub fn spawn(
                 "locks" => {
                     clients.spawn(locks::lock(context(node, harness.grpc(node), rng)));
                     clients.spawn(locks::lease(context(node, harness.grpc(node), rng)));
+                }
+                "watch" => {
+                    watched.add_writer();
+                    let writer = context(node, harness.grpc(node), rng);
+                    clients.spawn(watch::sdk_writer(writer, watched.clone()));
+                    watched.add_writer();
+                    let writer = context(node, harness.resp(node), rng);
+                    clients.spawn(watch::resp_writer(writer, watched.clone()));
+                    for lagging in [false, true] {
+                        let watcher = context(node, harness.grpc(node), rng);
+                        clients.spawn(watch::watcher(watcher, watched.clone(), lagging));
+                    }
+                }
+                "pubsub" => {
+                    clients.spawn(pubsub::publisher(context(node, harness.resp(node), rng)));
+                    clients.spawn(pubsub::subscriber(context(node, harness.resp(node), rng)));
                 }
                 other => panic!("unknown workload {other}"),
             }
