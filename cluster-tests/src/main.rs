@@ -49,9 +49,16 @@ struct Args {
     /// Seeds the schedule and the operations; the same seed replays the same run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where the cluster runs.
-    #[arg(long, default_value = "local", value_parser = ["local", "docker"])]
+    /// Where the cluster runs: Conclave on loopback (local) or in deploy/'s compose cluster
+    /// (docker), or, for comparison, Redis with Sentinel in containers (sentinel).
+    #[arg(long, default_value = "local", value_parser = ["local", "docker", "sentinel"])]
     harness: String,
+    /// Sentinel's `down-after-milliseconds` (the sentinel harness; Redis's default).
+    #[arg(long, default_value_t = 30_000)]
+    sentinel_down_after_ms: u64,
+    /// Sentinel's `failover-timeout` (the sentinel harness; Redis's default).
+    #[arg(long, default_value_t = 180_000)]
+    sentinel_failover_timeout_ms: u64,
     /// Read consistency of the clients (and of the nodes' RESP reads).
     #[arg(long, default_value = "linearizable")]
     consistency: String,
@@ -87,9 +94,28 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
-    let kinds = nemesis::parse_kinds(&args.nemesis)?;
+    let mut kinds = nemesis::parse_kinds(&args.nemesis)?;
     let reads = ReadLevel::parse(&args.consistency)?;
-    let workloads: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    let mut workloads: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    if args.harness == "sentinel" {
+        // Redis has no membership changes, replicated clock or gRPC API: the comparison runs
+        // the RESP workloads under the faults both systems meet.
+        if args.nemesis == "all" {
+            kinds.retain(|k| nemesis::REDIS_KINDS.contains(k));
+        }
+        if let Some(k) = kinds.iter().find(|k| !nemesis::REDIS_KINDS.contains(k)) {
+            anyhow::bail!("nemesis {k} does not apply to Redis with Sentinel");
+        }
+        if args.workloads == Args::parse_from(["chaos"]).workloads {
+            workloads = workload::RESP_WORKLOADS.to_vec();
+        }
+        if let Some(w) = workloads
+            .iter()
+            .find(|w| !workload::RESP_WORKLOADS.contains(w))
+        {
+            anyhow::bail!("workload {w} does not run against Redis with Sentinel");
+        }
+    }
     if let Some(unknown) = workloads.iter().find(|w| !workload::WORKLOADS.contains(w)) {
         anyhow::bail!(
             "unknown workload {unknown:?}; known: {}",
@@ -126,6 +152,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "500".to_string(),
     ];
     let mut cluster: Box<dyn Harness> = match args.harness.as_str() {
+        "sentinel" => {
+            let repo = std::env::current_dir()?;
+            let timeouts = harness::sentinel::Timeouts {
+                down_after_ms: args.sentinel_down_after_ms,
+                failover_timeout_ms: args.sentinel_failover_timeout_ms,
+            };
+            Box::new(harness::sentinel::SentinelCluster::new(
+                &repo, &dir, timeouts,
+            )?)
+        }
         "docker" => {
             anyhow::ensure!(
                 args.nodes == 3,
@@ -153,6 +189,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     for id in cluster.ids() {
         cluster.start(id)?;
+    }
+    if !cluster.speaks_grpc() {
+        println!(
+            "sentinel: down-after-milliseconds {}, failover-timeout {}",
+            args.sentinel_down_after_ms, args.sentinel_failover_timeout_ms
+        );
     }
     harness::wait_healthy(cluster, Duration::from_secs(60)).await?;
 

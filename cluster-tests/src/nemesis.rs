@@ -30,6 +30,22 @@ pub const KINDS: &[&str] = &[
     "rolling-restart",
 ];
 
+/// The kinds that apply to Redis with Sentinel as well (no membership, wipe or clock faults).
+pub const REDIS_KINDS: &[&str] = &[
+    "kill",
+    "kill-leader",
+    "kill-majority",
+    "kill-all",
+    "pause",
+    "pause-leader",
+    "pause-majority",
+    "partition-leader",
+    "partition-halves",
+    "partition-bridge",
+    "partition-one-way",
+    "rolling-restart",
+];
+
 /// Parses `--nemesis`: a comma-separated list of kinds, or `all`, or `none`.
 pub fn parse_kinds(list: &str) -> anyhow::Result<Vec<&'static str>> {
     if list == "all" {

@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod local;
+pub mod sentinel;
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,21 @@ pub trait Harness: Send {
     fn heal(&mut self) -> anyhow::Result<()>;
     /// Sets the node's wall clock offset (milliseconds, either sign), at once.
     fn set_clock_offset(&mut self, id: NodeId, offset_ms: i64) -> anyhow::Result<()>;
+    /// Where the node's Redis Sentinel listens, for a Redis-with-Sentinel cluster (None for
+    /// Conclave, whose nodes answer status calls over gRPC).
+    fn sentinel(&self, _id: NodeId) -> Option<String> {
+        None
+    }
+    /// The node whose Redis listens at `address` (Sentinels name the master by address).
+    fn node_at(&self, _address: &str) -> Option<NodeId> {
+        None
+    }
+    /// Whether the nodes serve Conclave's gRPC API (SDK clients, status calls).
+    fn speaks_grpc(&self) -> bool {
+        self.ids()
+            .first()
+            .is_none_or(|id| self.sentinel(*id).is_none())
+    }
 }
 
 /// A gRPC client of one node only (no failover), for status calls.
@@ -54,6 +70,14 @@ pub async fn leader(harness: &dyn Harness) -> Option<NodeId> {
     let mut votes = std::collections::BTreeMap::new();
     for id in harness.ids() {
         if !harness.running(id) {
+            continue;
+        }
+        if let Some(sentinel) = harness.sentinel(id) {
+            if let Some(master) = sentinel::ask_master(&sentinel).await {
+                if let Some(leader) = harness.node_at(&master) {
+                    *votes.entry(leader).or_insert(0) += 1;
+                }
+            }
             continue;
         }
         let Some(client) = node_client(&harness.grpc(id)).await else {
@@ -85,6 +109,9 @@ pub async fn wait_healthy(harness: &dyn Harness, within: Duration) -> anyhow::Re
 }
 
 async fn agreed_leader(harness: &dyn Harness) -> Option<NodeId> {
+    if !harness.speaks_grpc() {
+        return agreed_master(harness).await;
+    }
     let mut agreed = None;
     for id in harness.ids() {
         if !harness.running(id) {
@@ -102,4 +129,34 @@ async fn agreed_leader(harness: &dyn Harness) -> Option<NodeId> {
         agreed = Some(leader);
     }
     agreed
+}
+
+/// For Redis with Sentinel: every running host's Sentinel names one master, which runs, says it
+/// is the master, and every other running host is a replica in sync.
+async fn agreed_master(harness: &dyn Harness) -> Option<NodeId> {
+    let mut agreed: Option<String> = None;
+    for id in harness.ids() {
+        if !harness.running(id) {
+            continue;
+        }
+        let master = sentinel::ask_master(&harness.sentinel(id)?).await?;
+        if agreed.as_ref().is_some_and(|m| *m != master) {
+            return None;
+        }
+        agreed = Some(master);
+    }
+    let master = agreed?;
+    let id = harness.node_at(&master)?;
+    if !harness.running(id) || !sentinel::is_master(&master).await {
+        return None;
+    }
+    let port = master.rsplit_once(':').map_or("6379", |(_, p)| p);
+    for other in harness.ids() {
+        let host = harness.sentinel(other)?;
+        let address = format!("{}:{port}", host.rsplit_once(':')?.0);
+        if other != id && harness.running(other) && !sentinel::is_replica_in_sync(&address).await {
+            return None;
+        }
+    }
+    Some(id)
 }

@@ -30,6 +30,8 @@ use crate::resp::{CallError, Connection, Reply};
 use crate::rng::Rng;
 
 pub const WORKLOADS: &[&str] = &["register", "set", "counter", "locks", "watch", "pubsub"];
+/// The workloads that run against Redis with Sentinel too (RESP only).
+pub const RESP_WORKLOADS: &[&str] = &["register", "set", "counter"];
 
 /// Register keys.
 const REGISTERS: usize = 3;
@@ -134,11 +136,15 @@ pub fn spawn(
                     for _ in 0..2 {
                         clients.spawn(register::resp(context(node, harness.resp(node), rng)));
                     }
-                    clients.spawn(register::sdk(context(node, harness.grpc(node), rng)));
+                    if harness.speaks_grpc() {
+                        clients.spawn(register::sdk(context(node, harness.grpc(node), rng)));
+                    }
                 }
                 "set" => {
                     clients.spawn(set::resp(context(node, harness.resp(node), rng)));
-                    clients.spawn(set::sdk(context(node, harness.grpc(node), rng)));
+                    if harness.speaks_grpc() {
+                        clients.spawn(set::sdk(context(node, harness.grpc(node), rng)));
+                    }
                 }
                 "counter" => {
                     clients.spawn(counter::resp(context(node, harness.resp(node), rng)));
@@ -170,10 +176,14 @@ pub fn spawn(
     clients
 }
 
-/// A RESP connection that is re-made after any call without a reply.
+/// A RESP connection that is re-made after any call without a reply. Given `sentinel:` and a
+/// list of Sentinels, it connects to the master they name, and asks again every second (as
+/// go-redis's failover client follows `+switch-master`), moving when the master moved.
 struct RespClient {
     address: String,
     connection: Option<Connection>,
+    /// With Sentinels: the master, and when one of them last named it.
+    master: Option<(String, std::time::Instant)>,
 }
 
 impl RespClient {
@@ -181,13 +191,46 @@ impl RespClient {
         RespClient {
             address: address.to_string(),
             connection: None,
+            master: None,
         }
     }
 
     /// Connects if needed; false (after a short pause) if the node does not answer.
     async fn ready(&mut self) -> bool {
+        if let Some(sentinels) = self.address.strip_prefix("sentinel:").map(str::to_string) {
+            let stale = self
+                .master
+                .as_ref()
+                .is_none_or(|(_, at)| at.elapsed() > Duration::from_secs(1));
+            if stale {
+                let mut named = None;
+                for sentinel in sentinels.split(',') {
+                    named = crate::harness::sentinel::ask_master(sentinel).await;
+                    if named.is_some() {
+                        break;
+                    }
+                }
+                match named {
+                    Some(master) => {
+                        if self.master.as_ref().is_some_and(|(old, _)| *old != master) {
+                            self.connection = None;
+                        }
+                        self.master = Some((master, std::time::Instant::now()));
+                    }
+                    None if self.master.is_none() => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return false;
+                    }
+                    None => {}
+                }
+            }
+        }
         if self.connection.is_none() {
-            match Connection::connect(&self.address, RESP_TIMEOUT).await {
+            let target = match &self.master {
+                Some((master, _)) => master.as_str(),
+                None => self.address.as_str(),
+            };
+            match Connection::connect(target, RESP_TIMEOUT).await {
                 Ok(c) => self.connection = Some(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -283,6 +326,9 @@ pub async fn final_reads(harness: &dyn Harness, history: &History) -> anyhow::Re
             keys.insert(op.key.clone());
         }
     }
+    if !harness.speaks_grpc() {
+        return final_reads_resp(harness, keys).await;
+    }
     let endpoints: Vec<String> = harness.ids().iter().map(|id| harness.grpc(*id)).collect();
     let client = conclave_client::Client::connect(endpoints).await?;
     let linearizable = Some(v1::ReadOptions {
@@ -330,6 +376,50 @@ pub async fn final_reads(harness: &dyn Harness, history: &History) -> anyhow::Re
                     anyhow::bail!("final read of {key} failed: {e}")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(finals)
+}
+
+/// The final reads over RESP (Redis with Sentinel), from the master the Sentinels name.
+async fn final_reads_resp(harness: &dyn Harness, keys: BTreeSet<String>) -> anyhow::Result<Finals> {
+    let first = harness.ids()[0];
+    let mut finals = Finals::default();
+    for key in keys {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let command: &[u8] = if key.starts_with("set:") {
+            b"SMEMBERS"
+        } else if key.starts_with("hash:") {
+            b"HKEYS"
+        } else {
+            b"GET"
+        };
+        loop {
+            let mut client = RespClient::new(&harness.resp(first));
+            let reply = match client.ready().await {
+                true => client.call(&[command, key.as_bytes()]).await.ok(),
+                false => None,
+            };
+            match reply {
+                Some(Reply::Array(Some(items))) => {
+                    let items = items.into_iter().filter_map(|item| match item {
+                        Reply::Bulk(Some(bytes)) => Some(lossy(bytes)),
+                        _ => None,
+                    });
+                    finals.sets.insert(key.clone(), items.collect());
+                    break;
+                }
+                Some(Reply::Bulk(value)) => {
+                    let count = value.map_or(Ok(0), |v| lossy(v).parse::<u64>());
+                    let count = count.map_err(|e| anyhow::anyhow!("counter {key}: {e}"))?;
+                    finals.counters.insert(key.clone(), count);
+                    break;
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    anyhow::bail!("final read of {key} failed")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }

@@ -123,6 +123,18 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
+    /// The id of the last entry kept, or of the last purged one when none is kept.
+    fn last_log_id(&self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
+        let last = self
+            .entries
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        match last {
+            Some((_, bytes)) => Ok(Some(*Self::decode_entry(&bytes)?.get_log_id())),
+            None => self.read_meta(LAST_PURGED),
+        }
+    }
+
     fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<C>, C> {
         decode(bytes).map_err(|e| StorageIOError::read_logs(&*e).into())
     }
@@ -182,17 +194,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<C>, C> {
         let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_meta(LAST_PURGED)?;
-        let last = self
-            .entries
-            .last()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_id = match last {
-            Some((_, bytes)) => Some(*Self::decode_entry(&bytes)?.get_log_id()),
-            None => last_purged_log_id,
-        };
         Ok(LogState {
             last_purged_log_id,
-            last_log_id,
+            last_log_id: self.last_log_id()?,
         })
     }
 
@@ -221,10 +225,23 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         self.write_meta(COMMITTED, &committed)
     }
 
+    /// The saved commit index, but never past the last entry kept. The commit index is saved
+    /// without a flush of its own and can outlive the entries it names in a crash: the chaos
+    /// suite's docker run saw a node killed with `docker kill` come back with a commit index 64
+    /// entries past its log, and openraft then refuses to start ("Failed to get log entries").
+    /// Every entry kept at or below the saved index is committed (a log is never truncated
+    /// below its commit index), so the last one is a commit index the node may start from; the
+    /// leader sends it the rest.
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
-        Ok(self
+        let saved = self
             .read_meta::<Option<LogId<C::NodeId>>>(COMMITTED)?
-            .flatten())
+            .flatten();
+        let last = self.last_log_id()?;
+        Ok(match (saved, last) {
+            (Some(saved), Some(last)) if last.index < saved.index => Some(last),
+            (Some(_), None) => None,
+            (saved, _) => saved,
+        })
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<(), C>
@@ -261,5 +278,45 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         self.flush().await?;
         self.remove_entries(..=index_key(log_id.index))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorage;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::index_key;
+    use crate::state_machine::tests::Config;
+    use crate::{encode, StorageOptions};
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 0), index)
+    }
+
+    /// A crash can keep a commit index whose entries it lost (the index is saved without a
+    /// flush of its own): the node must still start, from the last entry it kept.
+    #[tokio::test]
+    async fn a_saved_commit_index_past_the_log_reads_back_as_the_last_entry_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = crate::open::<Config>(dir.path(), StorageOptions::default()).unwrap();
+        for index in 1..=3 {
+            let entry = Entry::<Config> {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            };
+            storage
+                .log
+                .entries
+                .insert(index_key(index), encode(&entry))
+                .unwrap();
+        }
+        storage.log.save_committed(Some(log_id(2))).await.unwrap();
+        assert_eq!(storage.log.read_committed().await.unwrap(), Some(log_id(2)));
+        // Entries 4..=8 never reached the disk; the commit index did.
+        storage.log.save_committed(Some(log_id(8))).await.unwrap();
+        assert_eq!(storage.log.read_committed().await.unwrap(), Some(log_id(3)));
+        storage.log.remove_entries(..).unwrap();
+        assert_eq!(storage.log.read_committed().await.unwrap(), None);
     }
 }
