@@ -101,9 +101,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         // Redis has no membership changes, replicated clock or gRPC API: the comparison runs
         // the RESP workloads under the faults both systems meet.
         if args.nemesis == "all" {
-            kinds.retain(|k| nemesis::REDIS_KINDS.contains(k));
+            kinds.retain(|k| nemesis::applies_to_redis(k));
         }
-        if let Some(k) = kinds.iter().find(|k| !nemesis::REDIS_KINDS.contains(k)) {
+        if let Some(k) = kinds.iter().find(|k| !nemesis::applies_to_redis(k)) {
             anyhow::bail!("nemesis {k} does not apply to Redis with Sentinel");
         }
         if args.workloads == Args::parse_from(["chaos"]).workloads {

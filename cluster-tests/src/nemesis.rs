@@ -30,21 +30,11 @@ pub const KINDS: &[&str] = &[
     "rolling-restart",
 ];
 
-/// The kinds that apply to Redis with Sentinel as well (no membership, wipe or clock faults).
-pub const REDIS_KINDS: &[&str] = &[
-    "kill",
-    "kill-leader",
-    "kill-majority",
-    "kill-all",
-    "pause",
-    "pause-leader",
-    "pause-majority",
-    "partition-leader",
-    "partition-halves",
-    "partition-bridge",
-    "partition-one-way",
-    "rolling-restart",
-];
+/// Whether a kind of fault applies to Redis with Sentinel as well (it has no membership
+/// changes, wipes or replicated clock to fault).
+pub fn applies_to_redis(kind: &str) -> bool {
+    !matches!(kind, "clock-step" | "clock-skew" | "wipe" | "membership")
+}
 
 /// Parses `--nemesis`: a comma-separated list of kinds, or `all`, or `none`.
 pub fn parse_kinds(list: &str) -> anyhow::Result<Vec<&'static str>> {
