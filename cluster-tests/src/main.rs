@@ -62,9 +62,10 @@ struct Args {
     /// Read consistency of the clients (and of the nodes' RESP reads).
     #[arg(long, default_value = "linearizable")]
     consistency: String,
-    /// Workloads to run: a comma-separated list of register, set, counter, locks, watch, pubsub.
-    #[arg(long, default_value = "register,set,counter,locks,watch,pubsub")]
-    workloads: String,
+    /// Workloads to run: a comma-separated list of register, set, counter, locks, watch, pubsub
+    /// (default: all of them; against Redis with Sentinel, the RESP ones: register, set, counter).
+    #[arg(long)]
+    workloads: Option<String>,
     /// Cluster size.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
@@ -96,7 +97,10 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<bool> {
     let mut kinds = nemesis::parse_kinds(&args.nemesis)?;
     let reads = ReadLevel::parse(&args.consistency)?;
-    let mut workloads: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    let mut workloads: Vec<&str> = match &args.workloads {
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => workload::WORKLOADS.to_vec(),
+    };
     if args.harness == "sentinel" {
         // Redis has no membership changes, replicated clock or gRPC API: the comparison runs
         // the RESP workloads under the faults both systems meet.
@@ -106,7 +110,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         if let Some(k) = kinds.iter().find(|k| !nemesis::applies_to_redis(k)) {
             anyhow::bail!("nemesis {k} does not apply to Redis with Sentinel");
         }
-        if args.workloads == Args::parse_from(["chaos"]).workloads {
+        if args.workloads.is_none() {
             workloads = workload::RESP_WORKLOADS.to_vec();
         }
         if let Some(w) = workloads

@@ -93,10 +93,9 @@ pub async fn run(
             "fault {:>3} {kind:<18} {description} (held {:.1} s){}",
             faults.len() + 1,
             (healed_us - start_us) as f64 / 1e6,
-            if recovered_us.is_some() {
-                ""
-            } else {
-                ": NO LEADER AGREED within 30 s of healing"
+            match &recovered {
+                Ok(_) => String::new(),
+                Err(e) => format!(": NO LEADER AGREED within 30 s of healing: {e}"),
             }
         ));
         faults.push(FaultRecord {

@@ -186,6 +186,20 @@ impl Harness for DockerCluster {
         !self.stopped[&id] && !self.paused[&id]
     }
 
+    fn log_tail(&self, id: NodeId, lines: usize) -> Option<String> {
+        // The node logs to stderr; `docker logs` replays it on its own stderr.
+        let output = Command::new("docker")
+            .args(["logs", "--tail", &lines.to_string(), &Self::container(id)])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        Some(
+            String::from_utf8_lossy(&output.stderr)
+                .trim_end()
+                .to_string(),
+        )
+    }
+
     fn wipe(&mut self, id: NodeId) -> anyhow::Result<()> {
         self.kill(id);
         self.compose(&["rm", "-f", "-s", &format!("conclave-{id}")])?;

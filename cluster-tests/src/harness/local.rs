@@ -222,6 +222,12 @@ impl Harness for LocalCluster {
         self.nodes[&id].child.is_some() && !self.nodes[&id].paused
     }
 
+    fn log_tail(&self, id: NodeId, lines: usize) -> Option<String> {
+        let log = std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).ok()?;
+        let kept: Vec<&str> = log.lines().rev().take(lines).collect();
+        Some(kept.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+
     fn wipe(&mut self, id: NodeId) -> anyhow::Result<()> {
         self.kill(id);
         let dir = self.data_dir(id);

@@ -52,6 +52,10 @@ pub trait Harness: Send {
     fn node_at(&self, _address: &str) -> Option<NodeId> {
         None
     }
+    /// The last `lines` lines the node logged, where the harness keeps its logs.
+    fn log_tail(&self, _id: NodeId, _lines: usize) -> Option<String> {
+        None
+    }
     /// Whether the nodes serve Conclave's gRPC API (SDK clients, status calls).
     fn speaks_grpc(&self) -> bool {
         self.ids()
@@ -102,10 +106,47 @@ pub async fn wait_healthy(harness: &dyn Harness, within: Duration) -> anyhow::Re
             return Ok(leader);
         }
         if Instant::now() > deadline {
-            anyhow::bail!("the cluster did not agree on a leader within {within:?}");
+            anyhow::bail!(
+                "the cluster did not agree on a leader within {within:?}\n{}",
+                describe_nodes(harness).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What each node says of itself (or that it does not answer) and the end of its log: what a
+/// reader of a failed run needs first.
+pub async fn describe_nodes(harness: &dyn Harness) -> String {
+    let mut out = String::new();
+    for id in harness.ids() {
+        let state = if !harness.running(id) {
+            "stopped or paused".to_string()
+        } else if let Some(sentinel) = harness.sentinel(id) {
+            match sentinel::ask_master(&sentinel).await {
+                Some(master) => format!("its Sentinel names master {master}"),
+                None => "its Sentinel does not answer".to_string(),
+            }
+        } else {
+            match node_client(&harness.grpc(id)).await {
+                None => "does not accept connections".to_string(),
+                Some(client) => {
+                    match tokio::time::timeout(Duration::from_millis(500), client.status()).await {
+                        Ok(Ok(status)) => format!("{status:?}"),
+                        Ok(Err(e)) => format!("status call failed: {e}"),
+                        Err(_) => "status call timed out".to_string(),
+                    }
+                }
+            }
+        };
+        out.push_str(&format!("  node {id}: {state}\n"));
+        if let Some(tail) = harness.log_tail(id, 8) {
+            for line in tail.lines() {
+                out.push_str(&format!("    | {line}\n"));
+            }
+        }
+    }
+    out
 }
 
 async fn agreed_leader(harness: &dyn Harness) -> Option<NodeId> {

@@ -283,6 +283,70 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
     );
 }
 
+/// An operator removes a node whose disk was lost and starts it again, empty, at once: a peer
+/// that has not applied the removal yet still remembers the old data directory. The node asks
+/// again rather than exit, and joins once it is added. (Before, it exited: the chaos suite's
+/// `wipe` fault met this after a partition had left a peer behind.) The lagging peer is made so
+/// by pausing it through the removal and pausing the leader as it resumes, so that it catches up
+/// only after an election (slowed down to a second here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_empty_right_after_its_removal_waits_for_peers_to_apply_it() {
+    let _serial = serial().await;
+    let slow_elections = ["--election-min-ms", "1000", "--election-max-ms", "1500"];
+    let mut cluster = Cluster::start(5, &slow_elections);
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    let others: Vec<u64> = (1..=5).filter(|id| *id != leader).collect();
+    let (victim, laggard) = (others[0], others[1]);
+    let client = cluster.client(leader).await;
+    client.set("k", "v").await.unwrap();
+    // Nodes register their data directory a few hundred ms after a leader is known.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    cluster.pause(laggard);
+    let mut admin = client.cluster();
+    admin
+        .remove_member(conclave_client::v1::RemoveMemberRequest { id: victim })
+        .await
+        .expect("remove the node");
+    cluster.kill(victim);
+    std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).unwrap();
+    // The laggard answers again but hears of the removal only from the next leader.
+    cluster.pause(leader);
+    cluster.resume(laggard);
+    cluster.restart(victim);
+    let exit = cluster.wait_exit(victim, Duration::from_secs(3));
+    assert!(
+        exit.is_none(),
+        "the node gave up while its removal was being applied: {exit:?}\n{}",
+        cluster.logs()
+    );
+    cluster.resume(leader);
+
+    // The node waits to be added (it is no member, so it knows no leader): add it back.
+    let survivor = others[2];
+    let mut admin = cluster.client(survivor).await.cluster();
+    admin
+        .add_member(conclave_client::v1::AddMemberRequest {
+            id: victim,
+            address: cluster.endpoint(victim),
+            learner_only: false,
+        })
+        .await
+        .expect("add the node back");
+    let applied = cluster.status(survivor).await.unwrap().applied;
+    cluster
+        .wait_applied(victim, applied, Duration::from_secs(15))
+        .await;
+    let back = cluster.client(victim).await;
+    assert_eq!(
+        back.get_with("k", conclave_client::Consistency::Local)
+            .await
+            .unwrap()
+            .map(|kv| kv.value),
+        Some(b"v".to_vec())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_one_after_another_form_one_cluster() {
     let _serial = serial().await;
@@ -490,30 +554,35 @@ async fn after_a_site_restart_an_empty_node_waits_for_its_peers_and_is_refused()
     }
 }
 
-/// Starts node 1, then node 3, and stops node 3 (SIGSTOP) right after it has created the cluster
-/// counting node 1, before node 1 has: node 3 then holds Raft state and no entry. None if node 1
-/// created it too meanwhile (the caller tries again).
+/// Makes node 3 create the cluster counting node 1, and stops it (SIGSTOP) before any entry:
+/// node 3 then holds Raft state and no entry, while node 1 never created the cluster. Node 1
+/// first runs with `--join` (it answers that it is empty, and waits to be added instead of
+/// creating the cluster itself), then is restarted as a listed node with the same directory.
+/// None if node 1 has Raft state after all (the caller tries again).
 async fn a_founder_cut_off_before_the_first_entry() -> Option<Cluster> {
     let mut cluster = Cluster::define(3, &[], false);
+    cluster.nodes.get_mut(&1).expect("node 1").join = true;
     cluster.restart(1);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let three = cluster.client(3).await;
     cluster.restart(3);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if cluster
-            .status(3)
-            .await
-            .is_some_and(|s| !s.members.is_empty())
-        {
+        if three.status().await.is_ok_and(|s| !s.members.is_empty()) {
             cluster.pause(3);
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "node 3 never created the cluster"
+            "node 3 never created the cluster\n{}",
+            cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    cluster.kill(1);
+    cluster.nodes.get_mut(&1).expect("node 1").join = false;
+    cluster.restart(1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let one = cluster.status(1).await?;
     one.members.is_empty().then_some(cluster)
 }

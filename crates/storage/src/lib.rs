@@ -25,6 +25,7 @@
 // openraft's StorageError is large, and its traits dictate that our helpers return it.
 #![allow(clippy::result_large_err)]
 
+mod coverage;
 mod durable;
 mod identity;
 mod log_store;
@@ -104,9 +105,10 @@ pub fn open<C: StoreConfig>(dir: &Path, options: StorageOptions) -> Result<Stora
         .mode(sled::Mode::HighThroughput)
         .open()?;
     let disk = durable::Disk::open(&db, dir)?;
+    let state = StateMachineStore::open(&db, disk.clone())?;
     Ok(Storage {
-        log: LogStore::open(&db, disk.clone())?,
-        state: StateMachineStore::open(&db, disk.clone())?,
+        log: LogStore::open(&db, disk.clone(), state.coverage())?,
+        state,
         identity: Identity::open(&db, disk)?,
     })
 }

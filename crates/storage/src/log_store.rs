@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError,
-    Vote,
+    AnyError, Entry, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError,
+    StorageIOError, Vote,
 };
 use sled::{Db, Tree};
 
+use crate::coverage::SnapshotCoverage;
 use crate::durable::Disk;
 use tokio::sync::mpsc;
 
@@ -32,6 +33,8 @@ pub struct LogStore<C: StoreConfig> {
     meta: Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<C>>,
     stats: Arc<LogStats>,
+    /// How far the saved snapshot reaches: a purge never runs ahead of it.
+    coverage: SnapshotCoverage,
 }
 
 /// Counters of the log's disk work, to see group commit at work.
@@ -61,6 +64,7 @@ impl<C: StoreConfig> Clone for LogStore<C> {
             meta: self.meta.clone(),
             flusher: self.flusher.clone(),
             stats: self.stats.clone(),
+            coverage: self.coverage.clone(),
         }
     }
 }
@@ -71,7 +75,11 @@ fn index_key(index: u64) -> [u8; 8] {
 
 impl<C: StoreConfig> LogStore<C> {
     /// Opens the log trees and starts the group-commit flusher (needs a Tokio runtime).
-    pub(crate) fn open(db: &Db, disk: Disk) -> Result<Self, sled::Error> {
+    pub(crate) fn open(
+        db: &Db,
+        disk: Disk,
+        coverage: SnapshotCoverage,
+    ) -> Result<Self, sled::Error> {
         let (flusher, pending) = mpsc::unbounded_channel();
         let stats = Arc::new(LogStats::default());
         tokio::spawn(group_commit::<C>(disk.clone(), pending, stats.clone()));
@@ -81,6 +89,7 @@ impl<C: StoreConfig> LogStore<C> {
             meta: db.open_tree("raft_meta")?,
             flusher,
             stats,
+            coverage,
         })
     }
 
@@ -123,16 +132,20 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
-    /// The id of the last entry kept, or of the last purged one when none is kept.
+    /// The id of the last entry kept, or of the last purged one when no entry past it is kept.
+    /// (A purge deletes its entries after flushing the purge point, without a flush of its own: a
+    /// crash can bring some of them back, and they are not the log's end.)
     fn last_log_id(&self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
         let last = self
             .entries
             .last()
             .map_err(|e| StorageIOError::read_logs(&e))?;
-        match last {
-            Some((_, bytes)) => Ok(Some(*Self::decode_entry(&bytes)?.get_log_id())),
-            None => self.read_meta(LAST_PURGED),
-        }
+        let last = match last {
+            Some((_, bytes)) => Some(*Self::decode_entry(&bytes)?.get_log_id()),
+            None => None,
+        };
+        let purged: Option<LogId<C::NodeId>> = self.read_meta(LAST_PURGED)?;
+        Ok(last.max(purged))
     }
 
     fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<C>, C> {
@@ -225,23 +238,13 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         self.write_meta(COMMITTED, &committed)
     }
 
-    /// The saved commit index, but never past the last entry kept. The commit index is saved
-    /// without a flush of its own and can outlive the entries it names in a crash: the chaos
-    /// suite's docker run saw a node killed with `docker kill` come back with a commit index 64
-    /// entries past its log, and openraft then refuses to start ("Failed to get log entries").
-    /// Every entry kept at or below the saved index is committed (a log is never truncated
-    /// below its commit index), so the last one is a commit index the node may start from; the
-    /// leader sends it the rest.
+    /// The commit index as saved. A saved commit index past the durable log would mean entries
+    /// the node acknowledged were lost: the node then refuses to start rather than guess which
+    /// of its entries are committed.
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
-        let saved = self
+        Ok(self
             .read_meta::<Option<LogId<C::NodeId>>>(COMMITTED)?
-            .flatten();
-        let last = self.last_log_id()?;
-        Ok(match (saved, last) {
-            (Some(saved), Some(last)) if last.index < saved.index => Some(last),
-            (Some(_), None) => None,
-            (saved, _) => saved,
-        })
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<(), C>
@@ -272,6 +275,11 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> StorageResult<(), C> {
+        // Never ahead of the snapshot that covers the entries (see `coverage`).
+        self.coverage
+            .wait_covered(log_id.index)
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         // Record the purge point first: a crash halfway leaves stale entries below the purge
         // point, which are never read, and never a log that claims entries it no longer has.
         self.write_meta(LAST_PURGED, &log_id)?;
@@ -283,10 +291,13 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
 
 #[cfg(test)]
 mod tests {
-    use openraft::storage::RaftLogStorage;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use std::io::Cursor;
+    use std::time::Duration;
 
-    use super::index_key;
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta};
+
+    use super::{index_key, LAST_PURGED};
     use crate::state_machine::tests::Config;
     use crate::{encode, StorageOptions};
 
@@ -294,13 +305,8 @@ mod tests {
         LogId::new(CommittedLeaderId::new(1, 0), index)
     }
 
-    /// A crash can keep a commit index whose entries it lost (the index is saved without a
-    /// flush of its own): the node must still start, from the last entry it kept.
-    #[tokio::test]
-    async fn a_saved_commit_index_past_the_log_reads_back_as_the_last_entry_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut storage = crate::open::<Config>(dir.path(), StorageOptions::default()).unwrap();
-        for index in 1..=3 {
+    fn put_entries(storage: &crate::Storage<Config>, indexes: std::ops::RangeInclusive<u64>) {
+        for index in indexes {
             let entry = Entry::<Config> {
                 log_id: log_id(index),
                 payload: EntryPayload::Blank,
@@ -311,12 +317,106 @@ mod tests {
                 .insert(index_key(index), encode(&entry))
                 .unwrap();
         }
-        storage.log.save_committed(Some(log_id(2))).await.unwrap();
-        assert_eq!(storage.log.read_committed().await.unwrap(), Some(log_id(2)));
-        // Entries 4..=8 never reached the disk; the commit index did.
-        storage.log.save_committed(Some(log_id(8))).await.unwrap();
-        assert_eq!(storage.log.read_committed().await.unwrap(), Some(log_id(3)));
-        storage.log.remove_entries(..).unwrap();
-        assert_eq!(storage.log.read_committed().await.unwrap(), None);
+    }
+
+    /// Opens `dir` again once the store closed before has let go of sled's file lock (its
+    /// flusher task ends a moment after the last handle drops).
+    async fn reopen(dir: &std::path::Path) -> crate::Storage<Config> {
+        let mut attempts = 0;
+        loop {
+            match crate::open::<Config>(dir, StorageOptions::default()) {
+                Ok(storage) => return storage,
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("reopening the data directory: {e}"),
+            }
+        }
+    }
+
+    /// openraft installs a snapshot from the leader on its state-machine task and asks the log to
+    /// purge what the snapshot covers without waiting for it. The purge must wait until the
+    /// snapshot is saved: a crash in between would leave the log purged past the snapshot the
+    /// node restarts from, and it could never start again (the chaos suite's 700-second run
+    /// ended on such a node after a membership change).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_during_a_snapshot_install_waits_until_the_snapshot_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = crate::open::<Config>(dir.path(), StorageOptions::default()).unwrap();
+            put_entries(&storage, 1..=3);
+            let mut state = storage.state;
+            let mut log = storage.log;
+            let received = state.begin_receiving_snapshot().await.unwrap();
+
+            let purge = tokio::spawn(async move { log.purge(log_id(10)).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !purge.is_finished(),
+                "the log was purged to 10 while the snapshot covering it was not saved"
+            );
+
+            let machine = conclave_state::Machine::new();
+            let meta = SnapshotMeta {
+                last_log_id: Some(log_id(10)),
+                last_membership: Default::default(),
+                snapshot_id: "leader-10".into(),
+            };
+            drop(received);
+            state
+                .install_snapshot(&meta, Box::new(Cursor::new(encode(&machine))))
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(5), purge)
+                .await
+                .expect("the purge goes on once the snapshot is saved")
+                .unwrap()
+                .unwrap();
+        }
+        // What a restart finds: the log purged no further than the snapshot reaches.
+        let mut storage = reopen(dir.path()).await;
+        let purged = storage
+            .log
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_purged_log_id;
+        let (applied, _) = storage.state.applied_state().await.unwrap();
+        assert_eq!(purged, Some(log_id(10)));
+        assert_eq!(applied, Some(log_id(10)));
+    }
+
+    /// Outside a snapshot install, a purge does not wait (openraft's own storage suite purges
+    /// logs that no snapshot covers).
+    #[tokio::test]
+    async fn a_purge_outside_a_snapshot_install_runs_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = crate::open::<Config>(dir.path(), StorageOptions::default()).unwrap();
+        put_entries(&storage, 1..=3);
+        tokio::time::timeout(Duration::from_secs(5), storage.log.purge(log_id(2)))
+            .await
+            .expect("purge waited")
+            .unwrap();
+        let state = storage.log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+        assert_eq!(state.last_log_id, Some(log_id(3)));
+    }
+
+    /// A purge deletes its entries without a flush of its own, after the purge point is flushed:
+    /// a crash can bring some of them back. They are not the end of the log.
+    #[tokio::test]
+    async fn entries_a_crash_brought_back_below_the_purge_point_do_not_end_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = crate::open::<Config>(dir.path(), StorageOptions::default()).unwrap();
+        put_entries(&storage, 1..=3);
+        storage
+            .log
+            .meta
+            .insert(LAST_PURGED, encode(&log_id(5)))
+            .unwrap();
+        let state = storage.log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(5)));
+        assert_eq!(state.last_log_id, Some(log_id(5)));
     }
 }

@@ -14,6 +14,7 @@ use openraft::{
 };
 use sled::{Db, Tree};
 
+use crate::coverage::SnapshotCoverage;
 use crate::durable::Disk;
 use tokio::sync::watch;
 
@@ -59,6 +60,8 @@ struct SnapshotFile {
     tree: Tree,
     saving: Arc<tokio::sync::Mutex<()>>,
     built: Arc<AtomicU64>,
+    /// Told of every save, for the log's purges.
+    coverage: SnapshotCoverage,
     /// Run once, between reading the meta and the data, by the next `load` (tests widen the
     /// window a concurrent save could slip into).
     #[cfg(test)]
@@ -97,6 +100,7 @@ impl SnapshotFile {
             let kept: Meta<C> =
                 decode(&kept).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &*e))?;
             if kept.last_log_id >= stored.meta.last_log_id {
+                // Saved (and flushed) by an earlier save, under this same lock.
                 return Ok(());
             }
         }
@@ -110,6 +114,9 @@ impl SnapshotFile {
             .persist()
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        if let Some(last) = stored.meta.last_log_id {
+            self.coverage.saved(last.index);
+        }
         Ok(())
     }
 }
@@ -149,10 +156,15 @@ impl<C: StoreConfig> StateMachineStore<C> {
             tree: db.open_tree("snapshots")?,
             saving: Arc::default(),
             built: Arc::default(),
+            coverage: SnapshotCoverage::default(),
             #[cfg(test)]
             between_reads: Arc::default(),
         };
-        let replica = match snapshots.load::<C>().map_err(OpenError::Snapshot)? {
+        let loaded = snapshots.load::<C>().map_err(OpenError::Snapshot)?;
+        if let Some(last) = loaded.as_ref().and_then(|s| s.meta.last_log_id) {
+            snapshots.coverage.saved(last.index);
+        }
+        let replica = match loaded {
             Some(stored) => Replica {
                 machine: decode(&stored.data).map_err(|e| OpenError::Snapshot(e.to_string()))?,
                 last_applied: stored.meta.last_log_id,
@@ -170,6 +182,11 @@ impl<C: StoreConfig> StateMachineStore<C> {
             applied,
             snapshots,
         })
+    }
+
+    /// How far the saved snapshot reaches, for the log's purges.
+    pub(crate) fn coverage(&self) -> SnapshotCoverage {
+        self.snapshots.coverage.clone()
     }
 
     /// A read handle that follows this store.
@@ -285,6 +302,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>, C> {
+        self.snapshots.coverage.receiving();
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -309,6 +327,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
             replica.membership = meta.last_membership.clone();
         }
         self.applied.send_replace(revision);
+        self.snapshots.coverage.installed();
         Ok(())
     }
 

@@ -19,6 +19,10 @@ use crate::NodeId;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between surveys while a fresh node waits for a majority of the listed nodes.
 const FORM_RETRY: Duration = Duration::from_millis(200);
+/// How long a fresh node keeps asking a peer that remembers it with another data directory
+/// before it gives up: an operator who removes the node and starts it empty at once can reach
+/// a peer that has not applied the removal yet (the chaos suite's `wipe` fault did).
+const REMOVAL_GRACE: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Brings a fresh node into its cluster; returns at once for a node with Raft state. Call it
@@ -27,7 +31,8 @@ impl Node {
     /// A listed node first asks the other listed nodes about themselves (`Peer.Identify`). It
     /// refuses to go on if one belongs to another cluster or remembers this node with another
     /// data directory (this node's data was lost: with an empty log it could vote for a leader
-    /// missing acknowledged writes). If one already belongs to the cluster, it waits for the
+    /// missing acknowledged writes; it asks again for `REMOVAL_GRACE` first, as a peer may not
+    /// have applied the node's removal yet). If one already belongs to the cluster, it waits for the
     /// leader (it is a member the leader has not reached yet, or a replacement waiting for
     /// `ctl members add`), unless no leader has been elected there yet. Otherwise it creates the
     /// cluster (`Raft::initialize` with the listed members; every listed node does the same with
@@ -55,8 +60,27 @@ impl Node {
         let cluster = &self.inner.cluster;
         let needed = cluster.members().len() / 2 + 1;
         let mut said_waiting = false;
+        let mut first_refused: Option<tokio::time::Instant> = None;
         loop {
-            let survey = self.survey_peers().await?;
+            let survey = match self.survey_peers().await {
+                Err(StartError::DataLost { peer, .. })
+                    if first_refused
+                        .get_or_insert_with(|| {
+                            eprintln!(
+                                "node {id}: node {peer} remembers this node with another data \
+                                 directory; asking again for {REMOVAL_GRACE:?} in case its \
+                                 removal is still being applied there"
+                            );
+                            tokio::time::Instant::now()
+                        })
+                        .elapsed()
+                        < REMOVAL_GRACE =>
+                {
+                    tokio::time::sleep(FORM_RETRY).await;
+                    continue;
+                }
+                survey => survey?,
+            };
             match self.inner.join {
                 Joining::Unlisted => {
                     eprintln!(
