@@ -67,6 +67,8 @@ pub struct Received {
     /// For a causal message: whether the subscriber's node, read locally on receipt, already
     /// had the publisher's marker write (None: not read, or the read failed).
     pub causal: Option<bool>,
+    /// When that read completed (microseconds since the run began; 0: not read).
+    pub checked_us: u64,
 }
 
 /// How an operation ended.

@@ -67,6 +67,8 @@ pub struct FaultRecord {
     pub healed_us: u64,
     /// When the cluster agreed on a leader again after healing.
     pub recovered_us: Option<u64>,
+    /// The nodes started again during the fault or its healing: each is a new process.
+    pub restarted: Vec<NodeId>,
 }
 
 /// Runs rounds of faults until `until` (microseconds since the run began).
@@ -84,9 +86,17 @@ pub async fn run(
     while history.now_us() + 3_000_000 < until_us && !kinds.is_empty() {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let hold = Duration::from_millis(1000 + rng.below(3000));
+        let starts_before: Vec<u64> = harness.ids().iter().map(|id| harness.starts(*id)).collect();
         let (description, start_us) = inject(harness, kind, hold, rng, history).await?;
         let healed_us = history.now_us();
         heal(harness).await?;
+        let restarted: Vec<NodeId> = harness
+            .ids()
+            .into_iter()
+            .zip(starts_before)
+            .filter(|(id, before)| harness.starts(*id) > *before)
+            .map(|(id, _)| id)
+            .collect();
         let recovered = harness::wait_healthy(harness, Duration::from_secs(30)).await;
         let recovered_us = recovered.is_ok().then(|| history.now_us());
         log(&format!(
@@ -104,6 +114,7 @@ pub async fn run(
             start_us,
             healed_us,
             recovered_us,
+            restarted,
         });
         // Time to settle before the next fault.
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;

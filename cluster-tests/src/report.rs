@@ -219,10 +219,10 @@ impl Report {
         if self.pubsub.ran() {
             let p = &self.pubsub;
             println!(
-                "== pubsub: {} acknowledged publishes, {} subscriptions, {} deliveries; lost {} near faults (at most once), {} far from any; duplicated {}, reordered {}, phantom {}; causal {} of {} checked: {}",
+                "== pubsub: {} acknowledged publishes, {} subscriptions, {} deliveries; lost {} near faults (at most once), {} far from any; duplicated {}, reordered {}, phantom {}; causal {} of {} checked ({} read after the node restarted): {}",
                 p.published, p.subscriptions, p.delivered, p.lost_near_faults, p.lost_quiet,
                 p.duplicated, p.reordered, p.phantom,
-                p.causal_checked - p.causal_violations, p.causal_checked,
+                p.causal_checked - p.causal_violations, p.causal_checked, p.causal_after_restart,
                 if p.holds() { "ok" } else { "VIOLATED" }
             );
             for example in &p.examples {

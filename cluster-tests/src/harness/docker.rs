@@ -30,6 +30,7 @@ pub struct DockerCluster {
     /// Nodes paused or stopped by a nemesis (Docker knows too; this saves asking it).
     paused: BTreeMap<NodeId, bool>,
     stopped: BTreeMap<NodeId, bool>,
+    starts: BTreeMap<NodeId, u64>,
     /// Offsets last written, so healing writes only the ones that changed.
     clocks: BTreeMap<NodeId, i64>,
     /// Nodes whose network namespace holds partition rules.
@@ -69,6 +70,7 @@ impl DockerCluster {
             dir: dir.to_path_buf(),
             paused: ids.iter().map(|id| (*id, false)).collect(),
             stopped: ids.iter().map(|id| (*id, true)).collect(),
+            starts: ids.iter().map(|id| (*id, 0)).collect(),
             clocks: ids.iter().map(|id| (*id, 0)).collect(),
             ids,
             cut: Vec::new(),
@@ -150,7 +152,12 @@ impl Harness for DockerCluster {
         self.compose(&["up", "-d", "--no-deps", &format!("conclave-{id}")])?;
         self.stopped.insert(id, false);
         self.paused.insert(id, false);
+        *self.starts.entry(id).or_default() += 1;
         Ok(())
+    }
+
+    fn starts(&self, id: NodeId) -> u64 {
+        self.starts[&id]
     }
 
     fn kill(&mut self, id: NodeId) {

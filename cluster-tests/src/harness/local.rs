@@ -30,6 +30,7 @@ pub struct LocalCluster {
 struct Process {
     child: Option<Child>,
     paused: bool,
+    starts: u64,
 }
 
 impl LocalCluster {
@@ -56,6 +57,7 @@ impl LocalCluster {
                 Process {
                     child: None,
                     paused: false,
+                    starts: 0,
                 },
             );
         }
@@ -174,7 +176,12 @@ impl Harness for LocalCluster {
         let process = self.nodes.get_mut(&id).expect("known node");
         process.child = Some(child);
         process.paused = false;
+        process.starts += 1;
         Ok(())
+    }
+
+    fn starts(&self, id: NodeId) -> u64 {
+        self.nodes[&id].starts
     }
 
     fn kill(&mut self, id: NodeId) {

@@ -26,6 +26,9 @@ pub trait Harness: Send {
     }
     /// Starts the node from its data directory (no-op if it runs).
     fn start(&mut self, id: NodeId) -> anyhow::Result<()>;
+    /// How many times the node has been started (so a checker can tell one process of it from
+    /// the next).
+    fn starts(&self, id: NodeId) -> u64;
     /// SIGKILL.
     fn kill(&mut self, id: NodeId);
     /// SIGTERM, and wait for the node to exit.

@@ -35,6 +35,7 @@ pub struct SentinelCluster {
     timeouts: Timeouts,
     paused: BTreeMap<NodeId, bool>,
     stopped: BTreeMap<NodeId, bool>,
+    starts: BTreeMap<NodeId, u64>,
     cut: Vec<NodeId>,
 }
 
@@ -73,6 +74,7 @@ impl SentinelCluster {
             dir: std::path::absolute(dir)?,
             paused: ids.iter().map(|id| (*id, false)).collect(),
             stopped: ids.iter().map(|id| (*id, true)).collect(),
+            starts: ids.iter().map(|id| (*id, 0)).collect(),
             ids,
             timeouts,
             cut: Vec::new(),
@@ -189,7 +191,12 @@ impl Harness for SentinelCluster {
         }
         self.stopped.insert(id, false);
         self.paused.insert(id, false);
+        *self.starts.entry(id).or_default() += 1;
         Ok(())
+    }
+
+    fn starts(&self, id: NodeId) -> u64 {
+        self.starts[&id]
     }
 
     fn kill(&mut self, id: NodeId) {

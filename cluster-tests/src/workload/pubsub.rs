@@ -1,9 +1,10 @@
 //! The pub/sub workload: a publisher on every node sends numbered messages on one channel over
 //! RESP, and a subscriber on every node receives them. Every fifth message is causal: the
-//! publisher first writes its number to a marker key of its own on the same connection, and the
+//! publisher first writes a marker key of that message's own on the same connection, and the
 //! subscriber, on receipt, reads that key on its own node at `local` consistency (through the
 //! SDK): the node must already have applied the write (a message is delivered only after the
-//! publisher's session revision).
+//! publisher's session revision). One key per message: a marker write whose outcome was unknown
+//! may be applied late, and must not undo a later one.
 
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ pub const CHANNEL: &str = "chaos:bus";
 /// drops a message it could not relay within 2 s).
 const LINGER: Duration = Duration::from_secs(3);
 
-fn marker(publisher: usize) -> String {
-    format!("pubsub:marker:{publisher}")
+fn marker(publisher: usize, seq: u64) -> String {
+    format!("pubsub:marker:{publisher}:{seq}")
 }
 
 pub async fn publisher(mut context: ClientContext) {
@@ -35,7 +36,7 @@ pub async fn publisher(mut context: ClientContext) {
         let mut marked = false;
         if seq.is_multiple_of(5) {
             let reply = client
-                .call(&[b"SET", marker(id).as_bytes(), seq.to_string().as_bytes()])
+                .call(&[b"SET", marker(id, seq).as_bytes(), b"1"])
                 .await;
             marked = matches!(reply, Ok(Reply::Simple(ref s)) if s == "OK");
             if !client.ready().await {
@@ -95,13 +96,9 @@ pub async fn subscriber(context: ClientContext) {
             };
             let causal = match (&reader, marked) {
                 (Some(reader), true) => {
-                    let read = reader.get_with(marker(publisher), Consistency::Local);
+                    let read = reader.get_with(marker(publisher, seq), Consistency::Local);
                     match tokio::time::timeout(Duration::from_secs(1), read).await {
-                        Ok(Ok(kv)) => Some(kv.is_some_and(|kv| {
-                            String::from_utf8_lossy(&kv.value)
-                                .parse::<u64>()
-                                .is_ok_and(|seen| seen >= seq)
-                        })),
+                        Ok(Ok(kv)) => Some(kv.is_some()),
                         _ => None,
                     }
                 }
@@ -111,6 +108,11 @@ pub async fn subscriber(context: ClientContext) {
                 publisher,
                 seq,
                 causal,
+                checked_us: if causal.is_some() {
+                    history.now_us()
+                } else {
+                    0
+                },
             });
         };
         history.complete(subscription, Call::Subscription { messages }, ended);

@@ -58,19 +58,33 @@ impl Node {
     }
 
     /// The replicated time this node stamps now, as leader of its current term. The first stamp
-    /// of a term waits until this replica has applied every entry committed before the term
-    /// (`ensure_linearizable`): the term's time continues from their largest stamp.
+    /// of a term in this process waits until this replica has applied every entry before it
+    /// (see [`Node::settle_term`]): the term's time continues from their largest stamp.
     pub(super) async fn leader_time(&self) -> Result<Millis, LeaderError> {
         let term = self.inner.raft.metrics().borrow().current_term;
         if !self.inner.time.started(term) {
-            self.inner
-                .raft
-                .ensure_linearizable()
-                .await
-                .map_err(leader::read_error)?;
+            self.settle_term().await?;
         }
         let floor = self.inner.view.read(|m| m.clock());
         Ok(self.inner.time.stamp(term, floor))
+    }
+
+    /// Commits an entry of this term from this process (an unstamped `Tick`): once it is
+    /// applied, so is every entry before it, and openraft's read index is at least its index.
+    ///
+    /// openraft's own barrier (`ensure_linearizable`) is not enough for a leader that restarted:
+    /// it resumes its term from its saved vote without an election, with the term's first entry
+    /// from before the restart and the commit index it last saved, which is not flushed by itself
+    /// and can be older than writes it had acknowledged. Its read index was then too low: the
+    /// chaos suite read, on a leader just restarted after every node was killed, a value older
+    /// than a write acknowledged before the kill.
+    async fn settle_term(&self) -> Result<(), LeaderError> {
+        let tick = LeaderRequest::Write(WriteRequest {
+            id: None,
+            stamp: 0,
+            command: Command::Tick,
+        });
+        leader::execute(&self.inner.raft, tick, 0).await.map(|_| ())
     }
 
     /// How far the replicated clock of this replica lags the leader's time.
@@ -79,7 +93,8 @@ impl Node {
         Ok(now.saturating_sub(self.inner.view.read(|m| m.clock())))
     }
 
-    /// The index a linearizable read waits for. If the replicated clock lags this leader's time
+    /// The index a linearizable read waits for: openraft's read index, once this process has
+    /// committed an entry of its term (`leader_time` sees to it). If the replicated clock lags this leader's time
     /// by more than [`READ_CLOCK_LAG_MS`], the index of a `Tick` committed now (in this term,
     /// so it confirms the leadership too), so the read judges TTLs at the current time on any
     /// replica; reads arriving meanwhile wait for that `Tick` rather than commit their own.
