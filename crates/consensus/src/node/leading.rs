@@ -6,6 +6,8 @@
 //! Does not own: the openraft calls behind each request (`crate::leader`), nor finding the
 //! leader (`routing.rs`).
 
+use std::sync::atomic::Ordering;
+
 use conclave_state::{Command, Millis, WriteRequest};
 
 use super::Node;
@@ -63,7 +65,7 @@ impl Node {
     pub(super) async fn leader_time(&self) -> Result<Millis, LeaderError> {
         let term = self.inner.raft.metrics().borrow().current_term;
         if !self.inner.time.started(term) {
-            self.settle_term().await?;
+            self.settle_term(term).await?;
         }
         let floor = self.inner.view.read(|m| m.clock());
         Ok(self.inner.time.stamp(term, floor))
@@ -78,13 +80,25 @@ impl Node {
     /// and can be older than writes it had acknowledged. Its read index was then too low: the
     /// chaos suite read, on a leader just restarted after every node was killed, a value older
     /// than a write acknowledged before the kill.
-    async fn settle_term(&self) -> Result<(), LeaderError> {
+    ///
+    /// Once per term: concurrent first requests wait for one `Tick`.
+    async fn settle_term(&self, term: u64) -> Result<(), LeaderError> {
+        let settled = || self.inner.settled_term.load(Ordering::Acquire) >= term;
+        if settled() {
+            return Ok(());
+        }
+        let _settling = self.inner.settling.lock().await;
+        if settled() {
+            return Ok(());
+        }
         let tick = LeaderRequest::Write(WriteRequest {
             id: None,
             stamp: 0,
             command: Command::Tick,
         });
-        leader::execute(&self.inner.raft, tick, 0).await.map(|_| ())
+        leader::execute(&self.inner.raft, tick, 0).await?;
+        self.inner.settled_term.fetch_max(term, Ordering::AcqRel);
+        Ok(())
     }
 
     /// How far the replicated clock of this replica lags the leader's time.

@@ -184,6 +184,10 @@ struct Inner {
     time: LeaderTime,
     /// Held while a linearizable read commits a `Tick`: concurrent reads share it.
     read_tick: tokio::sync::Mutex<()>,
+    /// The term in which this process, as leader, has committed an entry of its own (see
+    /// `Node::settle_term`), and the lock that makes concurrent first requests share one.
+    settled_term: std::sync::atomic::AtomicU64,
+    settling: tokio::sync::Mutex<()>,
     /// The newest revision this process has acknowledged to anyone (a write's or membership
     /// change's reply), on any front end: session reads here never see less.
     acknowledged: AtomicU64,
@@ -291,6 +295,8 @@ impl Node {
                 led_since: std::sync::Mutex::new(None),
                 time: LeaderTime::new(WallClock::new(options.clock_offset_file.clone())),
                 read_tick: tokio::sync::Mutex::new(()),
+                settled_term: std::sync::atomic::AtomicU64::new(0),
+                settling: tokio::sync::Mutex::new(()),
                 cluster: options.cluster,
                 join,
                 acknowledged: AtomicU64::new(0),
