@@ -3,14 +3,15 @@
 //!
 //! Modes: `writes` (concurrent writers), `pubsub` (publishers at a fixed total rate, a
 //! subscriber on every node, delivery latency within and across nodes) and `watch` (writers and a
-//! watcher on every node, event latency after the write is acknowledged).
+//! watcher on every node, event latency after the write is acknowledged). And `conclave bench
+//! livekit`, LiveKit's Redis traffic over RESP against Conclave or Redis (`conclave-livekit`).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use conclave_client::{Client, WatchTarget};
 
 /// What to measure.
@@ -21,8 +22,17 @@ pub enum Mode {
     Watch,
 }
 
+/// A workload of its own, with its own flags.
+#[derive(Subcommand, Debug)]
+pub enum Workload {
+    /// LiveKit's room workload over RESP3, with its deadlines counted as failures.
+    Livekit(conclave_livekit::Options),
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    workload: Option<Workload>,
     /// What to measure.
     #[arg(long, value_enum, default_value = "writes")]
     mode: Mode,
@@ -52,6 +62,9 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(Workload::Livekit(options)) = args.workload {
+        return livekit(options).await;
+    }
     match args.mode {
         Mode::Writes => writes(args).await,
         Mode::Pubsub => pubsub(args).await,
@@ -325,4 +338,15 @@ async fn log_counters(endpoints: &[String]) -> Vec<(u64, u64, u64)> {
         }
     }
     counters
+}
+
+async fn livekit(options: conclave_livekit::Options) -> anyhow::Result<ExitCode> {
+    let json = options.json.clone();
+    let report = conclave_livekit::run(options).await?;
+    report.print();
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    println!("{}", report.result_line());
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,823 @@
+//! One simulated media node: what a LiveKit server and its psrpc bus send to Redis for the rooms
+//! it hosts, over one storage connection and one pub/sub connection, as go-redis would.
+//!
+//! Storage: the node registry, room creation under the room lock and the unlock script,
+//! participant joins, updates and leaves, room closes. Pub/sub: the subscription sets of rooms,
+//! participants and agent jobs; unary RPCs (request, claims by every subscriber with
+//! `SET <key> <n> EX 5 NX`, the caller's rclaim, the response); signal relay messages with their
+//! acks; the node's keepalive to itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::channels::{self, Message, Tag};
+use crate::metrics::{Kind, Recorder};
+use crate::resp3::{Connection, Value};
+use crate::Options;
+
+/// LiveKit's room lock release script, byte for byte (its SHA-1 is what LiveKit sends).
+pub const UNLOCK_SCRIPT: &str = "if redis.call(\"get\",KEYS[1]) == ARGV[1] then\n\t\t\t\t\t\treturn redis.call(\"del\",KEYS[1])\n\t\t\t\t\t else\n\t\t\t\t\t return 0\n\t\t\t\t\t end";
+pub const UNLOCK_SHA: &str = "018bb1efb0fb3d1dfdf8993444cab23e72ac331b";
+
+/// How long a request, relay message or keepalive may stay unanswered before it counts as lost.
+const LOST_AFTER: Duration = Duration::from_secs(10);
+
+/// What every media node shares: the options, the recorder, the clock messages are stamped
+/// with, and the other nodes (to route RPC callers and signal streams).
+pub struct Shared {
+    pub options: Options,
+    pub recorder: Recorder,
+    pub epoch: Instant,
+    pub nodes: OnceLock<Vec<Arc<MediaNode>>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(options: Options) -> Arc<Shared> {
+        Arc::new(Shared {
+            options,
+            recorder: Recorder::new(),
+            epoch: Instant::now(),
+            nodes: OnceLock::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn node(&self, index: usize) -> &Arc<MediaNode> {
+        &self
+            .nodes
+            .get()
+            .expect("nodes are set before the load starts")[index]
+    }
+
+    fn node_count(&self) -> usize {
+        self.nodes.get().map_or(0, Vec::len)
+    }
+}
+
+/// A participant of a room: a human, or the room's agent.
+#[derive(Clone, Debug)]
+pub struct Participant {
+    pub identity: String,
+    pub agent: bool,
+    /// The media node holding this participant's signal connection (relay streams run between
+    /// it and the room's node).
+    pub signal_node: usize,
+    pub present: bool,
+}
+
+/// A room slot on its media node: closed and opened again as rooms come and go.
+#[derive(Debug, Default)]
+pub struct Room {
+    pub name: String,
+    pub open: bool,
+    pub participants: Vec<Participant>,
+    /// Incremented at every open, so names stay unique.
+    pub generation: u64,
+}
+
+/// An exchange awaiting its answer: when it was scheduled, and what it is.
+struct Awaiting {
+    scheduled: Instant,
+    kind: Kind,
+    /// For an RPC: the method, and whether its claim arrived.
+    method: String,
+    topic: String,
+    claimed: bool,
+}
+
+pub struct MediaNode {
+    pub index: usize,
+    pub name: String,
+    shared: Arc<Shared>,
+    /// The command connections, as go-redis's pool: storage commands take them in turn; a
+    /// channel's PUBLISHes always take the same one (psrpc's publish queues keep one channel's
+    /// messages in order).
+    pool: Vec<Connection>,
+    next: AtomicU64,
+    subscriptions: Connection,
+    pub rooms: Vec<Mutex<Room>>,
+    awaiting: Mutex<HashMap<u64, Awaiting>>,
+}
+
+impl MediaNode {
+    /// Connects node `index` to `address` and starts reading its pub/sub connection.
+    pub async fn connect(
+        shared: Arc<Shared>,
+        index: usize,
+        address: &str,
+        rooms: usize,
+    ) -> anyhow::Result<Arc<MediaNode>> {
+        let mut pool = Vec::new();
+        for _ in 0..shared.options.connections.max(1) {
+            pool.push(Connection::connect(address, None).await?);
+        }
+        let (pushes, mut pushed) = mpsc::unbounded_channel();
+        let subscriptions = Connection::connect(address, Some(pushes)).await?;
+        let node = Arc::new(MediaNode {
+            index,
+            name: format!("MN_{index}"),
+            shared,
+            pool,
+            next: AtomicU64::new(0),
+            subscriptions,
+            rooms: (0..rooms).map(|_| Mutex::default()).collect(),
+            awaiting: Mutex::default(),
+        });
+        let own = [
+            channels::responses(&node.name),
+            channels::signal(&node.name),
+            channels::keepalive(&node.name),
+            channels::request(channels::QUEUE_METHOD, "all"),
+            channels::rclaim(channels::QUEUE_METHOD, "all"),
+        ];
+        node.subscribe(&own, Instant::now()).await;
+        let reader = node.clone();
+        tokio::spawn(async move {
+            while let Some(push) = pushed.recv().await {
+                reader.clone().on_push(push);
+            }
+        });
+        Ok(node)
+    }
+
+    fn recorder(&self) -> &Recorder {
+        &self.shared.recorder
+    }
+
+    /// The next connection of the pool.
+    fn storage(&self) -> &Connection {
+        let next = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        &self.pool[next % self.pool.len()]
+    }
+
+    /// The connection `channel`'s messages are published on.
+    fn publisher(&self, channel: &str) -> &Connection {
+        let hash = channel.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        &self.pool[(hash % self.pool.len() as u64) as usize]
+    }
+
+    // ----- Storage -----
+
+    /// One storage command; its latency counts from `scheduled`.
+    async fn command(&self, args: &[&[u8]], scheduled: Instant) -> Option<Value> {
+        match self.storage().call(args).await {
+            Ok(Value::Error(e)) => {
+                self.recorder()
+                    .error(format!("{}: {e}", String::from_utf8_lossy(args[0])));
+                None
+            }
+            Ok(value) => {
+                self.recorder().record(Kind::Storage, scheduled.elapsed());
+                Some(value)
+            }
+            Err(e) => {
+                self.recorder().error(format!("connection: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Commands sent as one pipeline (go-redis `Pipelined`).
+    async fn pipeline(&self, commands: Vec<Vec<Vec<u8>>>, scheduled: Instant) {
+        match self.storage().pipeline(&commands).await {
+            Ok(replies) => {
+                let mut failed = false;
+                for (reply, command) in replies.iter().zip(&commands) {
+                    if let Value::Error(e) = reply {
+                        failed = true;
+                        self.recorder()
+                            .error(format!("{}: {e}", String::from_utf8_lossy(&command[0])));
+                    }
+                }
+                if !failed {
+                    self.recorder().record(Kind::Storage, scheduled.elapsed());
+                }
+            }
+            Err(e) => self.recorder().error(format!("connection: {e}")),
+        }
+    }
+
+    /// `HSET nodes <id> <node info>`, and the keepalive psrpc publishes to the node itself.
+    pub async fn report_stats(self: Arc<Self>, scheduled: Instant) {
+        let info = filler(self.shared.options.node_bytes);
+        self.command(&[b"HSET", b"nodes", self.name.as_bytes(), &info], scheduled)
+            .await;
+        let message = Message {
+            tag: Tag::Keepalive,
+            id: self.shared.id(),
+            from: self.index,
+            sent_us: self.shared.now_us(),
+            extra: String::new(),
+        };
+        self.publish(&channels::keepalive(&self.name), &message, 64, scheduled)
+            .await;
+    }
+
+    /// Opens room slot `slot`: node choice, the room lock, the room records, the unlock
+    /// script, the room's subscriptions and its participants' joins.
+    pub async fn open_room(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let (name, participants) = {
+            let mut room = self.rooms[slot].lock().expect("room lock");
+            if room.open {
+                return;
+            }
+            room.generation += 1;
+            room.name = format!("RM_{}_{slot}_{}", self.name, room.generation);
+            room.open = true;
+            let humans = self.shared.options.participants;
+            room.participants = (0..=humans)
+                .map(|p| Participant {
+                    identity: if p < humans {
+                        format!("PA_{p}")
+                    } else {
+                        "AG_0".to_string()
+                    },
+                    agent: p == humans,
+                    signal_node: pick(slot + p, self.shared.node_count()),
+                    present: false,
+                })
+                .collect();
+            (room.name.clone(), room.participants.clone())
+        };
+        self.command(&[b"HVALS", b"nodes"], scheduled).await;
+        let token = format!("LOCK{:012}", self.shared.id());
+        let lock_key = format!("room_lock:{name}");
+        if !self.lock(&lock_key, &token, scheduled).await {
+            return;
+        }
+        let room_info = filler(self.shared.options.room_bytes);
+        self.pipeline(
+            vec![
+                args(&[b"HSET", b"rooms", name.as_bytes(), &room_info]),
+                args(&[b"HSET", b"room_internal", name.as_bytes(), &room_info[..64]]),
+            ],
+            Instant::now(),
+        )
+        .await;
+        self.command(
+            &[
+                b"HSET",
+                b"room_node_map",
+                name.as_bytes(),
+                self.name.as_bytes(),
+            ],
+            Instant::now(),
+        )
+        .await;
+        self.unlock(&lock_key, &token).await;
+        self.subscribe(&channels::room_channels(&name), Instant::now())
+            .await;
+        // CreateRoom also travels as a queue RPC that every media node races to claim.
+        let caller = self
+            .shared
+            .node(pick(slot, self.shared.node_count()))
+            .clone();
+        caller
+            .call_rpc(channels::QUEUE_METHOD.into(), "all".into(), Instant::now())
+            .await;
+        for participant in participants {
+            self.clone()
+                .join(slot, &participant.identity, Instant::now())
+                .await;
+        }
+    }
+
+    /// `SET room_lock:R <token> EX 5 NX`, polled every 100 ms for up to 5 s.
+    async fn lock(&self, key: &str, token: &str, scheduled: Instant) -> bool {
+        let started = Instant::now();
+        loop {
+            let reply = self
+                .command(
+                    &[b"SET", key.as_bytes(), token.as_bytes(), b"EX", b"5", b"NX"],
+                    Instant::now(),
+                )
+                .await;
+            if matches!(reply, Some(Value::Simple(ref ok)) if ok == "OK") {
+                self.recorder().record(Kind::Lock, scheduled.elapsed());
+                return true;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                self.recorder().lost(Kind::Lock);
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The unlock script by SHA, and by source on `NOSCRIPT`, as go-redis's `Script.Run` does.
+    async fn unlock(&self, key: &str, token: &str) {
+        let scheduled = Instant::now();
+        let connection = self.storage();
+        let by_sha = connection
+            .call(&[
+                b"EVALSHA",
+                UNLOCK_SHA.as_bytes(),
+                b"1",
+                key.as_bytes(),
+                token.as_bytes(),
+            ])
+            .await;
+        let reply = match by_sha {
+            Ok(Value::Error(e)) if e.starts_with("NOSCRIPT") => {
+                connection
+                    .call(&[
+                        b"EVAL",
+                        UNLOCK_SCRIPT.as_bytes(),
+                        b"1",
+                        key.as_bytes(),
+                        token.as_bytes(),
+                    ])
+                    .await
+            }
+            other => other,
+        };
+        match reply {
+            Ok(Value::Integer(1)) => self.recorder().record(Kind::Storage, scheduled.elapsed()),
+            Ok(other) => self
+                .recorder()
+                .error(format!("unlock answered {other:?}, not integer 1")),
+            Err(e) => self.recorder().error(format!("connection: {e}")),
+        }
+    }
+
+    /// A participant joins: room lookups, the participant record (twice: join, then its track),
+    /// the room record, and its subscriptions.
+    pub async fn join(self: Arc<Self>, slot: usize, identity: &str, scheduled: Instant) {
+        let Some((room, participant)) = self.participant(slot, identity, true) else {
+            return;
+        };
+        let info = filler(self.shared.options.participant_bytes);
+        let room_info = filler(self.shared.options.room_bytes);
+        for _ in 0..2 {
+            self.command(&[b"HGET", b"room_node_map", room.as_bytes()], scheduled)
+                .await;
+        }
+        let key = format!("room_participants:{room}");
+        self.pipeline(
+            vec![
+                args(&[b"HSET", key.as_bytes(), identity.as_bytes(), &info]),
+                args(&[b"HSET", b"rooms", room.as_bytes(), &room_info]),
+            ],
+            Instant::now(),
+        )
+        .await;
+        self.command(
+            &[b"HSET", key.as_bytes(), identity.as_bytes(), &info],
+            Instant::now(),
+        )
+        .await;
+        let channels = channels::participant_channels(&room, identity, participant.agent);
+        self.subscribe(&channels, Instant::now()).await;
+    }
+
+    /// A participant leaves: its subscriptions, its record, the room records, and a signal
+    /// message to its signal node.
+    pub async fn leave(self: Arc<Self>, slot: usize, identity: &str, scheduled: Instant) {
+        let Some((room, participant)) = self.participant(slot, identity, false) else {
+            return;
+        };
+        let channels = channels::participant_channels(&room, identity, participant.agent);
+        self.unsubscribe(&channels, scheduled).await;
+        let key = format!("room_participants:{room}");
+        self.command(&[b"HDEL", key.as_bytes(), identity.as_bytes()], scheduled)
+            .await;
+        let room_info = filler(self.shared.options.room_bytes);
+        self.pipeline(
+            vec![
+                args(&[b"HSET", b"rooms", room.as_bytes(), &room_info]),
+                args(&[b"HSET", b"room_internal", room.as_bytes(), &room_info[..64]]),
+            ],
+            Instant::now(),
+        )
+        .await;
+        self.signal_to(participant.signal_node, 200, Instant::now())
+            .await;
+    }
+
+    /// Marks `identity` present (`joining`) or gone; the room's name and the participant, if
+    /// the room is open and the participant was in the other state.
+    fn participant(
+        &self,
+        slot: usize,
+        identity: &str,
+        joining: bool,
+    ) -> Option<(String, Participant)> {
+        let mut room = self.rooms[slot].lock().expect("room lock");
+        if !room.open {
+            return None;
+        }
+        let name = room.name.clone();
+        let participant = room
+            .participants
+            .iter_mut()
+            .find(|p| p.identity == identity && p.present != joining)?;
+        participant.present = joining;
+        Some((name, participant.clone()))
+    }
+
+    /// A participant's record changes (a track published or muted).
+    pub async fn update_participant(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let Some((room, identity)) = self.someone(slot) else {
+            return;
+        };
+        let info = filler(self.shared.options.participant_bytes);
+        let key = format!("room_participants:{room}");
+        self.command(
+            &[b"HSET", key.as_bytes(), identity.as_bytes(), &info],
+            scheduled,
+        )
+        .await;
+    }
+
+    /// A human participant of an open room, by rotation.
+    fn someone(&self, slot: usize) -> Option<(String, String)> {
+        let room = self.rooms[slot].lock().expect("room lock");
+        if !room.open {
+            return None;
+        }
+        let present: Vec<&Participant> = room
+            .participants
+            .iter()
+            .filter(|p| p.present && !p.agent)
+            .collect();
+        if present.is_empty() {
+            return None;
+        }
+        let pick = (self.shared.id() as usize) % present.len();
+        Some((room.name.clone(), present[pick].identity.clone()))
+    }
+
+    /// One human leaves and joins again.
+    pub async fn churn(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let Some((_, identity)) = self.someone(slot) else {
+            return;
+        };
+        self.clone().leave(slot, &identity, scheduled).await;
+        self.join(slot, &identity, Instant::now()).await;
+    }
+
+    /// The room closes (its participants' subscriptions and its own go, then the pipelined
+    /// deletes) and opens again as a new room.
+    pub async fn recycle_room(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let (name, participants) = {
+            let mut room = self.rooms[slot].lock().expect("room lock");
+            if !room.open {
+                return;
+            }
+            room.open = false;
+            (room.name.clone(), std::mem::take(&mut room.participants))
+        };
+        for p in participants.iter().filter(|p| p.present) {
+            let channels = channels::participant_channels(&name, &p.identity, p.agent);
+            self.unsubscribe(&channels, scheduled).await;
+        }
+        self.unsubscribe(&channels::room_channels(&name), scheduled)
+            .await;
+        self.command(&[b"HGET", b"rooms", name.as_bytes()], scheduled)
+            .await;
+        self.pipeline(
+            vec![
+                args(&[b"HDEL", b"rooms", name.as_bytes()]),
+                args(&[b"HDEL", b"room_internal", name.as_bytes()]),
+                args(&[
+                    b"DEL",
+                    format!("room_participants:{name}").as_bytes(),
+                    format!("agent_dispatch:{name}").as_bytes(),
+                    format!("agent_job:{name}").as_bytes(),
+                ]),
+            ],
+            Instant::now(),
+        )
+        .await;
+        self.open_room(slot, Instant::now()).await;
+    }
+
+    // ----- Pub/sub -----
+
+    async fn subscribe(&self, channels: &[String], scheduled: Instant) {
+        self.subscription_change(b"SUBSCRIBE", channels, scheduled)
+            .await;
+    }
+
+    async fn unsubscribe(&self, channels: &[String], scheduled: Instant) {
+        self.subscription_change(b"UNSUBSCRIBE", channels, scheduled)
+            .await;
+    }
+
+    /// SUBSCRIBE / UNSUBSCRIBE in one command; confirmed by push frames, so a PING after it
+    /// (answered once the server has handled the command before) times it.
+    async fn subscription_change(&self, verb: &[u8], channels: &[String], scheduled: Instant) {
+        let mut command: Vec<&[u8]> = vec![verb];
+        command.extend(channels.iter().map(|c| c.as_bytes()));
+        if let Err(e) = self.subscriptions.send_unanswered(&command) {
+            self.recorder().error(format!("connection: {e}"));
+            return;
+        }
+        match self.subscriptions.call(&[b"PING"]).await {
+            Ok(Value::Error(e)) => self.recorder().error(format!("PING: {e}")),
+            Ok(_) => self.recorder().record(Kind::Subscribe, scheduled.elapsed()),
+            Err(e) => self.recorder().error(format!("connection: {e}")),
+        }
+    }
+
+    async fn publish(&self, channel: &str, message: &Message, size: usize, scheduled: Instant) {
+        let payload = message.encode(size);
+        match self
+            .publisher(channel)
+            .call(&[b"PUBLISH", channel.as_bytes(), &payload])
+            .await
+        {
+            Ok(Value::Integer(_)) => self.recorder().record(Kind::Publish, scheduled.elapsed()),
+            Ok(other) => self.recorder().error(format!("PUBLISH answered {other:?}")),
+            Err(e) => self.recorder().error(format!("connection: {e}")),
+        }
+    }
+
+    /// A signal relay message from this node to `to`, acked by `to`.
+    async fn signal_to(&self, to: usize, size: usize, scheduled: Instant) {
+        let id = self.shared.id();
+        self.awaiting.lock().expect("awaiting lock").insert(
+            id,
+            Awaiting {
+                scheduled,
+                kind: Kind::SignalAck,
+                method: String::new(),
+                topic: String::new(),
+                claimed: false,
+            },
+        );
+        let target = self.shared.node(to).name.clone();
+        let message = Message {
+            tag: Tag::Signal,
+            id,
+            from: self.index,
+            sent_us: self.shared.now_us(),
+            extra: String::new(),
+        };
+        self.publish(&channels::signal(&target), &message, size, scheduled)
+            .await;
+    }
+
+    /// A client ping on a participant's signal connection: relayed from the signal node to the
+    /// room's node, and the pong back, each acked.
+    pub async fn ping(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let Some(signal_node) = self.signal_node_of_someone(slot) else {
+            return;
+        };
+        let from = self.shared.node(signal_node).clone();
+        from.signal_to(self.index, 100, scheduled).await;
+        self.signal_to(signal_node, 100, Instant::now()).await;
+    }
+
+    /// A speaker or connection quality update to every participant of the room.
+    pub async fn room_update(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let targets: Vec<usize> = {
+            let room = self.rooms[slot].lock().expect("room lock");
+            if !room.open {
+                return;
+            }
+            room.participants
+                .iter()
+                .filter(|p| p.present)
+                .map(|p| p.signal_node)
+                .collect()
+        };
+        for target in targets {
+            self.signal_to(target, self.shared.options.update_bytes, scheduled)
+                .await;
+        }
+    }
+
+    fn signal_node_of_someone(&self, slot: usize) -> Option<usize> {
+        let room = self.rooms[slot].lock().expect("room lock");
+        if !room.open {
+            return None;
+        }
+        let present: Vec<&Participant> = room.participants.iter().filter(|p| p.present).collect();
+        if present.is_empty() {
+            return None;
+        }
+        Some(present[(self.shared.id() as usize) % present.len()].signal_node)
+    }
+
+    /// A unary RPC to a room of this node, from another media node (as the API or an agent
+    /// would call it).
+    pub async fn room_rpc(self: Arc<Self>, slot: usize, scheduled: Instant) {
+        let room = {
+            let room = self.rooms[slot].lock().expect("room lock");
+            if !room.open {
+                return;
+            }
+            room.name.clone()
+        };
+        let id = self.shared.id() as usize;
+        let method = channels::ROOM_METHODS[id % channels::ROOM_METHODS.len()];
+        let caller = self.shared.node(pick(id, self.shared.node_count())).clone();
+        caller.call_rpc(method.into(), room, scheduled).await;
+    }
+
+    /// Sends a request from this node; the claim, rclaim and response follow as messages.
+    async fn call_rpc(&self, method: String, topic: String, scheduled: Instant) {
+        let id = self.shared.id();
+        let channel = channels::request(&method, &topic);
+        self.awaiting.lock().expect("awaiting lock").insert(
+            id,
+            Awaiting {
+                scheduled,
+                kind: Kind::Rpc,
+                method: method.clone(),
+                topic,
+                claimed: false,
+            },
+        );
+        let message = Message {
+            tag: Tag::Request,
+            id,
+            from: self.index,
+            sent_us: self.shared.now_us(),
+            extra: method,
+        };
+        self.publish(
+            &channel,
+            &message,
+            self.shared.options.request_bytes,
+            scheduled,
+        )
+        .await;
+    }
+
+    /// A message for this node.
+    fn on_push(self: Arc<Self>, push: Vec<Value>) {
+        let [kind, _channel, payload] = push.as_slice() else {
+            return;
+        };
+        if kind.bytes() != Some(b"message") {
+            return;
+        }
+        let Some(payload) = payload.bytes() else {
+            return;
+        };
+        let Some(message) = Message::decode(payload) else {
+            self.recorder()
+                .error("a message the simulator did not send");
+            return;
+        };
+        let now_us = self.shared.now_us();
+        self.recorder().record(
+            Kind::Delivery,
+            Duration::from_micros(now_us.saturating_sub(message.sent_us)),
+        );
+        let payload = payload.to_vec();
+        tokio::spawn(async move { self.handle(message, payload).await });
+    }
+
+    async fn handle(self: Arc<Self>, message: Message, payload: Vec<u8>) {
+        let now = Instant::now();
+        match message.tag {
+            Tag::Keepalive => {
+                let age = self.shared.now_us().saturating_sub(message.sent_us);
+                self.recorder()
+                    .record(Kind::Keepalive, Duration::from_micros(age));
+            }
+            Tag::Signal => {
+                let ack = Message {
+                    tag: Tag::Ack,
+                    id: message.id,
+                    from: self.index,
+                    sent_us: self.shared.now_us(),
+                    extra: String::new(),
+                };
+                let to = self.shared.node(message.from).name.clone();
+                self.publish(&channels::signal(&to), &ack, 100, now).await;
+            }
+            Tag::Ack => {
+                if let Some(awaiting) = self.take(message.id) {
+                    self.recorder()
+                        .record(Kind::SignalAck, awaiting.scheduled.elapsed());
+                }
+            }
+            Tag::Request => {
+                // Every subscriber claims; the one whose SET NX wins answers.
+                let key = channels::claim_key(&payload);
+                let n = self.shared.id().to_string();
+                let won = self
+                    .command(
+                        &[b"SET", key.as_bytes(), n.as_bytes(), b"EX", b"5", b"NX"],
+                        now,
+                    )
+                    .await;
+                if matches!(won, Some(Value::Simple(ref ok)) if ok == "OK") {
+                    let claim = Message {
+                        tag: Tag::Claim,
+                        id: message.id,
+                        from: self.index,
+                        sent_us: self.shared.now_us(),
+                        extra: String::new(),
+                    };
+                    let caller = self.shared.node(message.from).name.clone();
+                    self.publish(&channels::responses(&caller), &claim, 100, now)
+                        .await;
+                }
+            }
+            Tag::Claim => {
+                let chosen = {
+                    let mut awaiting = self.awaiting.lock().expect("awaiting lock");
+                    match awaiting.get_mut(&message.id) {
+                        Some(rpc) if !rpc.claimed => {
+                            rpc.claimed = true;
+                            self.recorder().record(Kind::Claim, rpc.scheduled.elapsed());
+                            Some((rpc.method.clone(), rpc.topic.clone()))
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some((method, topic)) = chosen {
+                    let rclaim = Message {
+                        tag: Tag::Rclaim,
+                        id: message.id,
+                        from: self.index,
+                        sent_us: self.shared.now_us(),
+                        extra: message.from.to_string(),
+                    };
+                    self.publish(&channels::rclaim(&method, &topic), &rclaim, 100, now)
+                        .await;
+                }
+            }
+            Tag::Rclaim => {
+                if message.extra.parse::<usize>().ok() == Some(self.index) {
+                    let response = Message {
+                        tag: Tag::Response,
+                        id: message.id,
+                        from: self.index,
+                        sent_us: self.shared.now_us(),
+                        extra: String::new(),
+                    };
+                    let caller = self.shared.node(message.from).name.clone();
+                    self.publish(
+                        &channels::responses(&caller),
+                        &response,
+                        self.shared.options.response_bytes,
+                        now,
+                    )
+                    .await;
+                }
+            }
+            Tag::Response => {
+                if let Some(rpc) = self.take(message.id) {
+                    self.recorder().record(Kind::Rpc, rpc.scheduled.elapsed());
+                }
+            }
+        }
+    }
+
+    fn take(&self, id: u64) -> Option<Awaiting> {
+        self.awaiting.lock().expect("awaiting lock").remove(&id)
+    }
+
+    /// Counts exchanges unanswered for longer than [`LOST_AFTER`] (all of them at the end).
+    pub fn sweep(&self, all: bool) {
+        let mut awaiting = self.awaiting.lock().expect("awaiting lock");
+        awaiting.retain(|_, a| {
+            let keep = !all && a.scheduled.elapsed() < LOST_AFTER;
+            if !keep {
+                if a.kind == Kind::Rpc && !a.claimed {
+                    self.shared.recorder.lost(Kind::Claim);
+                }
+                self.shared.recorder.lost(a.kind);
+            }
+            keep
+        });
+    }
+}
+
+fn args(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+    parts.iter().map(|p| p.to_vec()).collect()
+}
+
+fn filler(size: usize) -> Vec<u8> {
+    vec![b'p'; size.max(64)]
+}
+
+/// A node index spread by `seed`.
+fn pick(seed: usize, count: usize) -> usize {
+    if count == 0 {
+        0
+    } else {
+        seed.wrapping_mul(2654435761) % count
+    }
+}
