@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The LiveKit room workload (`conclave bench livekit`) against Conclave and Redis, side by side,
+# in one run on this machine:
+#   conclave           3 nodes, each simulated media node on its own local node's RESP port;
+#   conclave+Nms       the same with N ms of round trip added between the Conclave nodes (as if
+#                      each sat on its own media host);
+#   redis              one local redis-server, appendonly yes, appendfsync everysec (LiveKit's
+#                      usual setup), every media node on it;
+#   redis+Nms          the same server reached over N ms of added round trip (the seed report's
+#                      remote Redis).
+# The round trip is added with tc netem on the loopback device, filtered to the ports of the
+# system under test (half each way), and removed on exit; it needs root. Without root the
+# delayed systems are skipped.
+#
+#   scripts/bench-livekit.sh [ROOMS...]          (default 700 2000 5000 10000)
+#   DURATION=60s WARMUP=15s DELAYS_MS="1 5" OUT=docs/bench scripts/bench-livekit.sh 700
+#
+# Prints a table (rooms x system: deadline misses, errors, storage / pub/sub / claim p99, max RSS
+# of the server processes) and where each system first misses a deadline, and writes it with
+# every report's JSON under OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -gt 0 ]; then rooms_list=("$@"); else rooms_list=(700 2000 5000 10000); fi
+duration=${DURATION:-60s}
+warmup=${WARMUP:-15s}
+read -r -a delays <<<"${DELAYS_MS:-1 5}"
+out=${OUT:-docs/bench}
+./scripts/setup-test-deps.sh >/dev/null
+cargo build --release --locked --quiet -p conclave
+conclave=target/release/conclave
+mkdir -p "$out"
+
+work=$(mktemp -d)
+pids=()
+netem=false
+cleanup() {
+    if $netem; then tc qdisc del dev lo root 2>/dev/null || true; fi
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+can_delay=false
+if [ "$(id -u)" = 0 ] && command -v tc >/dev/null; then can_delay=true; fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_ping() {
+    for _ in $(seq 1 300); do
+        if [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 never answered PING" >&2
+    exit 1
+}
+
+# Adds `rtt` ms of round trip to loopback packets to or from any of the ports.
+delay_ports() {
+    local rtt=$1
+    shift
+    local half
+    half=$(python3 -c "print($rtt / 2)")
+    tc qdisc add dev lo root handle 1: prio bands 4 priomap 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3
+    netem=true
+    tc qdisc add dev lo parent 1:1 handle 10: netem delay "${half}ms"
+    for port in "$@"; do
+        tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip dport "$port" 0xffff flowid 1:1
+        tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport "$port" 0xffff flowid 1:1
+    done
+}
+undelay() {
+    if $netem; then tc qdisc del dev lo root; netem=false; fi
+}
+
+# Starts a 3-node Conclave cluster; sets grpc_ports, resp_ports, server_pids.
+start_conclave() {
+    local dir=$1
+    grpc_ports=() resp_ports=() server_pids=()
+    local members=()
+    for id in 1 2 3; do
+        grpc_ports+=("$(free_port)")
+        resp_ports+=("$(free_port)")
+        members+=("$id=127.0.0.1:${grpc_ports[$((id - 1))]}")
+    done
+    local initial
+    initial=$(IFS=,; echo "${members[*]}")
+    for id in 1 2 3; do
+        "$conclave" server --id "$id" --data-dir "$dir/node$id" \
+            --listen "127.0.0.1:${grpc_ports[$((id - 1))]}" --initial-cluster "$initial" \
+            --resp "127.0.0.1:${resp_ports[$((id - 1))]}" >"$dir/node$id.log" 2>&1 &
+        server_pids+=($!)
+        pids+=($!)
+    done
+    for port in "${resp_ports[@]}"; do wait_ping "$port"; done
+    # A leader, then a write through every node.
+    for _ in $(seq 1 100); do
+        if redis-cli -p "${resp_ports[0]}" set bench:ready 1 2>/dev/null | grep -q OK; then break; fi
+        sleep 0.2
+    done
+}
+
+stop_servers() {
+    for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${server_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+start_redis() {
+    local dir=$1
+    redis_port=$(free_port)
+    mkdir -p "$dir"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save '' \
+        --appendonly yes --appendfsync everysec --daemonize no >"$dir/redis.log" 2>&1 &
+    server_pids=($!)
+    pids+=($!)
+    wait_ping "$redis_port"
+}
+
+results="$out/livekit-results.tsv"
+printf 'rooms\tsystem\tdeadline_misses\terrors\tstorage_p99_ms\tpubsub_p99_ms\tclaim_p99_ms\tmax_rss_mib\n' >"$results"
+
+bench() { # rooms system endpoints
+    local rooms=$1 system=$2 endpoints=$3
+    local json="$out/livekit-$system-$rooms.json"
+    local pid_list
+    pid_list=$(IFS=,; echo "${server_pids[*]}")
+    echo "== $rooms rooms, $system" >&2
+    local line
+    line=$("$conclave" bench livekit --rooms "$rooms" --duration "$duration" --warmup "$warmup" \
+        --resp "$endpoints" --pids "$pid_list" --label "$system" --json "$json" \
+        | tee -a "$out/livekit-$system-$rooms.txt" | tail -1)
+    echo "$line" >&2
+    local rss
+    rss=$(python3 -c "import json,sys; r=json.load(open('$json')); print(max([p['max_rss_mib'] for p in r['processes']] or [0]))")
+    python3 - "$rooms" "$system" "$line" "$rss" >>"$results" <<'EOF'
+import sys
+rooms, system, line, rss = sys.argv[1:]
+f = dict(kv.split("=") for kv in line.split()[1:])
+print("\t".join([rooms, system, f["deadline_misses"], f["errors"], f["storage_p99_ms"],
+                 f["pubsub_p99_ms"], f["claim_p99_ms"], "%.0f" % float(rss)]))
+EOF
+}
+
+for rooms in "${rooms_list[@]}"; do
+    rm -f "$out"/livekit-*-"$rooms".txt
+    start_conclave "$(mktemp -d -p "$work")"
+    bench "$rooms" conclave "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
+    stop_servers
+    if $can_delay; then
+        for rtt in "${delays[@]}"; do
+            start_conclave "$(mktemp -d -p "$work")"
+            delay_ports "$rtt" "${grpc_ports[@]}"
+            bench "$rooms" "conclave+${rtt}ms" "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
+            undelay
+            stop_servers
+        done
+    fi
+    start_redis "$(mktemp -d -p "$work")"
+    bench "$rooms" redis "127.0.0.1:$redis_port"
+    if $can_delay; then
+        for rtt in "${delays[@]}"; do
+            delay_ports "$rtt" "$redis_port"
+            bench "$rooms" "redis+${rtt}ms" "127.0.0.1:$redis_port"
+            undelay
+        done
+    fi
+    stop_servers
+done
+
+echo
+column -t -s $'\t' "$results"
+echo
+python3 - "$results" <<'EOF'
+import sys, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+first = collections.OrderedDict()
+for rooms, system, misses, errors, *_ in rows:
+    first.setdefault(system, None)
+    if first[system] is None and (int(misses) > 0 or int(errors) > 0):
+        first[system] = rooms
+for system, rooms in first.items():
+    print(f"{system}: " + (f"first deadline miss or error at {rooms} rooms" if rooms else "no deadline missed at any room count run"))
+EOF
