@@ -8,9 +8,9 @@
 #                      usual setup), every media node on it;
 #   redis+Nms          the same server reached over N ms of added round trip (the seed report's
 #                      remote Redis).
-# The round trip is added with tc netem on the loopback device, filtered to the ports of the
-# system under test (half each way), and removed on exit; it needs root. Without root the
-# delayed systems are skipped.
+# The round trip is added by `conclave bench delay-proxy` (half each way): in front of the
+# remote Redis, and in front of each Conclave node's peer port, its peers listed at the proxies'
+# addresses. (This machine's kernel has no qdiscs, so tc netem is not available.)
 #
 #   scripts/bench-livekit.sh [ROOMS...]          (default 700 2000 5000 10000)
 #   DURATION=60s WARMUP=15s DELAYS_MS="1 5" OUT=docs/bench scripts/bench-livekit.sh 700
@@ -26,6 +26,8 @@ duration=${DURATION:-60s}
 warmup=${WARMUP:-15s}
 read -r -a delays <<<"${DELAYS_MS:-1 5}"
 out=${OUT:-docs/bench}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
 ./scripts/setup-test-deps.sh >/dev/null
 cargo build --release --locked --quiet -p conclave
 conclave=target/release/conclave
@@ -33,17 +35,12 @@ mkdir -p "$out"
 
 work=$(mktemp -d)
 pids=()
-netem=false
 cleanup() {
-    if $netem; then tc qdisc del dev lo root 2>/dev/null || true; fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-can_delay=false
-if [ "$(id -u)" = 0 ] && command -v tc >/dev/null; then can_delay=true; fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -56,33 +53,38 @@ wait_ping() {
     exit 1
 }
 
-# Adds `rtt` ms of round trip to loopback packets to or from any of the ports.
-delay_ports() {
-    local rtt=$1
-    shift
-    local half
-    half=$(python3 -c "print($rtt / 2)")
-    tc qdisc add dev lo root handle 1: prio bands 4 priomap 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3 3
-    netem=true
-    tc qdisc add dev lo parent 1:1 handle 10: netem delay "${half}ms"
-    for port in "$@"; do
-        tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip dport "$port" 0xffff flowid 1:1
-        tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport "$port" 0xffff flowid 1:1
+# A proxy adding `rtt` ms of round trip in front of `upstream`; sets proxy_port.
+start_proxy() { # rtt upstream-port
+    proxy_port=$(free_port)
+    "$conclave" bench delay-proxy --listen "127.0.0.1:$proxy_port" --upstream "127.0.0.1:$2" \
+        --delay-ms "$(python3 -c "print($1 / 2)")" >/dev/null 2>&1 &
+    pids+=($!)
+    proxy_pids+=($!)
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null; then return 0; fi
+        sleep 0.05
     done
+    echo "the delay proxy on $proxy_port never listened" >&2
+    exit 1
 }
-undelay() {
-    if $netem; then tc qdisc del dev lo root; netem=false; fi
+proxy_pids=()
+stop_proxies() {
+    for pid in "${proxy_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    proxy_pids=()
 }
 
-# Starts a 3-node Conclave cluster; sets grpc_ports, resp_ports, server_pids.
+# Starts a 3-node Conclave cluster, its peers `rtt` ms apart (0: none); sets resp_ports and
+# server_pids.
 start_conclave() {
-    local dir=$1
+    local dir=$1 rtt=${2:-0}
     grpc_ports=() resp_ports=() server_pids=()
     local members=()
     for id in 1 2 3; do
         grpc_ports+=("$(free_port)")
         resp_ports+=("$(free_port)")
-        members+=("$id=127.0.0.1:${grpc_ports[$((id - 1))]}")
+        local listed=${grpc_ports[$((id - 1))]}
+        if [ "$rtt" != 0 ]; then start_proxy "$rtt" "$listed"; listed=$proxy_port; fi
+        members+=("$id=127.0.0.1:$listed")
     done
     local initial
     initial=$(IFS=,; echo "${members[*]}")
@@ -147,24 +149,19 @@ for rooms in "${rooms_list[@]}"; do
     start_conclave "$(mktemp -d -p "$work")"
     bench "$rooms" conclave "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
     stop_servers
-    if $can_delay; then
-        for rtt in "${delays[@]}"; do
-            start_conclave "$(mktemp -d -p "$work")"
-            delay_ports "$rtt" "${grpc_ports[@]}"
-            bench "$rooms" "conclave+${rtt}ms" "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
-            undelay
-            stop_servers
-        done
-    fi
+    for rtt in "${delays[@]}"; do
+        start_conclave "$(mktemp -d -p "$work")" "$rtt"
+        bench "$rooms" "conclave+${rtt}ms" "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
+        stop_servers
+        stop_proxies
+    done
     start_redis "$(mktemp -d -p "$work")"
     bench "$rooms" redis "127.0.0.1:$redis_port"
-    if $can_delay; then
-        for rtt in "${delays[@]}"; do
-            delay_ports "$rtt" "$redis_port"
-            bench "$rooms" "redis+${rtt}ms" "127.0.0.1:$redis_port"
-            undelay
-        done
-    fi
+    for rtt in "${delays[@]}"; do
+        start_proxy "$rtt" "$redis_port"
+        bench "$rooms" "redis+${rtt}ms" "127.0.0.1:$proxy_port"
+        stop_proxies
+    done
     stop_servers
 done
 

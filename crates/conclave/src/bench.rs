@@ -27,6 +27,8 @@ pub enum Mode {
 pub enum Workload {
     /// LiveKit's room workload over RESP3, with its deadlines counted as failures.
     Livekit(conclave_livekit::Options),
+    /// A TCP proxy that adds a fixed delay each way (a remote server, on one machine).
+    DelayProxy(conclave_livekit::delay::ProxyOptions),
 }
 
 #[derive(Args, Debug)]
@@ -62,8 +64,13 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(Workload::Livekit(options)) = args.workload {
-        return livekit(options).await;
+    match args.workload {
+        Some(Workload::Livekit(options)) => return livekit(options).await,
+        Some(Workload::DelayProxy(options)) => {
+            tokio::task::spawn_blocking(move || conclave_livekit::delay::serve(&options)).await??;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
     }
     match args.mode {
         Mode::Writes => writes(args).await,

@@ -21,6 +21,7 @@
 //! LiveKit's own figures behind these: `../shared/docs/livekit-redis-surface.md`.
 
 pub mod channels;
+pub mod delay;
 pub mod media;
 pub mod metrics;
 pub mod procstat;
