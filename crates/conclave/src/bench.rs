@@ -26,7 +26,7 @@ pub enum Mode {
 #[derive(Subcommand, Debug)]
 pub enum Workload {
     /// LiveKit's room workload over RESP3, with its deadlines counted as failures.
-    Livekit(conclave_livekit::Options),
+    Livekit(Box<conclave_livekit::Options>),
     /// A TCP proxy that adds a fixed delay each way (a remote server, on one machine).
     DelayProxy(conclave_livekit::delay::ProxyOptions),
 }
@@ -65,7 +65,7 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.workload {
-        Some(Workload::Livekit(options)) => return livekit(options).await,
+        Some(Workload::Livekit(options)) => return livekit(*options).await,
         Some(Workload::DelayProxy(options)) => {
             tokio::task::spawn_blocking(move || conclave_livekit::delay::serve(&options)).await??;
             return Ok(ExitCode::SUCCESS);
