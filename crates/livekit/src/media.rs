@@ -83,6 +83,9 @@ pub struct Participant {
 pub struct Room {
     pub name: String,
     pub open: bool,
+    /// The room's subscriptions are in place: RPCs to it may come (LiveKit routes none to a
+    /// room before it exists, nor after it closed).
+    pub serving: bool,
     pub participants: Vec<Participant>,
     /// Incremented at every open, so names stay unique.
     pub generation: u64,
@@ -282,6 +285,12 @@ impl MediaNode {
         self.unlock(&lock_key, &token).await;
         self.subscribe(&channels::room_channels(&name), Instant::now())
             .await;
+        {
+            let mut room = self.rooms[slot].lock().expect("room lock");
+            if room.open && room.name == name {
+                room.serving = true;
+            }
+        }
         // CreateRoom also travels as a queue RPC that every media node races to claim.
         let caller = self
             .shared
@@ -480,6 +489,7 @@ impl MediaNode {
                 return;
             }
             room.open = false;
+            room.serving = false;
             (room.name.clone(), std::mem::take(&mut room.participants))
         };
         for p in participants.iter().filter(|p| p.present) {
@@ -620,7 +630,7 @@ impl MediaNode {
     pub async fn room_rpc(self: Arc<Self>, slot: usize, scheduled: Instant) {
         let room = {
             let room = self.rooms[slot].lock().expect("room lock");
-            if !room.open {
+            if !room.serving {
                 return;
             }
             room.name.clone()
