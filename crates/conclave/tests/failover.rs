@@ -261,26 +261,7 @@ async fn a_node_whose_data_was_lost_refuses_to_rejoin_under_its_old_id() {
         .expect("remove the lost node");
     std::fs::remove_dir_all(&cluster.nodes[&victim].data_dir).ok();
     cluster.restart(victim);
-    admin
-        .add_member(conclave_client::v1::AddMemberRequest {
-            id: victim,
-            address: cluster.endpoint(victim),
-            learner_only: false,
-        })
-        .await
-        .expect("add the node back");
-    let applied = cluster.status(survivor).await.unwrap().applied;
-    cluster
-        .wait_applied(victim, applied, Duration::from_secs(15))
-        .await;
-    let back = cluster.client(victim).await;
-    assert_eq!(
-        back.get_with("k", conclave_client::Consistency::Local)
-            .await
-            .unwrap()
-            .map(|kv| kv.value),
-        Some(b"v".to_vec())
-    );
+    add_back_and_read_k(&cluster, &mut admin, victim, survivor).await;
 }
 
 /// An operator removes a node whose disk was lost and starts it again, empty, at once: a peer
@@ -325,6 +306,17 @@ async fn a_node_started_empty_right_after_its_removal_waits_for_peers_to_apply_i
     // The node waits to be added (it is no member, so it knows no leader): add it back.
     let survivor = others[2];
     let mut admin = cluster.client(survivor).await.cluster();
+    add_back_and_read_k(&cluster, &mut admin, victim, survivor).await;
+}
+
+/// Adds `victim` back through `admin`, waits until it has applied what `survivor` has, and checks
+/// that it serves `k = v` from its own replica.
+async fn add_back_and_read_k(
+    cluster: &Cluster,
+    admin: &mut conclave_client::v1::cluster_client::ClusterClient<tonic::transport::Channel>,
+    victim: u64,
+    survivor: u64,
+) {
     admin
         .add_member(conclave_client::v1::AddMemberRequest {
             id: victim,

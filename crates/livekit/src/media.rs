@@ -176,6 +176,19 @@ impl MediaNode {
 
     // ----- Storage -----
 
+    /// The room's records, pipelined: `HSET rooms` and `HSET room_internal`.
+    async fn store_room(&self, name: &str) {
+        let room_info = filler(self.shared.options.room_bytes);
+        self.pipeline(
+            vec![
+                args(&[b"HSET", b"rooms", name.as_bytes(), &room_info]),
+                args(&[b"HSET", b"room_internal", name.as_bytes(), &room_info[..64]]),
+            ],
+            Instant::now(),
+        )
+        .await;
+    }
+
     /// One storage command; its latency counts from `scheduled`.
     async fn command(&self, args: &[&[u8]], scheduled: Instant) -> Option<Value> {
         match self.storage().call(args).await {
@@ -263,15 +276,7 @@ impl MediaNode {
         if !self.lock(&lock_key, &token, scheduled).await {
             return;
         }
-        let room_info = filler(self.shared.options.room_bytes);
-        self.pipeline(
-            vec![
-                args(&[b"HSET", b"rooms", name.as_bytes(), &room_info]),
-                args(&[b"HSET", b"room_internal", name.as_bytes(), &room_info[..64]]),
-            ],
-            Instant::now(),
-        )
-        .await;
+        self.store_room(name.as_str()).await;
         self.command(
             &[
                 b"HSET",
@@ -405,15 +410,7 @@ impl MediaNode {
         let key = format!("room_participants:{room}");
         self.command(&[b"HDEL", key.as_bytes(), identity.as_bytes()], scheduled)
             .await;
-        let room_info = filler(self.shared.options.room_bytes);
-        self.pipeline(
-            vec![
-                args(&[b"HSET", b"rooms", room.as_bytes(), &room_info]),
-                args(&[b"HSET", b"room_internal", room.as_bytes(), &room_info[..64]]),
-            ],
-            Instant::now(),
-        )
-        .await;
+        self.store_room(room.as_str()).await;
         self.signal_to(participant.signal_node, 200, Instant::now())
             .await;
     }
