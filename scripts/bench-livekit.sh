@@ -15,9 +15,10 @@
 #   scripts/bench-livekit.sh [ROOMS...]          (default 700 2000 5000 10000)
 #   DURATION=60s WARMUP=15s DELAYS_MS="1 5" OUT=docs/bench scripts/bench-livekit.sh 700
 #
-# Prints a table (rooms x system: deadline misses, errors, storage / pub/sub / claim p99, max RSS
-# of the server processes) and where each system first misses a deadline, and writes it with
-# every report's JSON under OUT.
+# Writes every report (text and JSON) under OUT, then scripts/livekit-report.py writes OUT/livekit.md
+# (rooms x system: deadline misses, errors, p99s, RSS and CPU per server, the bench's own CPU),
+# OUT/livekit.png (misses and claim p99 against rooms) and OUT/livekit-results.tsv, and prints
+# where each system first misses a deadline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,9 @@ out=${OUT:-docs/bench}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 ./scripts/setup-test-deps.sh >/dev/null
+# The plot's library, beside redis-py in the tests' environment.
+.test-env/bin/python -c "import matplotlib" 2>/dev/null ||
+    .test-env/bin/pip install --quiet --disable-pip-version-check "matplotlib==3.9.2"
 cargo build --release --locked --quiet -p conclave
 conclave=target/release/conclave
 mkdir -p "$out"
@@ -119,9 +123,8 @@ start_redis() {
     wait_ping "$redis_port"
 }
 
-results="$out/livekit-results.tsv"
-printf 'rooms\tsystem\tdeadline_misses\terrors\tstorage_p99_ms\tpubsub_p99_ms\tclaim_p99_ms\tmax_rss_mib\n' >"$results"
-
+# One run's reports only: the report is written from every JSON in OUT.
+rm -f "$out"/livekit-*.json "$out"/livekit-*.txt
 bench() { # rooms system endpoints
     local rooms=$1 system=$2 endpoints=$3
     local json="$out/livekit-$system-$rooms.json"
@@ -133,19 +136,9 @@ bench() { # rooms system endpoints
         --resp "$endpoints" --pids "$pid_list" --label "$system" --json "$json" \
         | tee -a "$out/livekit-$system-$rooms.txt" | tail -1)
     echo "$line" >&2
-    local rss
-    rss=$(python3 -c "import json,sys; r=json.load(open('$json')); print(max([p['max_rss_mib'] for p in r['processes']] or [0]))")
-    python3 - "$rooms" "$system" "$line" "$rss" >>"$results" <<'EOF'
-import sys
-rooms, system, line, rss = sys.argv[1:]
-f = dict(kv.split("=") for kv in line.split()[1:])
-print("\t".join([rooms, system, f["deadline_misses"], f["errors"], f["storage_p99_ms"],
-                 f["pubsub_p99_ms"], f["claim_p99_ms"], "%.0f" % float(rss)]))
-EOF
 }
 
 for rooms in "${rooms_list[@]}"; do
-    rm -f "$out"/livekit-*-"$rooms".txt
     start_conclave "$(mktemp -d -p "$work")"
     bench "$rooms" conclave "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
     stop_servers
@@ -166,16 +159,7 @@ for rooms in "${rooms_list[@]}"; do
 done
 
 echo
-column -t -s $'\t' "$results"
-echo
-python3 - "$results" <<'EOF'
-import sys, collections
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
-first = collections.OrderedDict()
-for rooms, system, misses, errors, *_ in rows:
-    first.setdefault(system, None)
-    if first[system] is None and (int(misses) > 0 or int(errors) > 0):
-        first[system] = rooms
-for system, rooms in first.items():
-    print(f"{system}: " + (f"first deadline miss or error at {rooms} rooms" if rooms else "no deadline missed at any room count run"))
-EOF
+.test-env/bin/python scripts/livekit-report.py "$out" \
+    "DURATION=$duration WARMUP=$warmup DELAYS_MS=\"${delays[*]}\" scripts/bench-livekit.sh ${rooms_list[*]}"
+column -t -s $'\t' "$out/livekit-results.tsv"
+echo "wrote $out/livekit.md and $out/livekit.png"

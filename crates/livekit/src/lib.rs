@@ -17,7 +17,8 @@
 //! pings every 5 s (relayed to the room's node and back, each message acked); a speaker or
 //! quality update goes to every participant twice a second; a unary RPC every 10 s; a
 //! participant record changes every 30 s per participant; one participant leaves and joins
-//! again every minute; a room closes and opens again every 10 minutes on average.
+//! again every minute; a room closes and opens again every 10 minutes on average. A signal
+//! message unacked is sent again after 500 ms, then 1, 2 and 4 s more.
 //! LiveKit's own figures behind these: `../shared/docs/livekit-redis-surface.md`.
 
 pub mod channels;
@@ -25,6 +26,7 @@ pub mod delay;
 pub mod media;
 pub mod metrics;
 pub mod procstat;
+mod progress;
 pub mod report;
 pub mod resp3;
 
@@ -88,6 +90,9 @@ pub struct Options {
     /// Bytes of a node record.
     #[arg(long, default_value_t = 400)]
     pub node_bytes: usize,
+    /// Bytes of an agent dispatch record and of an agent job record.
+    #[arg(long, default_value_t = 300)]
+    pub dispatch_bytes: usize,
     /// Bytes of an RPC request and of its response.
     #[arg(long, default_value_t = 300)]
     pub request_bytes: usize,
@@ -140,7 +145,13 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
         nodes.push(MediaNode::connect(shared.clone(), index, address, rooms).await?);
     }
     let _ = shared.nodes.set(nodes.clone());
-    let sampler = procstat::Sampler::start(&options.pids);
+    let mut sampled: Vec<(u32, procstat::Role)> = options
+        .pids
+        .iter()
+        .map(|pid| (*pid, procstat::Role::Server))
+        .collect();
+    sampled.push((std::process::id(), procstat::Role::Bench));
+    let sampler = procstat::Sampler::start(&sampled);
 
     let started = Instant::now();
     let end = started + options.warmup + options.duration;
@@ -148,31 +159,22 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     for node in &nodes {
         spawn_node_load(&mut load, node.clone(), &options, started, end);
     }
-    let progress = tokio::spawn(progress(shared.clone(), started, end));
+    let progress = tokio::spawn(progress::show(shared.clone(), options.warmup, started, end));
+    let housekeeping = tokio::spawn(housekeeping(nodes.clone()));
     tokio::time::sleep(options.warmup).await;
     shared.recorder.start();
     let measured = Instant::now();
-    let sweeper = {
-        let nodes = nodes.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                for node in &nodes {
-                    node.sweep(false);
-                }
-            }
-        })
-    };
     tokio::time::sleep_until(end.into()).await;
     load.abort_all();
     while load.join_next().await.is_some() {}
     // What was sent before the end has a moment to be answered; the rest is lost.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    sweeper.abort();
+    housekeeping.abort();
     for node in &nodes {
         node.sweep(true);
     }
     progress.abort();
+    let _ = progress.await;
     let elapsed = end.saturating_duration_since(measured);
     let processes = sampler.finish().await;
     Ok(report::Report::build(&shared, elapsed, processes))
@@ -251,18 +253,17 @@ fn spawn_node_load(
     }
 }
 
-/// One line a second on stderr while the run goes.
-async fn progress(shared: Arc<Shared>, started: Instant, end: Instant) {
-    let total = end.duration_since(started).as_secs().max(1);
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let done = started.elapsed().as_secs();
-        let figures = shared.recorder.figures();
-        let misses: u64 = figures.iter().map(|f| f.misses).sum();
-        eprintln!(
-            "bench livekit: {done}/{total} s, {} storage ops, {} messages delivered, {misses} deadline misses so far",
-            figures.iter().find(|f| f.kind == metrics::Kind::Storage).map_or(0, |f| f.count),
-            figures.iter().find(|f| f.kind == metrics::Kind::Delivery).map_or(0, |f| f.count),
-        );
+/// Every 100 ms, signal messages still unacked are sent again; every second, exchanges
+/// unanswered for too long are counted lost.
+async fn housekeeping(nodes: Vec<Arc<MediaNode>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for round in 0u64.. {
+        tick.tick().await;
+        for node in &nodes {
+            node.retry_signals();
+            if round % 10 == 9 {
+                node.sweep(false);
+            }
+        }
     }
 }

@@ -1,11 +1,11 @@
 //! One simulated media node: what a LiveKit server and its psrpc bus send to Redis for the rooms
 //! it hosts, over one storage connection and one pub/sub connection, as go-redis would.
 //!
-//! Storage: the node registry, room creation under the room lock and the unlock script,
-//! participant joins, updates and leaves, room closes. Pub/sub: the subscription sets of rooms,
+//! Storage: the node registry, room creation under the room lock and the unlock script, the
+//! room's agent dispatch and job, participant joins, updates and leaves, room closes. Pub/sub: the subscription sets of rooms,
 //! participants and agent jobs; unary RPCs (request, claims by every subscriber with
 //! `SET <key> <n> EX 5 NX`, the caller's rclaim, the response); signal relay messages with their
-//! acks; the node's keepalive to itself.
+//! acks, sent again while unacked (see [`SIGNAL_RETRIES`]); the node's keepalive to itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,12 +94,41 @@ pub struct Room {
 /// An exchange awaiting its answer: when it was scheduled, and what it is.
 struct Awaiting {
     scheduled: Instant,
-    kind: Kind,
-    /// For an RPC: the method, and whether its claim arrived.
-    method: String,
-    topic: String,
-    claimed: bool,
+    exchange: Exchange,
 }
+
+enum Exchange {
+    /// A signal relay message to node `to`, sent `attempts` times so far.
+    Signal {
+        to: usize,
+        size: usize,
+        attempts: usize,
+    },
+    /// A unary RPC: its method and topic, and whether its claim arrived.
+    Rpc {
+        method: String,
+        topic: String,
+        claimed: bool,
+    },
+}
+
+impl Awaiting {
+    fn kind(&self) -> Kind {
+        match self.exchange {
+            Exchange::Signal { .. } => Kind::SignalAck,
+            Exchange::Rpc { .. } => Kind::Rpc,
+        }
+    }
+}
+
+/// When LiveKit's signal relay sends an unacked message again, counted from the first send:
+/// after 500 ms, then 1 s, 2 s and 4 s more.
+const SIGNAL_RETRIES: [Duration; 4] = [
+    Duration::from_millis(500),
+    Duration::from_millis(1500),
+    Duration::from_millis(3500),
+    Duration::from_millis(7500),
+];
 
 pub struct MediaNode {
     pub index: usize,
@@ -304,7 +333,31 @@ impl MediaNode {
         caller
             .call_rpc(channels::QUEUE_METHOD.into(), "all".into(), Instant::now())
             .await;
+        // The room's agent dispatch, then the job the agent accepted, before the agent joins.
+        let dispatch = filler(self.shared.options.dispatch_bytes);
+        self.command(
+            &[
+                b"HSET",
+                format!("agent_dispatch:{name}").as_bytes(),
+                b"AD_0",
+                &dispatch,
+            ],
+            Instant::now(),
+        )
+        .await;
         for participant in participants {
+            if participant.agent {
+                self.command(
+                    &[
+                        b"HSET",
+                        format!("agent_job:{name}").as_bytes(),
+                        b"AJ_0",
+                        &dispatch,
+                    ],
+                    Instant::now(),
+                )
+                .await;
+            }
             self.clone()
                 .join(slot, &participant.identity, Instant::now())
                 .await;
@@ -562,12 +615,17 @@ impl MediaNode {
             id,
             Awaiting {
                 scheduled,
-                kind: Kind::SignalAck,
-                method: String::new(),
-                topic: String::new(),
-                claimed: false,
+                exchange: Exchange::Signal {
+                    to,
+                    size,
+                    attempts: 1,
+                },
             },
         );
+        self.send_signal(id, to, size, scheduled).await;
+    }
+
+    async fn send_signal(&self, id: u64, to: usize, size: usize, scheduled: Instant) {
         let target = self.shared.node(to).name.clone();
         let message = Message {
             tag: Tag::Signal,
@@ -578,6 +636,29 @@ impl MediaNode {
         };
         self.publish(&channels::signal(&target), &message, size, scheduled)
             .await;
+    }
+
+    /// Sends again every signal message whose ack is later than its next retry time (see
+    /// [`SIGNAL_RETRIES`]): a slow server gets more traffic, as it does under LiveKit.
+    pub fn retry_signals(self: &Arc<Self>) {
+        let mut due = Vec::new();
+        {
+            let mut awaiting = self.awaiting.lock().expect("awaiting lock");
+            for (id, a) in awaiting.iter_mut() {
+                if let Exchange::Signal { to, size, attempts } = &mut a.exchange {
+                    let next = SIGNAL_RETRIES.get(*attempts - 1);
+                    if next.is_some_and(|after| a.scheduled.elapsed() >= *after) {
+                        *attempts += 1;
+                        due.push((*id, *to, *size));
+                    }
+                }
+            }
+        }
+        for (id, to, size) in due {
+            self.recorder().retry(Kind::SignalAck);
+            let node = self.clone();
+            tokio::spawn(async move { node.send_signal(id, to, size, Instant::now()).await });
+        }
     }
 
     /// A client ping on a participant's signal connection: relayed from the signal node to the
@@ -646,10 +727,11 @@ impl MediaNode {
             id,
             Awaiting {
                 scheduled,
-                kind: Kind::Rpc,
-                method: method.clone(),
-                topic,
-                claimed: false,
+                exchange: Exchange::Rpc {
+                    method: method.clone(),
+                    topic,
+                    claimed: false,
+                },
             },
         );
         let message = Message {
@@ -745,10 +827,18 @@ impl MediaNode {
                 let chosen = {
                     let mut awaiting = self.awaiting.lock().expect("awaiting lock");
                     match awaiting.get_mut(&message.id) {
-                        Some(rpc) if !rpc.claimed => {
-                            rpc.claimed = true;
-                            self.recorder().record(Kind::Claim, rpc.scheduled.elapsed());
-                            Some((rpc.method.clone(), rpc.topic.clone()))
+                        Some(Awaiting {
+                            scheduled,
+                            exchange:
+                                Exchange::Rpc {
+                                    method,
+                                    topic,
+                                    claimed,
+                                },
+                        }) if !*claimed => {
+                            *claimed = true;
+                            self.recorder().record(Kind::Claim, scheduled.elapsed());
+                            Some((method.clone(), topic.clone()))
                         }
                         _ => None,
                     }
@@ -802,10 +892,10 @@ impl MediaNode {
         awaiting.retain(|_, a| {
             let keep = !all && a.scheduled.elapsed() < LOST_AFTER;
             if !keep {
-                if a.kind == Kind::Rpc && !a.claimed {
+                if matches!(a.exchange, Exchange::Rpc { claimed: false, .. }) {
                     self.shared.recorder.lost(Kind::Claim);
                 }
-                self.shared.recorder.lost(a.kind);
+                self.shared.recorder.lost(a.kind());
             }
             keep
         });

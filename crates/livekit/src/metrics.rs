@@ -83,6 +83,8 @@ struct Series {
     /// Operations that never completed (no reply, no message): counted as misses too when the
     /// kind has a deadline.
     lost: u64,
+    /// Operations sent again for want of an answer (signal relay messages).
+    retries: u64,
 }
 
 /// Shared by every task of the run. Recording is off during the warm-up.
@@ -104,6 +106,7 @@ pub struct Figures {
     pub deadline_ms: Option<u64>,
     pub misses: u64,
     pub lost: u64,
+    pub retries: u64,
 }
 
 impl Default for Recorder {
@@ -125,6 +128,7 @@ impl Recorder {
                         latency,
                         misses: 0,
                         lost: 0,
+                        retries: 0,
                     },
                 )
             })
@@ -174,6 +178,18 @@ impl Recorder {
         }
     }
 
+    /// An operation of `kind` sent again.
+    pub fn retry(&self, kind: Kind) {
+        if !self.on() {
+            return;
+        }
+        let mut series = self.series.lock().expect("metrics lock");
+        series
+            .get_mut(&kind)
+            .expect("every kind has a series")
+            .retries += 1;
+    }
+
     /// A command answered with an error, or a connection failure.
     pub fn error(&self, what: impl Into<String>) {
         if !self.on() {
@@ -203,6 +219,7 @@ impl Recorder {
                     deadline_ms: kind.deadline().map(|d| d.as_millis() as u64),
                     misses: s.misses,
                     lost: s.lost,
+                    retries: s.retries,
                 }
             })
             .collect()

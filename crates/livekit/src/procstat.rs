@@ -4,10 +4,21 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// What a sampled process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A server under test.
+    Server,
+    /// The benchmark itself (to show whether it, not the server, ran out of CPU).
+    Bench,
+}
+
 /// One process over the run.
 #[derive(Debug, Serialize)]
 pub struct ProcessFigures {
     pub pid: u32,
+    pub role: Role,
     pub max_rss_mib: f64,
     pub last_rss_mib: f64,
     /// CPU time over wall time, in percent of one core.
@@ -20,12 +31,13 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(pids: &[u32]) -> Sampler {
+    pub fn start(processes: &[(u32, Role)]) -> Sampler {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        if pids.is_empty() {
+        if processes.is_empty() {
             return Sampler { task: None, stop };
         }
-        let pids = pids.to_vec();
+        let processes = processes.to_vec();
+        let pids: Vec<u32> = processes.iter().map(|(pid, _)| *pid).collect();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let first: Vec<Option<u64>> = pids.iter().map(|p| cpu_ticks(*p)).collect();
@@ -54,6 +66,7 @@ impl Sampler {
                     };
                     ProcessFigures {
                         pid: *pid,
+                        role: processes[i].1,
                         max_rss_mib: max_rss[i] as f64 / 1024.0,
                         last_rss_mib: last_rss[i] as f64 / 1024.0,
                         cpu_percent: 100.0 * used / wall.max(1e-9),

@@ -80,7 +80,7 @@ impl Report {
             self.measured_s
         );
         println!(
-            "{:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+            "{:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>7}",
             "operation",
             "count",
             "per s",
@@ -89,11 +89,12 @@ impl Report {
             "p99.9 ms",
             "max ms",
             "deadline",
-            "misses"
+            "misses",
+            "retries"
         );
         for f in &self.operations {
             println!(
-                "{:<11} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>8} {:>6}",
+                "{:<11} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>8} {:>6} {:>7}",
                 f.kind.name(),
                 f.count,
                 f.count as f64 / self.measured_s.max(1e-9),
@@ -102,7 +103,8 @@ impl Report {
                 f.p999_ms,
                 f.max_ms,
                 f.deadline_ms.map_or("-".to_string(), |d| format!("{d} ms")),
-                f.misses
+                f.misses,
+                f.retries
             );
         }
         for (error, count) in &self.errors {
@@ -110,8 +112,15 @@ impl Report {
         }
         for p in &self.processes {
             println!(
-                "process {}: RSS max {:.1} MiB (at the end {:.1}), CPU {:.0}% of a core",
-                p.pid, p.max_rss_mib, p.last_rss_mib, p.cpu_percent
+                "{} {}: RSS max {:.1} MiB (at the end {:.1}), CPU {:.0}% of a core",
+                match p.role {
+                    crate::procstat::Role::Server => "server",
+                    crate::procstat::Role::Bench => "bench (this process)",
+                },
+                p.pid,
+                p.max_rss_mib,
+                p.last_rss_mib,
+                p.cpu_percent
             );
         }
     }
