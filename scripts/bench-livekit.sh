@@ -8,12 +8,11 @@
 #                      usual setup), every media node on it;
 #   redis+Nms          the same server reached over N ms of added round trip (the seed report's
 #                      remote Redis).
-# The round trip is added by `conclave bench delay-proxy` (half each way): in front of the
-# remote Redis, and in front of each Conclave node's peer port, its peers listed at the proxies'
-# addresses. (This machine's kernel has no qdiscs, so tc netem is not available.)
+# The round trips are added by delay proxies (scripts/lib/servers.sh).
 #
 #   scripts/bench-livekit.sh [ROOMS...]          (default 700 2000 5000 10000)
 #   DURATION=60s WARMUP=15s DELAYS_MS="1 5" OUT=docs/bench scripts/bench-livekit.sh 700
+#   SYSTEMS="conclave redis" OUT=/tmp/lk scripts/bench-livekit.sh 350 500   (some systems only)
 #
 # Writes every report (text and JSON) under OUT, then scripts/livekit-report.py writes OUT/livekit.md
 # (rooms x system: deadline misses, errors, p99s, RSS and CPU per server, the bench's own CPU),
@@ -27,6 +26,12 @@ duration=${DURATION:-60s}
 warmup=${WARMUP:-15s}
 read -r -a delays <<<"${DELAYS_MS:-1 5}"
 out=${OUT:-docs/bench}
+only=${SYSTEMS:-}
+known=" conclave redis $(for rtt in "${delays[@]}"; do printf 'conclave+%sms redis+%sms ' "$rtt" "$rtt"; done)"
+for system in $only; do
+    [[ "$known" == *" $system "* ]] || { echo "SYSTEMS: unknown system $system (known:$known)" >&2; exit 2; }
+done
+wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 ./scripts/setup-test-deps.sh >/dev/null
@@ -35,96 +40,10 @@ out=$(cd "$out" && pwd)
     .test-env/bin/pip install --quiet --disable-pip-version-check "matplotlib==3.9.2"
 cargo build --release --locked --quiet -p conclave
 conclave=target/release/conclave
-mkdir -p "$out"
+source scripts/lib/servers.sh
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_ping() {
-    for _ in $(seq 1 300); do
-        if [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; then return 0; fi
-        sleep 0.1
-    done
-    echo "port $1 never answered PING" >&2
-    exit 1
-}
-
-# A proxy adding `rtt` ms of round trip in front of `upstream`; sets proxy_port.
-start_proxy() { # rtt upstream-port
-    proxy_port=$(free_port)
-    "$conclave" bench delay-proxy --listen "127.0.0.1:$proxy_port" --upstream "127.0.0.1:$2" \
-        --delay-ms "$(python3 -c "print($1 / 2)")" >/dev/null 2>&1 &
-    pids+=($!)
-    proxy_pids+=($!)
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "the delay proxy on $proxy_port never listened" >&2
-    exit 1
-}
-proxy_pids=()
-stop_proxies() {
-    for pid in "${proxy_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    proxy_pids=()
-}
-
-# Starts a 3-node Conclave cluster, its peers `rtt` ms apart (0: none); sets resp_ports and
-# server_pids.
-start_conclave() {
-    local dir=$1 rtt=${2:-0}
-    grpc_ports=() resp_ports=() server_pids=()
-    local members=()
-    for id in 1 2 3; do
-        grpc_ports+=("$(free_port)")
-        resp_ports+=("$(free_port)")
-        local listed=${grpc_ports[$((id - 1))]}
-        if [ "$rtt" != 0 ]; then start_proxy "$rtt" "$listed"; listed=$proxy_port; fi
-        members+=("$id=127.0.0.1:$listed")
-    done
-    local initial
-    initial=$(IFS=,; echo "${members[*]}")
-    for id in 1 2 3; do
-        "$conclave" server --id "$id" --data-dir "$dir/node$id" \
-            --listen "127.0.0.1:${grpc_ports[$((id - 1))]}" --initial-cluster "$initial" \
-            --resp "127.0.0.1:${resp_ports[$((id - 1))]}" >"$dir/node$id.log" 2>&1 &
-        server_pids+=($!)
-        pids+=($!)
-    done
-    for port in "${resp_ports[@]}"; do wait_ping "$port"; done
-    # A leader, then a write through every node.
-    for _ in $(seq 1 100); do
-        if redis-cli -p "${resp_ports[0]}" set bench:ready 1 2>/dev/null | grep -q OK; then break; fi
-        sleep 0.2
-    done
-}
-
-stop_servers() {
-    for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${server_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-
-start_redis() {
-    local dir=$1
-    redis_port=$(free_port)
-    mkdir -p "$dir"
-    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save '' \
-        --appendonly yes --appendfsync everysec --daemonize no >"$dir/redis.log" 2>&1 &
-    server_pids=($!)
-    pids+=($!)
-    wait_ping "$redis_port"
-}
-
-# One run's reports only: the report is written from every JSON in OUT.
-rm -f "$out"/livekit-*.json "$out"/livekit-*.txt
+# One run's reports only: the report is written from every run's JSON in OUT.
+rm -f "$out"/livekit-*-[0-9]*.json "$out"/livekit-*-[0-9]*.txt
 bench() { # rooms system endpoints
     local rooms=$1 system=$2 endpoints=$3
     local json="$out/livekit-$system-$rooms.json"
@@ -139,27 +58,33 @@ bench() { # rooms system endpoints
 }
 
 for rooms in "${rooms_list[@]}"; do
-    start_conclave "$(mktemp -d -p "$work")"
-    bench "$rooms" conclave "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
-    stop_servers
+    if wanted conclave; then
+        start_conclave "$(mktemp -d -p "$work")"
+        bench "$rooms" conclave "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
+        stop_servers
+    fi
     for rtt in "${delays[@]}"; do
+        wanted "conclave+${rtt}ms" || continue
         start_conclave "$(mktemp -d -p "$work")" "$rtt"
         bench "$rooms" "conclave+${rtt}ms" "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
         stop_servers
         stop_proxies
     done
-    start_redis "$(mktemp -d -p "$work")"
-    bench "$rooms" redis "127.0.0.1:$redis_port"
-    for rtt in "${delays[@]}"; do
-        start_proxy "$rtt" "$redis_port"
-        bench "$rooms" "redis+${rtt}ms" "127.0.0.1:$proxy_port"
-        stop_proxies
-    done
-    stop_servers
+    if wanted redis || [ "$(for rtt in "${delays[@]}"; do wanted "redis+${rtt}ms" && echo y; done)" ]; then
+        start_redis "$(mktemp -d -p "$work")"
+        if wanted redis; then bench "$rooms" redis "127.0.0.1:$redis_port"; fi
+        for rtt in "${delays[@]}"; do
+            wanted "redis+${rtt}ms" || continue
+            start_proxy "$rtt" "$redis_port"
+            bench "$rooms" "redis+${rtt}ms" "127.0.0.1:$proxy_port"
+            stop_proxies
+        done
+        stop_servers
+    fi
 done
 
 echo
 .test-env/bin/python scripts/livekit-report.py "$out" \
-    "DURATION=$duration WARMUP=$warmup DELAYS_MS=\"${delays[*]}\" scripts/bench-livekit.sh ${rooms_list[*]}"
+    "${only:+SYSTEMS=\"$only\" }DURATION=$duration WARMUP=$warmup DELAYS_MS=\"${delays[*]}\" scripts/bench-livekit.sh ${rooms_list[*]}"
 column -t -s $'\t' "$out/livekit-results.tsv"
 echo "wrote $out/livekit.md and $out/livekit.png"

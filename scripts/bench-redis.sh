@@ -17,16 +17,7 @@ clients=50
 cargo build --release --locked --quiet
 conclave=target/release/conclave
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib/servers.sh
 
 redis_port=$(free_port)
 redis_aof_port=$(free_port)
@@ -45,15 +36,6 @@ resp_base=$(free_port)
     >"$work/conclave.log" 2>&1 &
 pids+=($!)
 
-wait_ping() {
-    for _ in $(seq 1 150); do
-        if [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; then return 0; fi
-        sleep 0.1
-    done
-    echo "port $1 never answered PING" >&2
-    cat "$work"/*.log >&2
-    exit 1
-}
 wait_ping "$redis_port"
 wait_ping "$redis_aof_port"
 for i in 0 1 2; do wait_ping $((resp_base + i)); done

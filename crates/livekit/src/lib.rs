@@ -132,6 +132,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// How long the run waits for answers after the load stops: the longest deadline (a unary
+/// RPC's 3 s), and a little.
+const DRAIN: Duration = Duration::from_millis(3500);
+
 /// Runs the benchmark and returns its report.
 pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     anyhow::ensure!(options.media_nodes > 0, "--media-nodes must be at least 1");
@@ -145,14 +149,6 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
         nodes.push(MediaNode::connect(shared.clone(), index, address, rooms).await?);
     }
     let _ = shared.nodes.set(nodes.clone());
-    let mut sampled: Vec<(u32, procstat::Role)> = options
-        .pids
-        .iter()
-        .map(|pid| (*pid, procstat::Role::Server))
-        .collect();
-    sampled.push((std::process::id(), procstat::Role::Bench));
-    let sampler = procstat::Sampler::start(&sampled);
-
     let started = Instant::now();
     let end = started + options.warmup + options.duration;
     let mut load = tokio::task::JoinSet::new();
@@ -164,11 +160,21 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     tokio::time::sleep(options.warmup).await;
     shared.recorder.start();
     let measured = Instant::now();
+    // The processes over the measured part only.
+    let mut sampled: Vec<(u32, procstat::Role)> = options
+        .pids
+        .iter()
+        .map(|pid| (*pid, procstat::Role::Server))
+        .collect();
+    sampled.push((std::process::id(), procstat::Role::Bench));
+    let sampler = procstat::Sampler::start(&sampled);
     tokio::time::sleep_until(end.into()).await;
+    let processes = sampler.finish().await;
     load.abort_all();
     while load.join_next().await.is_some() {}
-    // What was sent before the end has a moment to be answered; the rest is lost.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What was sent before the end has until the longest deadline to be answered; then what
+    // is past its deadline is lost, and the rest not counted.
+    tokio::time::sleep(DRAIN).await;
     housekeeping.abort();
     for node in &nodes {
         node.sweep(true);
@@ -176,7 +182,6 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     progress.abort();
     let _ = progress.await;
     let elapsed = end.saturating_duration_since(measured);
-    let processes = sampler.finish().await;
     Ok(report::Report::build(&shared, elapsed, processes))
 }
 

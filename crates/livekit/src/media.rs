@@ -7,7 +7,8 @@
 //! `SET <key> <n> EX 5 NX`, the caller's rclaim, the response); signal relay messages with their
 //! acks, sent again while unacked (see [`SIGNAL_RETRIES`]); the node's keepalive to itself.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -98,10 +99,12 @@ struct Awaiting {
 }
 
 enum Exchange {
-    /// A signal relay message to node `to`, sent `attempts` times so far.
+    /// A signal relay message to node `to`, first sent at `first_sent`, sent `attempts` times
+    /// so far.
     Signal {
         to: usize,
         size: usize,
+        first_sent: Instant,
         attempts: usize,
     },
     /// A unary RPC: its method and topic, and whether its claim arrived.
@@ -121,14 +124,50 @@ impl Awaiting {
     }
 }
 
-/// When LiveKit's signal relay sends an unacked message again, counted from the first send:
-/// after 500 ms, then 1 s, 2 s and 4 s more.
-const SIGNAL_RETRIES: [Duration; 4] = [
+/// LiveKit's signal relay: an unacked message is sent again when its attempt times out, the
+/// first after 500 ms, the next ones after 1 s and 2 s more; with no ack 4 s after that (7.5 s
+/// from the first send) the stream closes. Times from the first send.
+const SIGNAL_RETRY_AT: [Duration; 3] = [
     Duration::from_millis(500),
     Duration::from_millis(1500),
     Duration::from_millis(3500),
-    Duration::from_millis(7500),
 ];
+const SIGNAL_STREAM_CLOSES: Duration = Duration::from_millis(7500);
+
+/// What to do with a signal message unacked `age` after its first send, sent `attempts` times.
+#[derive(Debug, PartialEq, Eq)]
+enum SignalRetry {
+    /// Send it again (once, however many retry times passed: a bench that fell behind does not
+    /// send a burst) and look again at `next` after the first send.
+    Resend { attempts: usize, next: Duration },
+    /// Look again at `next` after the first send.
+    Wait { next: Duration },
+    /// The stream closes: the message is lost.
+    GiveUp,
+}
+
+fn signal_retry(age: Duration, attempts: usize) -> SignalRetry {
+    if age >= SIGNAL_STREAM_CLOSES {
+        return SignalRetry::GiveUp;
+    }
+    let passed = SIGNAL_RETRY_AT.iter().filter(|at| age >= **at).count();
+    let next_after = |sent: usize| {
+        SIGNAL_RETRY_AT
+            .get(sent - 1)
+            .copied()
+            .unwrap_or(SIGNAL_STREAM_CLOSES)
+    };
+    if attempts < passed + 1 {
+        SignalRetry::Resend {
+            attempts: passed + 1,
+            next: next_after(passed + 1),
+        }
+    } else {
+        SignalRetry::Wait {
+            next: next_after(attempts),
+        }
+    }
+}
 
 pub struct MediaNode {
     pub index: usize,
@@ -142,6 +181,9 @@ pub struct MediaNode {
     subscriptions: Connection,
     pub rooms: Vec<Mutex<Room>>,
     awaiting: Mutex<HashMap<u64, Awaiting>>,
+    /// Signal messages by when to look at them again (see [`signal_retry`]); acked ones are
+    /// dropped when their time comes.
+    signal_checks: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
 }
 
 impl MediaNode {
@@ -167,6 +209,7 @@ impl MediaNode {
             subscriptions,
             rooms: (0..rooms).map(|_| Mutex::default()).collect(),
             awaiting: Mutex::default(),
+            signal_checks: Mutex::default(),
         });
         let own = [
             channels::responses(&node.name),
@@ -379,7 +422,7 @@ impl MediaNode {
                 return true;
             }
             if started.elapsed() > Duration::from_secs(5) {
-                self.recorder().lost(Kind::Lock);
+                self.recorder().lost(Kind::Lock, scheduled);
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -618,10 +661,15 @@ impl MediaNode {
                 exchange: Exchange::Signal {
                     to,
                     size,
+                    first_sent: Instant::now(),
                     attempts: 1,
                 },
             },
         );
+        self.signal_checks
+            .lock()
+            .expect("signal checks lock")
+            .push(Reverse((Instant::now() + SIGNAL_RETRY_AT[0], id)));
         self.send_signal(id, to, size, scheduled).await;
     }
 
@@ -638,24 +686,50 @@ impl MediaNode {
             .await;
     }
 
-    /// Sends again every signal message whose ack is later than its next retry time (see
-    /// [`SIGNAL_RETRIES`]): a slow server gets more traffic, as it does under LiveKit.
+    /// Sends again every signal message whose attempt timed out, and counts lost those whose
+    /// stream closed (see [`signal_retry`]): a slow server gets more traffic, as under LiveKit.
     pub fn retry_signals(self: &Arc<Self>) {
-        let mut due = Vec::new();
+        let now = Instant::now();
+        let mut resend = Vec::new();
         {
+            let mut checks = self.signal_checks.lock().expect("signal checks lock");
             let mut awaiting = self.awaiting.lock().expect("awaiting lock");
-            for (id, a) in awaiting.iter_mut() {
-                if let Exchange::Signal { to, size, attempts } = &mut a.exchange {
-                    let next = SIGNAL_RETRIES.get(*attempts - 1);
-                    if next.is_some_and(|after| a.scheduled.elapsed() >= *after) {
-                        *attempts += 1;
-                        due.push((*id, *to, *size));
+            while checks.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                let Reverse((_, id)) = checks.pop().expect("peeked");
+                let Some(Awaiting {
+                    scheduled,
+                    exchange:
+                        Exchange::Signal {
+                            to,
+                            size,
+                            first_sent,
+                            attempts,
+                        },
+                }) = awaiting.get_mut(&id)
+                else {
+                    continue; // acked
+                };
+                let next = match signal_retry(now.duration_since(*first_sent), *attempts) {
+                    SignalRetry::GiveUp => {
+                        self.shared.recorder.lost(Kind::SignalAck, *scheduled);
+                        awaiting.remove(&id);
+                        continue;
                     }
-                }
+                    SignalRetry::Wait { next } => next,
+                    SignalRetry::Resend {
+                        attempts: sent,
+                        next,
+                    } => {
+                        *attempts = sent;
+                        self.shared.recorder.retry(Kind::SignalAck, *scheduled);
+                        resend.push((id, *to, *size));
+                        next
+                    }
+                };
+                checks.push(Reverse((*first_sent + next, id)));
             }
         }
-        for (id, to, size) in due {
-            self.recorder().retry(Kind::SignalAck);
+        for (id, to, size) in resend {
             let node = self.clone();
             tokio::spawn(async move { node.send_signal(id, to, size, Instant::now()).await });
         }
@@ -886,18 +960,24 @@ impl MediaNode {
         self.awaiting.lock().expect("awaiting lock").remove(&id)
     }
 
-    /// Counts exchanges unanswered for longer than [`LOST_AFTER`] (all of them at the end).
-    pub fn sweep(&self, all: bool) {
+    /// Counts lost the exchanges unanswered for longer than [`LOST_AFTER`]; at the end of the
+    /// run, every one past its deadline, and forgets the rest (their outcome is unknown).
+    pub fn sweep(&self, at_end: bool) {
         let mut awaiting = self.awaiting.lock().expect("awaiting lock");
+        let recorder = &self.shared.recorder;
         awaiting.retain(|_, a| {
-            let keep = !all && a.scheduled.elapsed() < LOST_AFTER;
-            if !keep {
-                if matches!(a.exchange, Exchange::Rpc { claimed: false, .. }) {
-                    self.shared.recorder.lost(Kind::Claim);
-                }
-                self.shared.recorder.lost(a.kind());
+            let age = a.scheduled.elapsed();
+            let past = |kind: Kind| {
+                age >= LOST_AFTER || (at_end && kind.deadline().is_some_and(|d| age > d))
+            };
+            if matches!(a.exchange, Exchange::Rpc { claimed: false, .. }) && past(Kind::Claim) {
+                recorder.lost(Kind::Claim, a.scheduled);
             }
-            keep
+            let lost = past(a.kind());
+            if lost {
+                recorder.lost(a.kind(), a.scheduled);
+            }
+            !at_end && !lost
         });
     }
 }
@@ -916,5 +996,58 @@ fn pick(seed: usize, count: usize) -> usize {
         0
     } else {
         seed.wrapping_mul(2654435761) % count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn an_unacked_signal_message_is_sent_at_0_500_1500_and_3500_ms_and_given_up_at_7500() {
+        let mut attempts = 1;
+        let mut sent_at = vec![0];
+        let mut gave_up = None;
+        // Looked at every 100 ms, as housekeeping does.
+        for age in (0..10_000).step_by(100) {
+            match signal_retry(ms(age), attempts) {
+                SignalRetry::Resend { attempts: a, .. } => {
+                    attempts = a;
+                    sent_at.push(age);
+                }
+                SignalRetry::Wait { .. } => {}
+                SignalRetry::GiveUp => {
+                    gave_up = Some(age);
+                    break;
+                }
+            }
+        }
+        assert_eq!(sent_at, [0, 500, 1500, 3500]);
+        assert_eq!(gave_up, Some(7500));
+    }
+
+    #[test]
+    fn a_signal_retry_that_falls_behind_sends_once_and_catches_up() {
+        // First looked at 2 s after the first send: two retry times passed, one send.
+        assert_eq!(
+            signal_retry(ms(2000), 1),
+            SignalRetry::Resend {
+                attempts: 3,
+                next: ms(3500)
+            }
+        );
+        assert_eq!(
+            signal_retry(ms(2000), 3),
+            SignalRetry::Wait { next: ms(3500) }
+        );
+        assert_eq!(
+            signal_retry(ms(4000), 4),
+            SignalRetry::Wait { next: ms(7500) }
+        );
+        assert_eq!(signal_retry(ms(7500), 4), SignalRetry::GiveUp);
     }
 }

@@ -3,11 +3,12 @@
 //!
 //! Latencies run from when an operation was *scheduled*, not from when it was sent: with load
 //! arriving at fixed rates, a stall shows as latency on everything scheduled during it (no
-//! coordinated omission).
+//! coordinated omission). Only operations scheduled after the warm-up count, however late they
+//! end.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -87,11 +88,12 @@ struct Series {
     retries: u64,
 }
 
-/// Shared by every task of the run. Recording is off during the warm-up.
+/// Shared by every task of the run. Nothing scheduled during the warm-up counts.
 pub struct Recorder {
     series: Mutex<BTreeMap<Kind, Series>>,
     errors: Mutex<BTreeMap<String, u64>>,
-    recording: std::sync::atomic::AtomicBool,
+    /// When the measured part began.
+    start: OnceLock<Instant>,
 }
 
 /// One kind's figures, in milliseconds.
@@ -136,23 +138,30 @@ impl Recorder {
         Recorder {
             series: Mutex::new(series),
             errors: Mutex::default(),
-            recording: std::sync::atomic::AtomicBool::new(false),
+            start: OnceLock::new(),
         }
     }
 
-    /// Starts counting (after the warm-up).
+    /// Starts counting (after the warm-up): operations scheduled from now on.
     pub fn start(&self) {
-        self.recording
-            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.start.set(Instant::now());
     }
 
     fn on(&self) -> bool {
-        self.recording.load(std::sync::atomic::Ordering::Acquire)
+        self.start.get().is_some()
+    }
+
+    /// Whether an operation scheduled at `scheduled` is measured.
+    fn counts(&self, scheduled: Option<Instant>) -> bool {
+        match (self.start.get(), scheduled) {
+            (Some(start), Some(scheduled)) => scheduled >= *start,
+            _ => false,
+        }
     }
 
     /// An operation of `kind` that took `latency` (from when it was scheduled).
     pub fn record(&self, kind: Kind, latency: Duration) {
-        if !self.on() {
+        if !self.counts(Instant::now().checked_sub(latency)) {
             return;
         }
         let mut series = self.series.lock().expect("metrics lock");
@@ -165,9 +174,9 @@ impl Recorder {
         }
     }
 
-    /// An operation of `kind` that never completed.
-    pub fn lost(&self, kind: Kind) {
-        if !self.on() {
+    /// An operation of `kind`, scheduled at `scheduled`, that never completed.
+    pub fn lost(&self, kind: Kind, scheduled: Instant) {
+        if !self.counts(Some(scheduled)) {
             return;
         }
         let mut series = self.series.lock().expect("metrics lock");
@@ -178,9 +187,9 @@ impl Recorder {
         }
     }
 
-    /// An operation of `kind` sent again.
-    pub fn retry(&self, kind: Kind) {
-        if !self.on() {
+    /// An operation of `kind`, scheduled at `scheduled`, sent again.
+    pub fn retry(&self, kind: Kind, scheduled: Instant) {
+        if !self.counts(Some(scheduled)) {
             return;
         }
         let mut series = self.series.lock().expect("metrics lock");
@@ -227,5 +236,46 @@ impl Recorder {
 
     pub fn errors(&self) -> BTreeMap<String, u64> {
         self.errors.lock().expect("metrics lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(recorder: &Recorder, kind: Kind) -> Figures {
+        recorder
+            .figures()
+            .into_iter()
+            .find(|f| f.kind == kind)
+            .unwrap()
+    }
+
+    #[test]
+    fn operations_scheduled_in_the_warm_up_never_count_however_late_they_end() {
+        let recorder = Recorder::new();
+        let warm_up_op = Instant::now();
+        recorder.record(Kind::Claim, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(20));
+        recorder.start();
+        // Scheduled before the start, answered (late) or lost after it: not measured.
+        recorder.record(Kind::Claim, warm_up_op.elapsed() + Duration::from_secs(2));
+        recorder.lost(Kind::Claim, warm_up_op);
+        recorder.retry(Kind::SignalAck, warm_up_op);
+        let claim = figures(&recorder, Kind::Claim);
+        assert_eq!((claim.count, claim.misses, claim.lost), (0, 0, 0));
+        assert_eq!(figures(&recorder, Kind::SignalAck).retries, 0);
+
+        // Scheduled after it: measured; a lost one counts as a miss.
+        std::thread::sleep(Duration::from_millis(10));
+        let measured_op = Instant::now();
+        recorder.record(Kind::Claim, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        recorder.record(Kind::Claim, measured_op.elapsed());
+        recorder.lost(Kind::Claim, measured_op);
+        recorder.retry(Kind::SignalAck, measured_op);
+        let claim = figures(&recorder, Kind::Claim);
+        assert_eq!((claim.count, claim.misses, claim.lost), (2, 1, 1));
+        assert_eq!(figures(&recorder, Kind::SignalAck).retries, 1);
     }
 }
