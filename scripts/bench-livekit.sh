@@ -47,12 +47,14 @@ rm -f "$out"/livekit-*-[0-9]*.json "$out"/livekit-*-[0-9]*.txt
 bench() { # rooms system endpoints
     local rooms=$1 system=$2 endpoints=$3
     local json="$out/livekit-$system-$rooms.json"
-    local pid_list
+    local pid_list proxy_list
     pid_list=$(IFS=,; echo "${server_pids[*]}")
+    proxy_list=$(IFS=,; echo "${proxy_pids[*]}")
     echo "== $rooms rooms, $system" >&2
     local line
     line=$("$conclave" bench livekit --rooms "$rooms" --duration "$duration" --warmup "$warmup" \
-        --resp "$endpoints" --pids "$pid_list" --label "$system" --json "$json" \
+        --resp "$endpoints" --pids "$pid_list" ${proxy_list:+--proxy-pids "$proxy_list"} \
+        --label "$system" --json "$json" \
         | tee -a "$out/livekit-$system-$rooms.txt" | tail -1)
     echo "$line" >&2
 }

@@ -21,6 +21,7 @@ def load(out):
         ops = {o["kind"]: o for o in r["operations"]}
         servers = [p for p in r["processes"] if p["role"] == "server"]
         bench = [p for p in r["processes"] if p["role"] == "bench"]
+        proxies = [p for p in r["processes"] if p["role"] == "proxy"]
         runs.append({
             "rooms": r["rooms"],
             "system": r["label"],
@@ -39,6 +40,7 @@ def load(out):
             "rss": [p["max_rss_mib"] for p in servers],
             "cpu": [p["cpu_percent"] for p in servers],
             "bench_cpu": bench[0]["cpu_percent"] if bench else 0.0,
+            "proxy_cpu": sum(p["cpu_percent"] for p in proxies) if proxies else None,
         })
     def key(system):
         base, _, delay = system.partition("+")
@@ -101,8 +103,8 @@ def write_md(out, runs, systems, command):
         "over the measured part in % of one core (the machine has two cores in all, shared by the",
         "servers and the bench).",
         "",
-        "| rooms | system | misses | errors | misses by kind | signal retries | storage p99 | pub/sub p99 | claim p99 | RPC p99 | PUBLISH/s | RSS MiB per server | CPU % per server | bench CPU % |",
-        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
+        "| rooms | system | misses | errors | misses by kind | signal retries | storage p99 | pub/sub p99 | claim p99 | RPC p99 | PUBLISH/s | RSS MiB per server | CPU % per server | bench CPU % | delay proxies CPU % |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in runs:
         kinds = ", ".join(f"{k} {v:,}" for k, v in r["misses_by_kind"].items()) or "-"
@@ -110,7 +112,8 @@ def write_md(out, runs, systems, command):
             f"| {r['rooms']:,} | {r['system']} | {r['misses']:,} | {r['errors']:,} | {kinds} | {r['signal_retries']:,} | "
             f"{ms(r['storage_p99'])} | {ms(r['pubsub_p99'])} | {ms(r['claim_p99'])} | {ms(r['rpc_p99'])} | "
             f"{r['publish_per_s']:,.0f} | {' / '.join(f'{v:.0f}' for v in r['rss'])} | "
-            f"{' / '.join(f'{v:.0f}' for v in r['cpu'])} | {r['bench_cpu']:.0f} |")
+            f"{' / '.join(f'{v:.0f}' for v in r['cpu'])} | {r['bench_cpu']:.0f} | "
+            f"{'-' if r['proxy_cpu'] is None else format(r['proxy_cpu'], '.0f')} |")
     errors = [(r, k, v) for r in runs for k, v in r["error_kinds"].items()]
     if errors:
         lines += ["", "## Errors", ""]

@@ -107,6 +107,10 @@ pub struct Options {
     /// Processes to sample for RSS and CPU (the servers under test), comma-separated pids.
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Delay proxies between the servers or in front of them (`bench delay-proxy`), sampled
+    /// too: on one machine their CPU is taken from the servers and the bench.
+    #[arg(long, value_delimiter = ',')]
+    pub proxy_pids: Vec<u32>,
     /// A label for the report (e.g. the system under test).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -165,6 +169,12 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
         .pids
         .iter()
         .map(|pid| (*pid, procstat::Role::Server))
+        .chain(
+            options
+                .proxy_pids
+                .iter()
+                .map(|pid| (*pid, procstat::Role::Proxy)),
+        )
         .collect();
     sampled.push((std::process::id(), procstat::Role::Bench));
     let sampler = procstat::Sampler::start(&sampled);

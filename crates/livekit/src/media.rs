@@ -845,6 +845,9 @@ impl MediaNode {
             Kind::Delivery,
             Duration::from_micros(now_us.saturating_sub(message.sent_us)),
         );
+        if self.settle(&message) {
+            return;
+        }
         let payload = payload.to_vec();
         tokio::spawn(async move { self.handle(message, payload).await });
     }
@@ -852,11 +855,6 @@ impl MediaNode {
     async fn handle(self: Arc<Self>, message: Message, payload: Vec<u8>) {
         let now = Instant::now();
         match message.tag {
-            Tag::Keepalive => {
-                let age = self.shared.now_us().saturating_sub(message.sent_us);
-                self.recorder()
-                    .record(Kind::Keepalive, Duration::from_micros(age));
-            }
             Tag::Signal => {
                 let ack = Message {
                     tag: Tag::Ack,
@@ -867,12 +865,6 @@ impl MediaNode {
                 };
                 let to = self.shared.node(message.from).name.clone();
                 self.publish(&channels::signal(&to), &ack, 100, now).await;
-            }
-            Tag::Ack => {
-                if let Some(awaiting) = self.take(message.id) {
-                    self.recorder()
-                        .record(Kind::SignalAck, awaiting.scheduled.elapsed());
-                }
             }
             Tag::Request => {
                 // Every subscriber claims; the one whose SET NX wins answers.
@@ -948,12 +940,34 @@ impl MediaNode {
                     .await;
                 }
             }
+            // Answers, settled as they arrive (`settle`).
+            Tag::Keepalive | Tag::Ack | Tag::Response => {}
+        }
+    }
+
+    /// Settles a message that is an answer (a keepalive, an ack, an RPC response) on the
+    /// reading task, without a task of its own; false for one that needs a reply.
+    fn settle(&self, message: &Message) -> bool {
+        match message.tag {
+            Tag::Keepalive => {
+                let age = self.shared.now_us().saturating_sub(message.sent_us);
+                self.recorder()
+                    .record(Kind::Keepalive, Duration::from_micros(age));
+            }
+            Tag::Ack => {
+                if let Some(awaiting) = self.take(message.id) {
+                    self.recorder()
+                        .record(Kind::SignalAck, awaiting.scheduled.elapsed());
+                }
+            }
             Tag::Response => {
                 if let Some(rpc) = self.take(message.id) {
                     self.recorder().record(Kind::Rpc, rpc.scheduled.elapsed());
                 }
             }
+            _ => return false,
         }
+        true
     }
 
     fn take(&self, id: u64) -> Option<Awaiting> {

@@ -12,6 +12,8 @@ pub enum Role {
     Server,
     /// The benchmark itself (to show whether it, not the server, ran out of CPU).
     Bench,
+    /// A delay proxy adding round trips.
+    Proxy,
 }
 
 /// One process over the run.

@@ -116,6 +116,7 @@ impl Report {
                 match p.role {
                     crate::procstat::Role::Server => "server",
                     crate::procstat::Role::Bench => "bench (this process)",
+                    crate::procstat::Role::Proxy => "delay proxy",
                 },
                 p.pid,
                 p.max_rss_mib,
