@@ -52,9 +52,29 @@ COMPONENTS = [
 CRATE = re.compile(r"^[<&\s]*(?:dyn\s+|mut\s+)?([A-Za-z_][A-Za-z0-9_]*)::")
 
 
+KERNEL = [
+    ("kernel: scheduling and wake-ups", re.compile(
+        r"finish_task_switch|_raw_spin_unlock_irq|try_to_wake_up|schedule|futex|wake_up|"
+        r"select_task_rq|enqueue_task|dequeue_task|update_curr|pick_next|psi_|ttwu|sched")),
+    ("kernel: network (TCP over loopback, netfilter)", re.compile(
+        r"tcp|ip_|ipt_|nf_|skb|sock|net_|__dev_|loopback|inet|sk_|softirq|napi|__netif|csum")),
+    ("kernel: files and disk (sled's writes, fsync)", re.compile(
+        r"ext4|jbd2|iomap|filemap|file_|blk|bio|writeback|sync|page_cache|folio|vfs_|fdatasync|"
+        r"xfs|copy_page|generic_perform_write")),
+    ("kernel: system call entry and exit, epoll", re.compile(
+        r"syscall|entry_|irqentry|exit_to_user|epoll|ep_|do_sys|__x64_sys|fput|fget")),
+    ("kernel: memory (faults, page allocation)", re.compile(
+        r"page_fault|handle_mm|alloc_pages|__rmqueue|clear_page|mem_cgroup|do_anonymous|zap_|"
+        r"free_pages|kmem_cache|kmalloc|kfree|memcg|lru")),
+]
+
+
 def component(dso, kernel, symbol):
     if kernel == "k":
-        return "kernel (scheduler, futex, network, fs)"
+        for label, pattern in KERNEL:
+            if pattern.search(symbol):
+                return label
+        return "kernel: other"
     if dso.startswith("libc") or "libc.so" in dso or dso.startswith("ld-linux"):
         return "libc (malloc, memcpy, syscalls)"
     match = CRATE.match(symbol)

@@ -55,13 +55,14 @@ for rooms in "$@"; do
         echo "# CPU profile: Conclave's three nodes at $rooms LiveKit rooms"
         echo
         echo "\`DURATION=$duration WARMUP=$warmup PERF_SECONDS=$perf_seconds scripts/profile-livekit.sh $rooms\`:"
-        echo "\`perf record -F 999\` of the three node processes for $perf_seconds s of the measured part."
+        echo "\`perf record -F 999\` (event: $(perf evlist -i "$work/perf-$rooms.data" 2>/dev/null | grep -v dummy | head -1)) of the three node"
+        echo "processes for $perf_seconds s of the measured part."
         echo "Bench under the profiler: \`$(tail -1 "$report")\`"
         echo
         python3 scripts/perf-components.py <"$work/perf-$rooms.report"
     } >"$out/profile-livekit-$rooms.md"
     {
-        grep -v '^#' "$work/perf-$rooms.report" | grep -v '^$' | head -60
+        grep -v -e '^#' -e '^$' "$work/perf-$rooms.report" | sed -n 1,60p
         echo
         cat "$report"
     } >"$out/profile-livekit-$rooms.txt"
