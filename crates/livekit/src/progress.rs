@@ -40,7 +40,7 @@ pub async fn show(shared: Arc<Shared>, warmup: Duration, started: Instant, end: 
         };
         bar.set_position(elapsed.as_secs().min(total));
         bar.set_message(message.clone());
-        if !terminal && elapsed.as_secs() % 10 == 0 && elapsed.as_secs() > 0 {
+        if !terminal && elapsed.as_secs().is_multiple_of(10) && elapsed.as_secs() > 0 {
             eprintln!("bench livekit: {}/{total} s, {message}", elapsed.as_secs());
         }
     }
