@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# A CPU profile of the three Conclave nodes under redis-benchmark writes through a follower:
+# a fresh 3-node cluster, `redis-benchmark -c 50 -t TEST` against a follower's RESP port, and
+# `perf record` of the three node processes meanwhile. Writes OUT/profile-writes-TEST.md (self
+# time per component, its biggest symbols, time per thread: scripts/perf-components.py) with
+# redis-benchmark's figures under the profiler (perf slows the nodes: they are not benchmark
+# figures; scripts/bench-redis.sh gives those).
+#
+#   scripts/profile-writes.sh [TEST...]          (default: set)
+#   PERF_SECONDS=10 PIPELINE=16 OUT=/tmp/profiles scripts/profile-writes.sh set hset
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -gt 0 ]; then tests=("$@"); else tests=(set); fi
+perf_seconds=${PERF_SECONDS:-10}
+pipeline=${PIPELINE:-1}
+out=${OUT:-docs/bench}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+command -v perf >/dev/null || { echo "perf is not installed (Debian: linux-perf)" >&2; exit 1; }
+./scripts/setup-test-deps.sh >/dev/null
+cargo build --release --locked --quiet -p conclave
+conclave=target/release/conclave
+source scripts/lib/servers.sh
+
+for test in "${tests[@]}"; do
+    start_conclave "$(mktemp -d -p "$work")"
+    follower=""
+    for _ in $(seq 1 50); do
+        for port in "${resp_ports[@]}"; do
+            role=$(redis-cli -p "$port" info replication | tr -d '\r' | sed -n 's/^conclave_raft_role://p')
+            if [ "$role" = follower ]; then follower=$port; break 2; fi
+        done
+        sleep 0.1
+    done
+    [ -n "$follower" ] || { echo "no follower found" >&2; exit 1; }
+    pid_list=$(IFS=,; echo "${server_pids[*]}")
+    echo "== profiling $test through the follower on $follower (nodes $pid_list)" >&2
+    # Enough requests to outlast the profile.
+    redis-benchmark -p "$follower" -c 50 -P "$pipeline" -t "$test" -n 10000000 -r 100000 -d 100 \
+        -q >"$work/benchmark-$test.txt" 2>&1 &
+    benchmark_pid=$!
+    pids+=("$benchmark_pid")
+    sleep 2
+    perf record -F 999 -o "$work/perf-$test.data" -p "$pid_list" -- sleep "$perf_seconds" \
+        >/dev/null 2>"$work/perf-$test.log"
+    kill "$benchmark_pid" 2>/dev/null || true
+    wait "$benchmark_pid" 2>/dev/null || true
+    perf report -i "$work/perf-$test.data" --stdio --no-children --sort comm,dso,sym -g none \
+        --percent-limit 0 2>/dev/null >"$work/perf-$test.report"
+    {
+        echo "# CPU profile: Conclave's three nodes under redis-benchmark $test through a follower"
+        echo
+        echo "\`PERF_SECONDS=$perf_seconds PIPELINE=$pipeline scripts/profile-writes.sh $test\`:"
+        echo "\`redis-benchmark -c 50 -P $pipeline -t $test -d 100\` against a follower, \`perf record -F 999\`"
+        echo "(event: $(perf evlist -i "$work/perf-$test.data" 2>/dev/null | grep -v dummy | head -1)) of the three"
+        echo "node processes for $perf_seconds s. redis-benchmark under the profiler:"
+        echo "\`$(tr '\r' '\n' <"$work/benchmark-$test.txt" | grep -a 'overall' | tail -1 | sed 's/^ *//')\`"
+        echo
+        python3 scripts/perf-components.py <"$work/perf-$test.report"
+    } >"$out/profile-writes-$test.md"
+    stop_servers
+    echo "wrote $out/profile-writes-$test.md" >&2
+done
