@@ -20,11 +20,12 @@ perf_seconds=${PERF_SECONDS:-20}
 out=${OUT:-docs/bench}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-command -v perf >/dev/null || { echo "perf is not installed (Debian: linux-perf)" >&2; exit 1; }
 ./scripts/setup-test-deps.sh >/dev/null
 cargo build --release --locked --quiet -p conclave
 conclave=target/release/conclave
 source scripts/lib/servers.sh
+source scripts/lib/perf.sh
+require_perf
 
 # 15s, 500ms, 2m or 15 (seconds), as the bench's flags take them.
 seconds() {
@@ -46,23 +47,20 @@ for rooms in "$@"; do
     pids+=("$bench_pid")
     # Start in the measured part, a few seconds in.
     sleep "$(python3 -c "print($(seconds "$warmup") + 5)")"
-    perf record -F 999 -o "$work/perf-$rooms.data" -p "$pid_list" -- sleep "$perf_seconds" \
-        >/dev/null 2>"$work/perf-$rooms.log"
+    record_nodes "$rooms" "$perf_seconds" "$pid_list"
     wait "$bench_pid" || { echo "the bench failed:" >&2; cat "$report" >&2; exit 1; }
-    perf report -i "$work/perf-$rooms.data" --stdio --no-children --sort comm,dso,sym -g none \
-        --percent-limit 0 2>/dev/null >"$work/perf-$rooms.report"
     {
         echo "# CPU profile: Conclave's three nodes at $rooms LiveKit rooms"
         echo
         echo "\`DURATION=$duration WARMUP=$warmup PERF_SECONDS=$perf_seconds scripts/profile-livekit.sh $rooms\`:"
-        echo "\`perf record -F 999\` (event: $(perf evlist -i "$work/perf-$rooms.data" 2>/dev/null | grep -v dummy | head -1)) of the three node"
+        echo "\`perf record -F 999\` (event: $(perf_event "$rooms")) of the three node"
         echo "processes for $perf_seconds s of the measured part."
         echo "Bench under the profiler: \`$(tail -1 "$report")\`"
         echo
-        python3 scripts/perf-components.py <"$work/perf-$rooms.report"
+        perf_components "$rooms"
     } >"$out/profile-livekit-$rooms.md"
     {
-        grep -v -e '^#' -e '^$' "$work/perf-$rooms.report" | sed -n 1,60p
+        perf_top "$rooms"
         echo
         cat "$report"
     } >"$out/profile-livekit-$rooms.txt"

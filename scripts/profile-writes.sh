@@ -17,11 +17,12 @@ pipeline=${PIPELINE:-1}
 out=${OUT:-docs/bench}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-command -v perf >/dev/null || { echo "perf is not installed (Debian: linux-perf)" >&2; exit 1; }
 ./scripts/setup-test-deps.sh >/dev/null
 cargo build --release --locked --quiet -p conclave
 conclave=target/release/conclave
 source scripts/lib/servers.sh
+source scripts/lib/perf.sh
+require_perf
 
 for test in "${tests[@]}"; do
     start_conclave "$(mktemp -d -p "$work")"
@@ -42,22 +43,19 @@ for test in "${tests[@]}"; do
     benchmark_pid=$!
     pids+=("$benchmark_pid")
     sleep 2
-    perf record -F 999 -o "$work/perf-$test.data" -p "$pid_list" -- sleep "$perf_seconds" \
-        >/dev/null 2>"$work/perf-$test.log"
+    record_nodes "$test" "$perf_seconds" "$pid_list"
     kill "$benchmark_pid" 2>/dev/null || true
     wait "$benchmark_pid" 2>/dev/null || true
-    perf report -i "$work/perf-$test.data" --stdio --no-children --sort comm,dso,sym -g none \
-        --percent-limit 0 2>/dev/null >"$work/perf-$test.report"
     {
         echo "# CPU profile: Conclave's three nodes under redis-benchmark $test through a follower"
         echo
         echo "\`PERF_SECONDS=$perf_seconds PIPELINE=$pipeline scripts/profile-writes.sh $test\`:"
         echo "\`redis-benchmark -c 50 -P $pipeline -t $test -d 100\` against a follower, \`perf record -F 999\`"
-        echo "(event: $(perf evlist -i "$work/perf-$test.data" 2>/dev/null | grep -v dummy | head -1)) of the three"
+        echo "(event: $(perf_event "$test")) of the three"
         echo "node processes for $perf_seconds s. redis-benchmark under the profiler:"
         echo "\`$(tr '\r' '\n' <"$work/benchmark-$test.txt" | grep -a 'overall' | tail -1 | sed 's/^ *//')\`"
         echo
-        python3 scripts/perf-components.py <"$work/perf-$test.report"
+        perf_components "$test"
     } >"$out/profile-writes-$test.md"
     stop_servers
     echo "wrote $out/profile-writes-$test.md" >&2
