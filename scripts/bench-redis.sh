@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
 # redis-benchmark against a 3-node Conclave cluster and against a real redis-server, in one run,
-# on this machine, so the figures are comparable. Prints one table with the ratios.
+# on this machine, so the figures are comparable. Prints one table with the ratios, then
+# `conclave bench writes` (gRPC SDK writers) against each Conclave cluster.
 #
 #   scripts/bench-redis.sh [requests-per-test]      (default 20000)
+#   BASELINE=<git revision> scripts/bench-redis.sh  also measures that revision's binary, in the
+#                                                   same run: before/after figures side by side
 #
 # Targets: redis-server as configured by default (no fsync), redis-server with
 # appendfsync always (every write on disk before the reply, as Conclave does), and Conclave's
 # RESP port on a follower (writes are forwarded to the leader) and on the leader.
 # Tests: SET, GET, INCR, HSET and PUBLISH, 50 clients, without and with -P 16.
+# GRPC_WRITERS (default 1,64) and GRPC_SECONDS (default 5) shape the gRPC part; GRPC_WRITERS=""
+# skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requests=${1:-20000}
 clients=50
+grpc_writers=${GRPC_WRITERS-1,64}
+grpc_seconds=${GRPC_SECONDS:-5}
 ./scripts/setup-test-deps.sh >/dev/null
-cargo build --release --locked --quiet
-conclave=target/release/conclave
-
 source scripts/lib/servers.sh
+systems=(conclave)
+declare -A binary
+if [ -n "${BASELINE:-}" ]; then
+    source scripts/lib/baseline.sh
+    binary[before]=$(baseline_binary "$BASELINE")
+    systems+=(before)
+fi
+cargo build --release --locked --quiet -p conclave
+cp target/release/conclave "$work/conclave-bin"
+binary[conclave]="$work/conclave-bin"
+conclave=${binary[conclave]} # the bench client and delay proxy of servers.sh
 
 redis_port=$(free_port)
 redis_aof_port=$(free_port)
@@ -28,33 +43,25 @@ pids+=($!)
 redis-server --port "$redis_aof_port" --bind 127.0.0.1 --dir "$work/redis-aof" --save '' \
     --appendonly yes --appendfsync always --daemonize no >"$work/redis-aof.log" 2>&1 &
 pids+=($!)
-
-grpc_base=$(free_port)
-resp_base=$(free_port)
-# dev uses base..base+2 for each protocol; make sure the ranges are free.
-"$conclave" dev --data-dir "$work/conclave" --base-port "$grpc_base" --resp-base-port "$resp_base" \
-    >"$work/conclave.log" 2>&1 &
-pids+=($!)
-
 wait_ping "$redis_port"
 wait_ping "$redis_aof_port"
-for i in 0 1 2; do wait_ping $((resp_base + i)); done
-# Wait for a leader, then pick a follower and the leader by their INFO.
-leader_port=""
-follower_port=""
-for _ in $(seq 1 100); do
-    for i in 0 1 2; do
-        port=$((resp_base + i))
-        role=$(redis-cli -p "$port" info replication | tr -d '\r' | sed -n 's/^conclave_raft_role://p')
-        case "$role" in
-            leader) leader_port=$port ;;
-            follower) follower_port=$port ;;
-        esac
-    done
-    if [ -n "$leader_port" ] && [ -n "$follower_port" ]; then break; fi
-    sleep 0.1
+
+# Every Conclave system's cluster runs for the whole run; each is idle while another is measured.
+declare -A port grpc_endpoints
+targets=(redis redis-fsync)
+for system in "${systems[@]}"; do
+    conclave=${binary[$system]}
+    mkdir -p "$work/$system"
+    start_conclave "$work/$system"
+    find_roles
+    port[$system-follower]=${resp_ports[$follower_index]}
+    port[$system-leader]=${resp_ports[$leader_index]}
+    grpc_endpoints[$system]=$(printf '127.0.0.1:%s,' "${grpc_ports[@]}")
+    targets+=("$system-follower" "$system-leader")
 done
-[ -n "$leader_port" ] || { echo "no leader" >&2; exit 1; }
+conclave=${binary[conclave]}
+port[redis]=$redis_port
+port[redis-fsync]=$redis_aof_port
 
 results="$work/results.csv"
 : >"$results"
@@ -70,25 +77,25 @@ run() { # name port pipeline
         sed 1d | sed "s/^\"[^\"]*\"/\"PUBLISH\"/" | sed "s/^/\"$name\",\"$pipeline\",/" >>"$results"
 }
 echo "redis-benchmark: $clients clients, $requests requests per test (5x with -P 16), $(nproc) cores, $(date -u +%F)"
+[ -z "${BASELINE:-}" ] || echo "before = $BASELINE ($(git rev-parse --short=12 "$BASELINE")), conclave = this checkout ($(git describe --always --dirty))"
 for pipeline in 1 16; do
-    run redis "$redis_port" "$pipeline"
-    run redis-fsync "$redis_aof_port" "$pipeline"
-    run conclave-follower "$follower_port" "$pipeline"
-    run conclave-leader "$leader_port" "$pipeline"
+    for target in "${targets[@]}"; do run "$target" "${port[$target]}" "$pipeline"; done
 done
 
-python3 - "$results" <<'EOF'
+python3 - "$results" "${targets[*]}" <<'PY'
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
+targets = sys.argv[2].split()
 # name, pipeline, test, rps, avg, min, p50, p95, p99, max
 table = {}
 for r in rows:
     table[(r[0], r[1], r[2])] = (float(r[3]), float(r[6]), float(r[8]))
 tests = ["SET", "GET", "INCR", "HSET", "PUBLISH"]
-targets = ["redis", "redis-fsync", "conclave-follower", "conclave-leader"]
+baseline = "before-follower" in targets
 for pipeline in ["1", "16"]:
-    print(f"\n-P {pipeline}: requests/s (p50 ms / p99 ms); ratio = conclave / redis (fsync)")
-    print(f"{'test':8}" + "".join(f"{t:>28}" for t in targets) + f"{'ratio':>22}")
+    ratios = "follower / redis (fsync)" + (" [/ before]" if baseline else "")
+    print(f"\n-P {pipeline}: requests/s (p50 ms / p99 ms); ratio = conclave {ratios}")
+    print(f"{'test':8}" + "".join(f"{t:>28}" for t in targets) + f"{'ratio':>30}")
     for test in tests:
         cells = []
         for t in targets:
@@ -98,7 +105,20 @@ for pipeline in ["1", "16"]:
         redis = table.get(("redis", pipeline, test))
         fsync = table.get(("redis-fsync", pipeline, test))
         ours = table.get(("conclave-follower", pipeline, test))
+        before = table.get(("before-follower", pipeline, test))
         if redis and fsync and ours:
-            line += f"{ours[0] / redis[0]:>11.3f} ({ours[0] / fsync[0]:.2f})"
+            cell = f"{ours[0] / redis[0]:.3f} ({ours[0] / fsync[0]:.2f})"
+            if before:
+                cell += f" [{ours[0] / before[0]:.2f}x]"
+            line += f"{cell:>30}"
         print(line)
-EOF
+PY
+
+if [ -n "$grpc_writers" ]; then
+    for system in "${systems[@]}"; do
+        echo
+        echo "gRPC SDK writers ($system): writer i on node i mod 3, each waiting for its write"
+        "$conclave" bench --mode writes --endpoints "${grpc_endpoints[$system]%,}" \
+            --writers "$grpc_writers" --seconds "$grpc_seconds"
+    done
+fi

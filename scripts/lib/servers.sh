@@ -5,6 +5,8 @@
 #   start_conclave DIR [RTT_MS]   sets resp_ports, grpc_ports, server_pids
 #   start_redis DIR               sets redis_port, server_pids
 #   start_proxy RTT_MS PORT       sets proxy_port (a proxy adding RTT_MS of round trip)
+#   find_roles                    after start_conclave: sets leader_index and follower_index
+#                                 (indexes into resp_ports / grpc_ports) by the nodes' INFO
 #   stop_servers, stop_proxies
 
 work=$(mktemp -d)
@@ -78,6 +80,23 @@ start_conclave() { # dir [rtt]
         if redis-cli -p "${resp_ports[0]}" set bench:ready 1 2>/dev/null | grep -q OK; then break; fi
         sleep 0.2
     done
+}
+
+find_roles() {
+    leader_index="" follower_index=""
+    for _ in $(seq 1 100); do
+        for i in 0 1 2; do
+            case "$(redis-cli -p "${resp_ports[$i]}" info replication | tr -d '\r' |
+                sed -n 's/^conclave_raft_role://p')" in
+                leader) leader_index=$i ;;
+                follower) follower_index=$i ;;
+            esac
+        done
+        if [ -n "$leader_index" ] && [ -n "$follower_index" ]; then return 0; fi
+        sleep 0.1
+    done
+    echo "no leader and follower found" >&2
+    exit 1
 }
 
 stop_servers() {

@@ -290,6 +290,95 @@ async fn a_write_retried_on_another_node_is_applied_once_with_its_original_reply
     );
 }
 
+/// Concurrent writes, through the leader and through a follower, share log entries (the
+/// leader's proposer), and each is still answered with its own outcome and applied once: 48
+/// `SET counter <i> GET`, each sent twice at once under one request id, must form one chain of
+/// previous values (a serial order), with both copies answered alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_each_gets_its_own_reply_once() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let clients = [cluster.client(leader).await, cluster.client(follower).await];
+    const WRITES: u64 = 48;
+    let mut calls = Vec::new();
+    for i in 0..WRITES {
+        let request = v1::SetRequest {
+            key: b"counter".to_vec(),
+            value: i.to_string().into_bytes(),
+            return_previous: true,
+            write: Some(v1::WriteOptions {
+                client_id: 0xBA7C4,
+                sequence: i + 1,
+                min_revision: 0,
+            }),
+            ..Default::default()
+        };
+        for copy in 0..2 {
+            let client = clients[((i + copy) % 2) as usize].clone();
+            let request = request.clone();
+            calls.push(tokio::spawn(async move {
+                (i, client.kv().set(request).await.unwrap().into_inner())
+            }));
+        }
+    }
+    let mut replies: std::collections::BTreeMap<u64, Vec<v1::SetResponse>> = Default::default();
+    for call in calls {
+        let (i, reply) = call.await.unwrap();
+        replies.entry(i).or_default().push(reply);
+    }
+    let mut previous_of = std::collections::HashMap::new();
+    let mut revisions = std::collections::BTreeSet::new();
+    for (i, pair) in &replies {
+        let answer = |r: &v1::SetResponse| {
+            (
+                r.header.as_ref().unwrap().revision,
+                r.applied,
+                r.previous.clone(),
+            )
+        };
+        assert_eq!(
+            answer(&pair[0]),
+            answer(&pair[1]),
+            "the two copies of write {i} were answered differently"
+        );
+        let reply = &pair[0];
+        assert!(reply.applied);
+        revisions.insert(reply.header.as_ref().unwrap().revision);
+        let previous = reply
+            .previous
+            .as_ref()
+            .map(|p| String::from_utf8(p.clone()).unwrap());
+        assert!(
+            previous_of.insert(previous.clone(), *i).is_none(),
+            "two writes both replaced {previous:?}: a reply went to the wrong write, or a copy applied twice"
+        );
+    }
+    // Follow the chain from the write that found no value: it must visit every write once.
+    let mut at = None;
+    let mut visited = 0;
+    while let Some(next) = previous_of.get(&at) {
+        visited += 1;
+        at = Some(next.to_string());
+    }
+    assert_eq!(
+        visited, WRITES,
+        "the previous values do not form one serial order"
+    );
+    let last = clients[0]
+        .get_with("counter", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(last.map(|kv| String::from_utf8(kv.value).unwrap()), at);
+    assert!(
+        (revisions.len() as u64) < WRITES,
+        "{} writes sent at once took {} entries: none shared an entry",
+        WRITES,
+        revisions.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_missed_megabytes_of_values_catches_up() {
     let _serial = serial().await;

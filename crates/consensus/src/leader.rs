@@ -96,7 +96,9 @@ impl MembershipView {
     }
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> LeaderError {
+pub(crate) fn write_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> LeaderError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LeaderError::NotLeader,
         // Another membership change is still being committed: wait and retry.

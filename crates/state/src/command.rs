@@ -133,8 +133,14 @@ pub enum Command {
     LeaseRenewAll,
     /// Does nothing but carry the leader's stamp, so replicated time advances while no client
     /// writes (proposed by the leader when idle, and before a linearizable read whose replica
-    /// clock lags). Last in the enum: the variants before it keep their encoding.
+    /// clock lags).
     Tick,
+    /// Writes proposed together by the leader as one entry (see `conclave-consensus`'s
+    /// proposer), applied one after the other at the entry's index and stamp. Each keeps its own
+    /// request id, so each is de-duplicated on its own, and gets its own reply in
+    /// [`Outcome::Batch`]; their own stamps are ignored. New variants go last: the variants
+    /// before keep their encoding, so logs written before still decode.
+    Batch(Vec<WriteRequest>),
 }
 
 /// When an [`Command::Expire`] applies (Redis's EXPIRE options).
@@ -264,6 +270,10 @@ impl Command {
             | Command::LeaseRevoke { .. }
             | Command::LeaseRenewAll => 16,
             Command::Tick => 0,
+            Command::Batch(requests) => requests
+                .iter()
+                .map(|r| r.command.payload_bytes() + 16)
+                .sum(),
         }
     }
 
@@ -311,6 +321,7 @@ impl Command {
             Command::LeaseExpire { .. } => "lease-expire",
             Command::LeaseRenewAll => "lease-renew-all",
             Command::Tick => "tick",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -357,4 +368,7 @@ pub enum Outcome {
     TooLarge,
     /// What a [`Command::Query`] read.
     Answer(Answer),
+    /// The reply to each write of a [`Command::Batch`], in order. A write applied before (a
+    /// retry) has its first reply, with that reply's revision.
+    Batch(Vec<WriteReply>),
 }

@@ -156,6 +156,9 @@ impl Limits {
             | Command::LeaseRevoke { .. }
             | Command::LeaseRenewAll
             | Command::Tick => Ok(()),
+            Command::Batch(requests) => requests
+                .iter()
+                .try_for_each(|r| self.check_command(&r.command)),
         }
     }
 }

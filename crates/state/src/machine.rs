@@ -160,29 +160,40 @@ impl Machine {
     }
 
     /// Applies one write at log index `index` and returns its reply. A write whose id was
-    /// already applied is not applied again: its original reply is returned.
+    /// already applied is not applied again: its original reply is returned. So is each write
+    /// of a [`Command::Batch`], on its own.
     pub fn apply(&mut self, index: Revision, request: &WriteRequest) -> WriteReply {
         self.revision = index;
         self.clock = self.clock.max(request.stamp);
         let now = self.clock;
+        let reply = self.apply_once(index, now, request.id, &request.command);
+        if index.is_multiple_of(SESSION_SWEEP_EVERY) {
+            self.sessions
+                .retain(|_, s| s.last_seen.saturating_add(DEDUP_WINDOW_MS) >= now);
+        }
+        reply
+    }
 
-        if let Some(id) = request.id {
+    /// Runs `command` unless the write `id` was applied before, and remembers its reply.
+    fn apply_once(
+        &mut self,
+        index: Revision,
+        now: Millis,
+        id: Option<RequestId>,
+        command: &Command,
+    ) -> WriteReply {
+        if let Some(id) = id {
             if let Some(reply) = self.remembered_reply(id) {
                 return reply;
             }
         }
-
-        let outcome = self.execute(index, now, &request.command);
+        let outcome = self.execute(index, now, command);
         let reply = WriteReply {
             revision: index,
             outcome,
         };
-        if let Some(id) = request.id {
+        if let Some(id) = id {
             self.remember_reply(id, now, reply.clone());
-        }
-        if index.is_multiple_of(SESSION_SWEEP_EVERY) {
-            self.sessions
-                .retain(|_, s| s.last_seen.saturating_add(DEDUP_WINDOW_MS) >= now);
         }
         reply
     }
@@ -298,6 +309,12 @@ impl Machine {
             Command::LeaseRenewAll => self.renew_all_leases(now),
             // `apply` has advanced the clock to the stamp already.
             Command::Tick => Outcome::None,
+            Command::Batch(requests) => Outcome::Batch(
+                requests
+                    .iter()
+                    .map(|r| self.apply_once(index, now, r.id, &r.command))
+                    .collect(),
+            ),
         }
     }
 

@@ -51,10 +51,7 @@ impl Node {
         };
         match request {
             LeaderRequest::ReadIndex => self.read_index_as_leader().await,
-            LeaderRequest::Write(write) => {
-                let stamp = self.leader_time().await?;
-                leader::execute(&self.inner.raft, LeaderRequest::Write(write), stamp).await
-            }
+            LeaderRequest::Write(write) => self.propose_write(write).await.map(LeaderReply::Write),
             request => leader::execute(&self.inner.raft, request, 0).await,
         }
     }
@@ -116,16 +113,13 @@ impl Node {
         if self.clock_lag().await? > READ_CLOCK_LAG_MS {
             let _tick = self.inner.read_tick.lock().await;
             if self.clock_lag().await? > READ_CLOCK_LAG_MS {
-                let tick = LeaderRequest::Write(WriteRequest {
+                let tick = WriteRequest {
                     id: None,
                     stamp: 0,
                     command: Command::Tick,
-                });
-                let stamp = self.leader_time().await?;
-                return match leader::execute(&self.inner.raft, tick, stamp).await? {
-                    LeaderReply::Write(reply) => Ok(LeaderReply::ReadIndex(reply.revision)),
-                    other => unreachable!("a tick answered with {other:?}"),
                 };
+                let reply = self.propose_write(tick).await?;
+                return Ok(LeaderReply::ReadIndex(reply.revision));
             }
         }
         leader::execute(&self.inner.raft, LeaderRequest::ReadIndex, 0).await

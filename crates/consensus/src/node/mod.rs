@@ -14,6 +14,8 @@
 //! - `routing.rs`: a request's way to the leader, here or over `Peer.Forward`, held through
 //!   elections until its deadline ([`Node::write`]).
 //! - `leading.rs`: a request executed by this node as leader, stamped with the replicated time.
+//! - `proposing.rs`: the leader's proposer, which puts the writes queued meanwhile into one
+//!   entry while earlier ones are in flight.
 //! - `reads.rs`: read barriers for the three [`Consistency`] levels, the acknowledged revision
 //!   and the startup floor.
 //! - `admission.rs`: which node-to-node calls are admitted, and whether this node answers Raft
@@ -35,6 +37,7 @@ mod handover;
 mod housekeeping;
 mod leading;
 mod lifecycle;
+mod proposing;
 mod reads;
 mod routing;
 mod status;
@@ -195,6 +198,8 @@ struct Inner {
     /// at least every revision acknowledged anywhere before, this node's own acknowledgements
     /// before a crash included. Session reads wait for it.
     startup_floor: tokio::sync::OnceCell<Revision>,
+    /// The queue of writes this node proposes as leader (see `proposing.rs`).
+    proposals: proposing::ProposalQueue,
 }
 
 /// How a node without Raft state comes into the cluster.
@@ -278,6 +283,7 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        let (proposals, proposed) = tokio::sync::mpsc::unbounded_channel();
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -301,8 +307,10 @@ impl Node {
                 join,
                 acknowledged: AtomicU64::new(0),
                 startup_floor: tokio::sync::OnceCell::new(),
+                proposals,
             }),
         };
+        proposing::start(&node, proposed);
         if node.initialized().await? {
             node.inner.lifecycle.take_part();
             tokio::spawn(node.clone().enable_elections());

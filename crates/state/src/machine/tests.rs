@@ -278,6 +278,114 @@ fn retried_write_is_applied_once_and_answered_with_its_original_reply() {
     assert_eq!(m.revision(), 3);
 }
 
+fn with_id(client_id: u64, sequence: u64, command: Command) -> WriteRequest {
+    WriteRequest {
+        id: Some(RequestId {
+            client_id,
+            sequence,
+        }),
+        stamp: 0,
+        command,
+    }
+}
+
+fn set_get(key: &str, value: &str) -> Command {
+    Command::Set {
+        key: b(key),
+        value: b(value),
+        condition: SetCondition::Always,
+        expiry: Expiry::Never,
+        return_previous: true,
+        lease: None,
+    }
+}
+
+#[test]
+fn a_batch_applies_its_writes_in_order_and_answers_each_with_its_own_outcome() {
+    let mut m = Machine::new();
+    let batch = Command::Batch(vec![
+        with_id(1, 1, set_get("k", "a")),
+        with_id(2, 1, set_get("k", "b")),
+        write(
+            999,
+            Command::IncrBy {
+                key: b("k"),
+                delta: 1,
+            },
+        ),
+        with_id(3, 1, set_get("k", "c")),
+    ]);
+    let reply = m.apply(5, &write(40, batch));
+    let Outcome::Batch(replies) = reply.outcome else {
+        panic!("a batch answered {reply:?}");
+    };
+    let outcomes: Vec<Outcome> = replies.iter().map(|r| r.outcome.clone()).collect();
+    let previous = |v: Option<&str>| Outcome::Set {
+        applied: true,
+        previous: v.map(b),
+    };
+    assert_eq!(
+        outcomes,
+        vec![
+            previous(None),
+            previous(Some("a")),
+            Outcome::NotAnInteger,
+            previous(Some("b")),
+        ]
+    );
+    assert!(replies.iter().all(|r| r.revision == 5));
+    assert_eq!(string_at(&m, "k", 40).as_deref(), Some(&b"c"[..]));
+    assert_eq!(m.clock(), 40, "the entry's stamp, not a write's own");
+}
+
+#[test]
+fn a_write_retried_in_a_batch_is_applied_once_with_its_first_reply() {
+    let mut m = Machine::new();
+    let add = |member: &str| Command::SetAdd {
+        key: b("room"),
+        members: vec![b(member)],
+    };
+    let first = m.apply(1, &with_id(7, 1, add("alice")));
+    m.apply(
+        2,
+        &write(
+            2,
+            Command::SetRemove {
+                key: b("room"),
+                members: vec![b("alice")],
+            },
+        ),
+    );
+    // The retry of (7, 1) comes in a batch, twice, beside a new write of the same client.
+    let batch = Command::Batch(vec![
+        with_id(7, 1, add("alice")),
+        with_id(7, 2, add("bob")),
+        with_id(7, 1, add("alice")),
+    ]);
+    let reply = m.apply(3, &write(3, batch));
+    let Outcome::Batch(replies) = reply.outcome else {
+        panic!("a batch answered {reply:?}");
+    };
+    assert_eq!(replies[0], first, "same reply, same revision");
+    assert_eq!(replies[2], first);
+    assert_eq!(
+        replies[1],
+        WriteReply {
+            revision: 3,
+            outcome: Outcome::Count(1)
+        }
+    );
+    let members = m.set_members(b"room", 3).unwrap().unwrap();
+    assert_eq!(
+        members,
+        &BTreeSet::from([b("bob")]),
+        "alice not added again"
+    );
+    // And a retry of a batched write on its own, later, gets the batch's reply for it.
+    let again = m.apply(4, &with_id(7, 2, add("bob")));
+    assert_eq!(again, replies[1]);
+}
+
 #[test]
 fn dedup_window_is_bounded() {
     let mut m = Machine::new();
