@@ -13,6 +13,8 @@
 #   scripts/bench-livekit.sh [ROOMS...]          (default 700 2000 5000 10000)
 #   DURATION=60s WARMUP=15s DELAYS_MS="1 5" OUT=docs/bench scripts/bench-livekit.sh 700
 #   SYSTEMS="conclave redis" OUT=/tmp/lk scripts/bench-livekit.sh 350 500   (some systems only)
+#   BASELINE=<git revision> ...   adds the system `before`: the 3-node cluster run by that
+#                                 revision's binary (scripts/lib/baseline.sh), same bench client
 #
 # Writes every report (text and JSON) under OUT, then scripts/livekit-report.py writes OUT/livekit.md
 # (rooms x system: deadline misses, errors, p99s, RSS and CPU per server, the bench's own CPU),
@@ -27,17 +29,25 @@ warmup=${WARMUP:-15s}
 read -r -a delays <<<"${DELAYS_MS:-1 5}"
 out=${OUT:-docs/bench}
 only=${SYSTEMS:-}
-known=" conclave redis $(for rtt in "${delays[@]}"; do printf 'conclave+%sms redis+%sms ' "$rtt" "$rtt"; done)"
+known=" conclave before redis $(for rtt in "${delays[@]}"; do printf 'conclave+%sms redis+%sms ' "$rtt" "$rtt"; done)"
 for system in $only; do
     [[ "$known" == *" $system "* ]] || { echo "SYSTEMS: unknown system $system (known:$known)" >&2; exit 2; }
 done
 wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
+if [[ " $only " == *" before "* ]] && [ -z "${BASELINE:-}" ]; then
+    echo "SYSTEMS: before needs BASELINE=<git revision>" >&2
+    exit 2
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 ./scripts/setup-test-deps.sh >/dev/null
 # The plot's library, beside redis-py in the tests' environment.
 .test-env/bin/python -c "import matplotlib" 2>/dev/null ||
     .test-env/bin/pip install --quiet --disable-pip-version-check "matplotlib==3.9.2"
+if [ -n "${BASELINE:-}" ]; then
+    source scripts/lib/baseline.sh
+    baseline=$(baseline_binary "$BASELINE")
+fi
 cargo build --release --locked --quiet -p conclave
 conclave=target/release/conclave
 source scripts/lib/servers.sh
@@ -65,6 +75,11 @@ for rooms in "${rooms_list[@]}"; do
         bench "$rooms" conclave "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
         stop_servers
     fi
+    if [ -n "${BASELINE:-}" ] && wanted before; then
+        conclave=$baseline start_conclave "$(mktemp -d -p "$work")"
+        bench "$rooms" before "$(printf '127.0.0.1:%s,' "${resp_ports[@]}" | sed 's/,$//')"
+        stop_servers
+    fi
     for rtt in "${delays[@]}"; do
         wanted "conclave+${rtt}ms" || continue
         start_conclave "$(mktemp -d -p "$work")" "$rtt"
@@ -87,6 +102,6 @@ done
 
 echo
 .test-env/bin/python scripts/livekit-report.py "$out" \
-    "${only:+SYSTEMS=\"$only\" }DURATION=$duration WARMUP=$warmup DELAYS_MS=\"${delays[*]}\" scripts/bench-livekit.sh ${rooms_list[*]}"
+    "${BASELINE:+BASELINE=$BASELINE }${only:+SYSTEMS=\"$only\" }DURATION=$duration WARMUP=$warmup DELAYS_MS=\"${delays[*]}\" scripts/bench-livekit.sh ${rooms_list[*]}"
 column -t -s $'\t' "$out/livekit-results.tsv"
 echo "wrote $out/livekit.md and $out/livekit.png"

@@ -293,7 +293,8 @@ async fn a_write_retried_on_another_node_is_applied_once_with_its_original_reply
 /// Concurrent writes, through the leader and through a follower, share log entries (the
 /// leader's proposer), and each is still answered with its own outcome and applied once: 48
 /// `SET counter <i> GET`, each sent twice at once under one request id, must form one chain of
-/// previous values (a serial order), with both copies answered alike.
+/// previous values (a serial order), with both copies answered alike. Writes to one key never
+/// share an entry (each value of a key has a revision of its own); writes to distinct keys do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_and_each_gets_its_own_reply_once() {
     let _serial = serial().await;
@@ -371,10 +372,26 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_reply_once() {
         .await
         .unwrap();
     assert_eq!(last.map(|kv| String::from_utf8(kv.value).unwrap()), at);
+    assert_eq!(
+        revisions.len() as u64,
+        WRITES,
+        "two writes of one key were given one revision"
+    );
+
+    let mut calls = Vec::new();
+    for i in 0..WRITES {
+        let client = clients[(i % 2) as usize].clone();
+        calls.push(tokio::spawn(async move {
+            client.set(format!("key-{i}"), "v").await.unwrap()
+        }));
+    }
+    let mut revisions = std::collections::BTreeSet::new();
+    for call in calls {
+        revisions.insert(call.await.unwrap());
+    }
     assert!(
         (revisions.len() as u64) < WRITES,
-        "{} writes sent at once took {} entries: none shared an entry",
-        WRITES,
+        "{WRITES} writes of distinct keys sent at once took {} entries: none shared one",
         revisions.len()
     );
 }

@@ -277,6 +277,53 @@ impl Command {
         }
     }
 
+    /// The keys the command reads or changes, or None when it changes keys it cannot name
+    /// (ending a lease deletes whatever is attached to it).
+    pub fn keys(&self) -> Option<Vec<&Bytes>> {
+        let mut keys = Vec::new();
+        self.collect_keys(&mut keys).then_some(keys)
+    }
+
+    fn collect_keys<'a>(&'a self, keys: &mut Vec<&'a Bytes>) -> bool {
+        match self {
+            Command::Set { key, .. }
+            | Command::HashSet { key, .. }
+            | Command::HashDelete { key, .. }
+            | Command::SetAdd { key, .. }
+            | Command::SetRemove { key, .. }
+            | Command::HashSetIfAbsent { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::HashIncrBy { key, .. }
+            | Command::Append { key, .. }
+            | Command::Expire { key, .. } => keys.push(key),
+            Command::Delete { keys: named } | Command::Reap { keys: named } => keys.extend(named),
+            Command::Query(query) => keys.extend(query.keys()),
+            Command::Txn(txn) => {
+                keys.extend(txn.compares.iter().map(|c| &c.key));
+                for command in txn.success.iter().chain(&txn.failure) {
+                    if !command.collect_keys(keys) {
+                        return false;
+                    }
+                }
+            }
+            Command::Batch(requests) => {
+                for request in requests {
+                    if !request.command.collect_keys(keys) {
+                        return false;
+                    }
+                }
+            }
+            Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseKeepAlive { .. }
+            | Command::LeaseRenewAll
+            | Command::Tick => {}
+            Command::LeaseRevoke { .. } | Command::LeaseExpire { .. } => return false,
+        }
+        true
+    }
+
     /// Whether a client may put this command in a transaction: keyspace reads and writes only.
     pub fn allowed_in_transaction(&self) -> bool {
         matches!(

@@ -30,13 +30,16 @@ impl Disk {
     pub(crate) async fn persist(&self) -> io::Result<()> {
         #[cfg(test)]
         PERSISTS.with(|n| n.set(n.get() + 1));
-        let (db, file) = (self.db.clone(), self.log_file.clone());
-        tokio::task::spawn_blocking(move || {
-            db.flush().map_err(io::Error::other)?;
-            sync_filesystem(&file)
-        })
-        .await
-        .map_err(io::Error::other)?
+        let disk = self.clone();
+        tokio::task::spawn_blocking(move || disk.persist_now())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// [`Disk::persist`], on the calling thread.
+    pub(crate) fn persist_now(&self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
+        sync_filesystem(&self.log_file)
     }
 }
 

@@ -1,19 +1,21 @@
-//! Durable storage for a Conclave node, on sled.
+//! Durable storage for a Conclave node: the Raft log in segment files of its own, everything
+//! else in sled.
 //!
 //! Owns: the data directory's layout, the Raft log and vote ([`LogStore`], openraft's
-//! `RaftLogStorage`), the state machine with its snapshots ([`StateMachineStore`], openraft's
-//! `RaftStateMachine`), and the node's identity record ([`Identity`]). sled is used only here, so
-//! that the engine can change without touching consensus or API code.
+//! `RaftLogStorage`; entries in `segments.rs`), the state machine with its snapshots
+//! ([`StateMachineStore`], openraft's `RaftStateMachine`), and the node's identity record
+//! ([`Identity`]). sled and the segment files are used only here, so that the engines can change
+//! without touching consensus or API code.
 //!
 //! Does not own: the openraft type configuration (the consensus crate declares it; these stores
 //! are generic over any config whose application data is [`conclave_state::WriteRequest`]),
 //! networking, clocks.
 //!
-//! Durability: appends, votes, truncations, purge points, snapshots and the identity record
-//! (node id, incarnation, cluster id) are acknowledged only
-//! after `sled::Db::flush_async` and a `syncfs(2)` of the data directory's filesystem
-//! (module `durable`), with one flush covering every append that arrived while the previous one ran.
-//! They survive `kill -9` and power loss.
+//! Durability: appends are acknowledged after `fdatasync` of the segment files written, one sync
+//! covering every append that arrived while the previous one ran; truncations sync before they
+//! return. Votes, purge points, snapshots and the identity record (node id, incarnation, cluster
+//! id) are acknowledged only after `sled::Db::flush` and a `syncfs(2)` of the data directory's
+//! filesystem (module `durable`). They survive `kill -9` and power loss.
 //!
 //! The state machine lives in memory and is persisted as snapshots. On restart the last snapshot is
 //! loaded and openraft re-applies the log from there up to the saved commit index.
@@ -29,6 +31,7 @@ mod coverage;
 mod durable;
 mod identity;
 mod log_store;
+mod segments;
 mod state_machine;
 
 use std::io::Cursor;
@@ -107,7 +110,7 @@ pub fn open<C: StoreConfig>(dir: &Path, options: StorageOptions) -> Result<Stora
     let disk = durable::Disk::open(&db, dir)?;
     let state = StateMachineStore::open(&db, disk.clone())?;
     Ok(Storage {
-        log: LogStore::open(&db, disk.clone(), state.coverage())?,
+        log: LogStore::open(&db, dir, disk.clone(), state.coverage())?,
         state,
         identity: Identity::open(&db, disk)?,
     })

@@ -1,10 +1,16 @@
-//! The Raft log and vote, in two sled trees.
+//! The Raft log (entries in segment files, `segments.rs`) and the vote, commit index and purge
+//! point (in a sled tree), as openraft's `RaftLogStorage`.
+//!
+//! Appends are written at once and acknowledged by the log flusher, a thread of its own that
+//! `fdatasync`s every segment written since its last round, one round for all the appends that
+//! queued up while the previous one ran (group commit).
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -15,23 +21,26 @@ use sled::{Db, Tree};
 
 use crate::coverage::SnapshotCoverage;
 use crate::durable::Disk;
-use tokio::sync::mpsc;
+use crate::segments::{self, SegmentLog};
 
 use crate::{decode, encode, StoreConfig};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// Set, durably, once the entries are in segment files: from then on the sled tree of earlier
+/// versions is never read again.
+const LOG_IN_SEGMENTS: &[u8] = b"log_in_segments";
 
 type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig>::NodeId>>;
 
-/// openraft's log storage: entries keyed by big-endian index (so iteration is numeric), plus the
-/// vote, the commit index and the last purged log id.
+/// openraft's log storage: the entries, plus the vote, the commit index and the last purged log
+/// id.
 pub struct LogStore<C: StoreConfig> {
     disk: Disk,
-    entries: Tree,
+    segments: Arc<Mutex<SegmentLog>>,
     meta: Tree,
-    flusher: mpsc::UnboundedSender<LogFlushed<C>>,
+    flusher: mpsc::Sender<LogFlushed<C>>,
     stats: Arc<LogStats>,
     /// How far the saved snapshot reaches: a purge never runs ahead of it.
     coverage: SnapshotCoverage,
@@ -60,7 +69,7 @@ impl<C: StoreConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             disk: self.disk.clone(),
-            entries: self.entries.clone(),
+            segments: self.segments.clone(),
             meta: self.meta.clone(),
             flusher: self.flusher.clone(),
             stats: self.stats.clone(),
@@ -69,24 +78,48 @@ impl<C: StoreConfig> Clone for LogStore<C> {
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
 impl<C: StoreConfig> LogStore<C> {
-    /// Opens the log trees and starts the group-commit flusher (needs a Tokio runtime).
+    /// Opens the log under `dir` and starts its flusher thread. A log kept in sled by earlier
+    /// versions (the `raft_log` tree) is moved into segment files first.
     pub(crate) fn open(
         db: &Db,
+        dir: &Path,
         disk: Disk,
         coverage: SnapshotCoverage,
-    ) -> Result<Self, sled::Error> {
-        let (flusher, pending) = mpsc::unbounded_channel();
+    ) -> Result<Self, crate::OpenError> {
+        let meta = db.open_tree("raft_meta")?;
+        let purged: Option<LogId<C::NodeId>> = match meta.get(LAST_PURGED)? {
+            Some(bytes) => Some(
+                decode(&bytes)
+                    .map_err(|e| crate::OpenError::Snapshot(format!("purge point: {e}")))?,
+            ),
+            None => None,
+        };
+        let log_dir = dir.join(segments::DIR_NAME);
+        let purged_index = purged.map(|p| p.index);
+        let legacy = db.open_tree("raft_log")?;
+        let log = if meta.get(LOG_IN_SEGMENTS)?.is_some() {
+            SegmentLog::open(&log_dir, purged_index)?
+        } else {
+            let log = migrate(&legacy, &log_dir, purged_index)?;
+            meta.insert(LOG_IN_SEGMENTS, &[1u8][..])?;
+            disk.persist_now()?;
+            log
+        };
+        if !legacy.is_empty() {
+            legacy.clear()?;
+        }
+        let segments = Arc::new(Mutex::new(log));
+        let (flusher, pending) = mpsc::channel();
         let stats = Arc::new(LogStats::default());
-        tokio::spawn(group_commit::<C>(disk.clone(), pending, stats.clone()));
+        let (flushed, counted) = (segments.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || group_commit::<C>(&flushed, &pending, &counted))?;
         Ok(LogStore {
             disk,
-            entries: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            segments,
+            meta,
             flusher,
             stats,
             coverage,
@@ -120,57 +153,97 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
-    /// Removes the entries whose keys fall in `range`, in one batch.
-    fn remove_entries(&self, range: impl RangeBounds<[u8; 8]>) -> StorageResult<(), C> {
-        let mut batch = sled::Batch::default();
-        for key in self.entries.range(range).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+    fn log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.segments.lock().expect("log lock poisoned")
     }
 
-    /// The id of the last entry kept, or of the last purged one when no entry past it is kept.
-    /// (A purge deletes its entries after flushing the purge point, without a flush of its own: a
-    /// crash can bring some of them back, and they are not the log's end.)
+    /// The id of the last entry kept, or the last purged one when no entry past it is kept.
     fn last_log_id(&self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
-        let last = self
-            .entries
-            .last()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last = match last {
-            Some((_, bytes)) => Some(*Self::decode_entry(&bytes)?.get_log_id()),
+        let last_index = self.log().last_index();
+        let last = match last_index {
+            Some(index) => self.read_entries(index, index + 1)?.pop().map(|e| e.log_id),
             None => None,
         };
         let purged: Option<LogId<C::NodeId>> = self.read_meta(LAST_PURGED)?;
         Ok(last.max(purged))
     }
 
-    fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<C>, C> {
-        decode(bytes).map_err(|e| StorageIOError::read_logs(&*e).into())
+    /// Entries `from..to`, as many of them as the log holds.
+    ///
+    /// The positions are taken under the lock, the reads made without it, so appends never wait
+    /// for a read. A purge deletes whole files, which open handles still read; a truncation cuts
+    /// a file, and a read that fails while one happened (a deposed leader's replication reading
+    /// what the new leader's entries replace) ends short, as a read made after it would.
+    fn read_entries(&self, from: u64, to: u64) -> StorageResult<Vec<Entry<C>>, C> {
+        let (spans, generation) = {
+            let log = self.log();
+            (log.spans(from, to), log.generation())
+        };
+        let mut entries = Vec::new();
+        for span in spans {
+            let payloads = match span.read() {
+                Ok(payloads) => payloads,
+                Err(_) if self.log().generation() != generation => return Ok(entries),
+                Err(e) => return Err(StorageIOError::read_logs(&e).into()),
+            };
+            for payload in payloads {
+                entries.push(decode(&payload).map_err(|e| StorageIOError::read_logs(&*e))?);
+            }
+        }
+        Ok(entries)
     }
 }
 
-/// Completes append callbacks in order, with one flush for every batch of appends that queued up
-/// while the previous flush ran.
-async fn group_commit<C: StoreConfig>(
-    disk: Disk,
-    mut pending: mpsc::UnboundedReceiver<LogFlushed<C>>,
-    stats: Arc<LogStats>,
-) {
-    while let Some(first) = pending.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = pending.try_recv() {
-            batch.push(more);
+/// Copies the entries of an earlier version's sled tree (none in a new data directory) into a
+/// fresh segment log, synced. Runs until [`LOG_IN_SEGMENTS`] is durable, and the tree is cleared
+/// only after that, so a crash midway copies everything again.
+fn migrate(
+    legacy: &Tree,
+    log_dir: &Path,
+    purged: Option<u64>,
+) -> Result<SegmentLog, crate::OpenError> {
+    if log_dir.exists() {
+        std::fs::remove_dir_all(log_dir)?;
+    }
+    let mut log = SegmentLog::open(log_dir, purged)?;
+    for item in legacy.iter() {
+        let (key, bytes) = item?;
+        let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+            crate::OpenError::Snapshot("a Raft log key that is not an index".into())
+        })?);
+        if purged.is_some_and(|p| index <= p) {
+            continue;
         }
-        let result = disk.persist().await;
+        log.append(index, &bytes)?;
+    }
+    for file in log.unsynced() {
+        file.sync_data()?;
+    }
+    if !legacy.is_empty() {
+        tracing::info!("moved the Raft log from sled into {}", log_dir.display());
+    }
+    Ok(log)
+}
+
+/// Completes append callbacks in order, with one sync of the segments written for every batch
+/// of appends that queued up while the previous sync ran. Ends when every log handle is gone.
+fn group_commit<C: StoreConfig>(
+    segments: &Mutex<SegmentLog>,
+    pending: &mpsc::Receiver<LogFlushed<C>>,
+    stats: &LogStats,
+) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        // Every append whose callback is here wrote its record before sending it, so the files
+        // taken now hold it.
+        let files = segments.lock().expect("log lock poisoned").unsynced();
+        let result = files.iter().try_for_each(|f| f.sync_data());
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         for callback in batch {
             let outcome = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(io::Error::other(e.to_string())),
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
             callback.log_io_completed(outcome);
         }
@@ -182,23 +255,17 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<C>>, C> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        self.entries
-            .range((start, end))
-            .map(|item| {
-                let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                Self::decode_entry(&bytes)
-            })
-            .collect()
+        self.read_entries(from, to)
     }
 }
 
@@ -232,9 +299,11 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> StorageResult<(), C> {
-        // Not flushed on its own: sled persists writes in order, so a durable commit index
-        // never points past durable entries, and losing the latest value only means re-applying
-        // less on restart.
+        // Not flushed on its own: losing the latest value only means re-applying less on
+        // restart. It never points past this node's durable entries: openraft 0.9 waits for an
+        // append's flush before this node counts the entries, as leader or follower, so a commit
+        // index is saved only after the entries it covers were synced (a non-blocking append,
+        // as in openraft 0.10, would need this flushed after the entries).
         self.write_meta(COMMITTED, &committed)
     }
 
@@ -252,26 +321,28 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
         let mut count = 0;
-        for entry in entries {
-            batch.insert(&index_key(entry.get_log_id().index), encode(&entry));
-            count += 1;
+        {
+            let mut log = self.log();
+            for entry in entries {
+                log.append(entry.get_log_id().index, &encode(&entry))
+                    .map_err(|e| StorageIOError::write_logs(&e))?;
+                count += 1;
+            }
         }
         self.stats.appended.fetch_add(count, Ordering::Relaxed);
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         // The entries are readable now; they are acknowledged once the flusher has synced them.
-        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
+        if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
             callback.log_io_completed(Err(io::Error::other("the log flusher has stopped")));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> StorageResult<(), C> {
-        self.remove_entries(index_key(log_id.index)..)?;
-        self.flush().await
+        self.log()
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> StorageResult<(), C> {
@@ -284,7 +355,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         // point, which are never read, and never a log that claims entries it no longer has.
         self.write_meta(LAST_PURGED, &log_id)?;
         self.flush().await?;
-        self.remove_entries(..=index_key(log_id.index))?;
+        self.log()
+            .purge(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }
@@ -297,7 +370,7 @@ mod tests {
     use openraft::storage::{RaftLogStorage, RaftStateMachine};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta};
 
-    use super::{index_key, LAST_PURGED};
+    use super::LAST_PURGED;
     use crate::state_machine::tests::Config;
     use crate::{encode, StorageOptions};
 
@@ -311,11 +384,7 @@ mod tests {
                 log_id: log_id(index),
                 payload: EntryPayload::Blank,
             };
-            storage
-                .log
-                .entries
-                .insert(index_key(index), encode(&entry))
-                .unwrap();
+            storage.log.log().append(index, &encode(&entry)).unwrap();
         }
     }
 
@@ -385,6 +454,34 @@ mod tests {
         let (applied, _) = storage.state.applied_state().await.unwrap();
         assert_eq!(purged, Some(log_id(10)));
         assert_eq!(applied, Some(log_id(10)));
+    }
+
+    /// A data directory written by a version that kept the log in sled: its entries move into
+    /// segment files, and stay there across a restart.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_by_an_earlier_version_is_moved_into_segments() {
+        use openraft::RaftLogReader;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("raft_log").unwrap();
+            for index in 1..=5u64 {
+                let entry = Entry::<Config> {
+                    log_id: log_id(index),
+                    payload: EntryPayload::Blank,
+                };
+                tree.insert(index.to_be_bytes(), encode(&entry)).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let mut storage = reopen(dir.path()).await;
+            let entries = storage.log.try_get_log_entries(1..=5).await.unwrap();
+            let ids: Vec<LogId<u64>> = entries.iter().map(|e| e.log_id).collect();
+            assert_eq!(ids, (1..=5).map(log_id).collect::<Vec<_>>());
+            let state = storage.log.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id, Some(log_id(5)));
+        }
     }
 
     /// Outside a snapshot install, a purge does not wait (openraft's own storage suite purges

@@ -15,6 +15,11 @@
 //!   was a retry of an applied write);
 //! - writes are proposed in the order they were queued; writes queued together were concurrent,
 //!   so applying them one after the other is an order Redis could have run them in;
+//! - no two writes in one entry touch the same key: every write in an entry gets the entry's
+//!   index as its revision, and a key's revision must name one value (a compare on a key's
+//!   modification revision, a lock's creation revision as a fencing token). A write that
+//!   touches a key already in the entry, or keys it cannot name (ending a lease), starts the
+//!   next entry;
 //! - a write whose caller has gone (its deadline passed, its connection closed) before it was
 //!   proposed is dropped unproposed: nobody can be told it was applied;
 //! - an error is each write's own: a batch fails as a whole only as a single write would.
@@ -22,6 +27,8 @@
 //! Does not own: the stamp (`leading.rs`), finding the leader (`routing.rs`), and the front
 //! ends' own batching of one connection's commands (the RESP batcher), which this composes with.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Weak};
 
 use conclave_state::{Command, Outcome, WriteReply, WriteRequest};
@@ -50,12 +57,19 @@ pub(super) struct Proposal {
 }
 
 impl Proposal {
-    /// Whether the write must be an entry of its own: a lease's id is its entry's index.
+    /// Whether the write must be an entry of its own: a lease's id is its entry's index, and a
+    /// write that ends leases changes keys it cannot name.
     fn alone(&self) -> bool {
         matches!(
             self.request.command,
             Command::LeaseGrant { .. } | Command::Batch(_)
-        )
+        ) || self.request.command.keys().is_none()
+    }
+
+    /// Hashes of the keys the write touches (a collision only ends an entry early).
+    fn key_hashes(&self, hasher: &RandomState) -> Vec<u64> {
+        let keys = self.request.command.keys().unwrap_or_default();
+        keys.into_iter().map(|k| hasher.hash_one(k)).collect()
     }
 
     fn bytes(&self) -> usize {
@@ -87,6 +101,7 @@ impl Node {
 
 async fn run(node: Weak<Inner>, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let hasher = RandomState::new();
     let mut carried: Option<Proposal> = None;
     loop {
         let first = match carried.take() {
@@ -103,18 +118,22 @@ async fn run(node: Weak<Inner>, mut proposals: mpsc::UnboundedReceiver<Proposal>
         let mut batch = vec![first];
         if !batch[0].alone() {
             let mut bytes = batch[0].bytes();
+            let mut keys: HashSet<u64> = batch[0].key_hashes(&hasher).into_iter().collect();
             while let Ok(next) = proposals.try_recv() {
                 if next.answer.is_closed() {
                     continue;
                 }
+                let next_keys = next.key_hashes(&hasher);
                 if next.alone()
                     || batch.len() >= MAX_BATCH_WRITES
                     || bytes + next.bytes() > MAX_BATCH_BYTES
+                    || next_keys.iter().any(|k| keys.contains(k))
                 {
                     carried = Some(next);
                     break;
                 }
                 bytes += next.bytes();
+                keys.extend(next_keys);
                 batch.push(next);
             }
         }
@@ -151,7 +170,7 @@ impl Node {
                     RaftError::<NodeId, ClientWriteError<_, _>>::APIError(e),
                 )),
                 Err(_) => Err(LeaderError::Unavailable(
-                    "raft stopped before the write was applied".into(),
+                    "raft stopped before the write's outcome was known".into(),
                 )),
             };
             answer_applied(answers, result);
