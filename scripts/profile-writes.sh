@@ -26,15 +26,8 @@ require_perf
 
 for test in "${tests[@]}"; do
     start_conclave "$(mktemp -d -p "$work")"
-    follower=""
-    for _ in $(seq 1 50); do
-        for port in "${resp_ports[@]}"; do
-            role=$(redis-cli -p "$port" info replication | tr -d '\r' | sed -n 's/^conclave_raft_role://p')
-            if [ "$role" = follower ]; then follower=$port; break 2; fi
-        done
-        sleep 0.1
-    done
-    [ -n "$follower" ] || { echo "no follower found" >&2; exit 1; }
+    find_roles
+    follower=${resp_ports[$follower_index]}
     pid_list=$(IFS=,; echo "${server_pids[*]}")
     echo "== profiling $test through the follower on $follower (nodes $pid_list)" >&2
     # Enough requests to outlast the profile.

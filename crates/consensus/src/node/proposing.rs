@@ -57,19 +57,18 @@ pub(super) struct Proposal {
 }
 
 impl Proposal {
-    /// Whether the write must be an entry of its own: a lease's id is its entry's index, and a
+    /// Hashes of the keys the write touches (a collision only ends an entry early), or None
+    /// when the write must be an entry of its own: a lease's id is its entry's index, and a
     /// write that ends leases changes keys it cannot name.
-    fn alone(&self) -> bool {
-        matches!(
+    fn key_hashes(&self, hasher: &RandomState) -> Option<Vec<u64>> {
+        if matches!(
             self.request.command,
             Command::LeaseGrant { .. } | Command::Batch(_)
-        ) || self.request.command.keys().is_none()
-    }
-
-    /// Hashes of the keys the write touches (a collision only ends an entry early).
-    fn key_hashes(&self, hasher: &RandomState) -> Vec<u64> {
-        let keys = self.request.command.keys().unwrap_or_default();
-        keys.into_iter().map(|k| hasher.hash_one(k)).collect()
+        ) {
+            return None;
+        }
+        let keys = self.request.command.keys()?;
+        Some(keys.into_iter().map(|k| hasher.hash_one(k)).collect())
     }
 
     fn bytes(&self) -> usize {
@@ -115,26 +114,28 @@ async fn run(node: Weak<Inner>, mut proposals: mpsc::UnboundedReceiver<Proposal>
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let first_keys = first.key_hashes(&hasher);
         let mut batch = vec![first];
-        if !batch[0].alone() {
+        if let Some(first_keys) = first_keys {
             let mut bytes = batch[0].bytes();
-            let mut keys: HashSet<u64> = batch[0].key_hashes(&hasher).into_iter().collect();
+            let mut keys: HashSet<u64> = first_keys.into_iter().collect();
             while let Ok(next) = proposals.try_recv() {
                 if next.answer.is_closed() {
                     continue;
                 }
-                let next_keys = next.key_hashes(&hasher);
-                if next.alone()
-                    || batch.len() >= MAX_BATCH_WRITES
-                    || bytes + next.bytes() > MAX_BATCH_BYTES
-                    || next_keys.iter().any(|k| keys.contains(k))
-                {
-                    carried = Some(next);
-                    break;
+                let fits =
+                    batch.len() < MAX_BATCH_WRITES && bytes + next.bytes() <= MAX_BATCH_BYTES;
+                match next.key_hashes(&hasher) {
+                    Some(next_keys) if fits && !next_keys.iter().any(|k| keys.contains(k)) => {
+                        bytes += next.bytes();
+                        keys.extend(next_keys);
+                        batch.push(next);
+                    }
+                    _ => {
+                        carried = Some(next);
+                        break;
+                    }
                 }
-                bytes += next.bytes();
-                keys.extend(next_keys);
-                batch.push(next);
             }
         }
         batch.retain(|p| !p.answer.is_closed());
