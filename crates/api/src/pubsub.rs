@@ -55,12 +55,14 @@ impl PubSub for PubSubService {
         // request stream (the receiver keeps the subscriptions alive until the response ends).
         tokio::spawn(async move {
             while let Ok(Some(r)) = changes.message().await {
-                subscriptions.apply(vec![
-                    (Change::Subscribe, r.subscribe),
-                    (Change::Unsubscribe, r.unsubscribe),
-                    (Change::PSubscribe, r.psubscribe),
-                    (Change::PUnsubscribe, r.punsubscribe),
-                ]);
+                subscriptions
+                    .apply(vec![
+                        (Change::Subscribe, r.subscribe),
+                        (Change::Unsubscribe, r.unsubscribe),
+                        (Change::PSubscribe, r.psubscribe),
+                        (Change::PUnsubscribe, r.punsubscribe),
+                    ])
+                    .await;
             }
         });
         let responses = receiver.map(|item| match item {

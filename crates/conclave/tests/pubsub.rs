@@ -4,6 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::resp::{Frame, RespConnection};
 use common::{serial, Cluster};
 use conclave_client::{v1, Consistency, Message, Subscriber};
 
@@ -341,4 +342,131 @@ async fn a_relay_that_reconnects_keeps_one_publishers_messages_in_order() {
         got.last()
     );
     eprintln!("received {} of {published} in order", got.len());
+}
+
+/// The value of `field` in node `id`'s INFO.
+fn info_counter(cluster: &Cluster, id: u64, field: &str) -> u64 {
+    let mut connection = RespConnection::connect(&cluster.resp(id));
+    let Frame::Bulk(text) = connection.cmd("INFO stats") else {
+        panic!("INFO answers a bulk string");
+    };
+    let text = String::from_utf8(text).unwrap();
+    let prefix = format!("{field}:");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {field} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn message(channel: &str, payload: &str) -> Frame {
+    Frame::Array(vec![
+        Frame::bulk("message"),
+        Frame::bulk(channel),
+        Frame::bulk(payload),
+    ])
+}
+
+/// Messages are relayed only to members with a matching subscriber. A subscription therefore
+/// answers only once every member will relay to it: a message published on another member the
+/// moment SUBSCRIBE answered arrives, and PUBLISH counts it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_another_member_right_after_subscribe_answered_arrives() {
+    let _serial = serial().await;
+    let cluster = Cluster::start_with_resp(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let mut publishers: Vec<RespConnection> = (1..=3)
+        .map(|id| RespConnection::connect(&cluster.resp(id)))
+        .collect();
+    for round in 0..30u64 {
+        let subscriber_node = round % 3 + 1;
+        let publisher_node = (round + 1) % 3 + 1;
+        let channel = format!("fresh:{round}");
+        let mut subscriber = RespConnection::connect(&cluster.resp(subscriber_node));
+        assert!(matches!(
+            subscriber.cmd(&format!("SUBSCRIBE {channel}")),
+            Frame::Array(_)
+        ));
+        let publisher = &mut publishers[publisher_node as usize - 1];
+        assert_eq!(
+            publisher.call(&[b"PUBLISH", channel.as_bytes(), b"hello"]),
+            Frame::Integer(1),
+            "round {round}: PUBLISH on node {publisher_node} counts the subscriber on node {subscriber_node}"
+        );
+        assert_eq!(
+            subscriber.read(),
+            message(&channel, "hello"),
+            "round {round}"
+        );
+    }
+}
+
+/// Each member relays a message only to members whose subscribers match it (by channel or
+/// pattern), counts the receivers on every member, and stops relaying once they unsubscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_relayed_only_to_members_with_matching_subscribers() {
+    let _serial = serial().await;
+    let cluster = Cluster::start_with_resp(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    let mut direct: Vec<RespConnection> = (0..2)
+        .map(|_| RespConnection::connect(&cluster.resp(2)))
+        .collect();
+    for subscriber in &mut direct {
+        assert!(matches!(
+            subscriber.cmd("SUBSCRIBE room:1"),
+            Frame::Array(_)
+        ));
+    }
+    let mut by_pattern = RespConnection::connect(&cluster.resp(3));
+    assert!(matches!(
+        by_pattern.cmd("PSUBSCRIBE room:*"),
+        Frame::Array(_)
+    ));
+
+    let mut publisher = RespConnection::connect(&cluster.resp(1));
+    let unrouted_before = info_counter(&cluster, 1, "conclave_pubsub_unrouted");
+    let rounds = 50;
+    for _ in 0..rounds {
+        assert_eq!(publisher.cmd("PUBLISH room:1 a"), Frame::Integer(3));
+        assert_eq!(publisher.cmd("PUBLISH room:2 b"), Frame::Integer(1));
+        assert_eq!(publisher.cmd("PUBLISH lobby c"), Frame::Integer(0));
+    }
+    // room:2 has no subscriber on node 2; lobby none on either peer.
+    let unrouted = info_counter(&cluster, 1, "conclave_pubsub_unrouted") - unrouted_before;
+    assert_eq!(unrouted, rounds * 3);
+    for subscriber in &mut direct {
+        for _ in 0..rounds {
+            assert_eq!(subscriber.read(), message("room:1", "a"));
+        }
+    }
+    for _ in 0..rounds {
+        for (channel, payload) in [("room:1", "a"), ("room:2", "b")] {
+            assert_eq!(
+                by_pattern.read(),
+                Frame::Array(vec![
+                    Frame::bulk("pmessage"),
+                    Frame::bulk("room:*"),
+                    Frame::bulk(channel),
+                    Frame::bulk(payload),
+                ])
+            );
+        }
+    }
+
+    // Unsubscribing is not waited for, but reaches the publisher's node shortly after.
+    for subscriber in &mut direct {
+        assert!(matches!(
+            subscriber.cmd("UNSUBSCRIBE room:1"),
+            Frame::Array(_)
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while publisher.cmd("PUBLISH room:1 late") != Frame::Integer(1) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still counts node 2's subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

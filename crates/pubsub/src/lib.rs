@@ -3,7 +3,8 @@
 //! Owns: the node's local subscribers (channels and glob patterns), the per-subscriber output
 //! buffers and the disconnection of subscribers that fall behind, causal delivery, and the mesh:
 //! one `Mesh.Relay` stream from this node to every other member carrying the messages published
-//! here ([`MeshService`] receives them).
+//! here that the member has subscribers for ([`MeshService`] receives them), and this node's own
+//! interest (see the `interest` module).
 //!
 //! Does not own: any client protocol. The gRPC `PubSub` service and the RESP front end both sit on
 //! top of [`PubSub::publish`] and [`PubSub::subscriber`].
@@ -16,11 +17,12 @@
 //! (a message whose revision does not arrive within [`CAUSAL_WAIT`] is dropped and counted).
 //! Messages never go through the Raft log. A subscriber whose unread messages exceed its
 //! [`Limits`] is disconnected with a reason; publishers and other subscribers never wait for it.
-//!
-//! Known to be missing: every message goes to every other node whether or not it has subscribers
-//! (no interest routing); PUBLISH counts only this node's receivers, as Redis Cluster does.
+//! A subscription answers once every reachable member knows of it, so a message published
+//! anywhere after that reaches it. PUBLISH counts the receivers on every member, as one Redis
+//! server counts its own (the other members' counts are the latest they reported).
 
 mod glob;
+mod interest;
 mod mesh;
 
 use std::collections::{BTreeSet, HashMap};
@@ -33,6 +35,7 @@ use conclave_consensus::Node;
 use tokio::sync::mpsc;
 
 pub use glob::matches as glob_matches;
+pub use interest::SETTLE_WAIT;
 pub use mesh::MeshService;
 
 /// Longest a message waits for its publisher's revision to be applied here before it is dropped.
@@ -117,6 +120,8 @@ pub struct Stats {
     pub dropped_causal: AtomicU64,
     /// Local messages dropped because the local queue was full.
     pub dropped_local: AtomicU64,
+    /// Messages not relayed to a peer because none of its subscribers listens on their channel.
+    pub unrouted: AtomicU64,
     pub slow_disconnects: AtomicU64,
 }
 
@@ -202,7 +207,8 @@ impl PubSub {
     }
 
     /// Publishes `payload` on `channel` from a publisher whose session revision is `revision`.
-    /// Returns how many local subscribers it is queued for.
+    /// Returns how many subscribers it is queued for: here, and on the other members as they
+    /// last reported their subscribers.
     pub fn publish(&self, channel: Vec<u8>, payload: Vec<u8>, revision: u64) -> usize {
         let message = Arc::new(Published {
             channel,
@@ -211,12 +217,15 @@ impl PubSub {
             origin: self.hub.node.id(),
         });
         self.hub.stats.published.fetch_add(1, Ordering::Relaxed);
-        let receivers = self.hub.local_receivers(&message.channel);
-        self.hub.relays.send(&message, &self.hub.stats);
-        if self.hub.local.try_send(message).is_err() {
+        let local = self.hub.local_receivers(&message.channel);
+        let remote = self
+            .hub
+            .relays
+            .send(&message, &self.hub.lanes, &self.hub.stats);
+        if local > 0 && self.hub.local.try_send(message).is_err() {
             self.hub.stats.dropped_local.fetch_add(1, Ordering::Relaxed);
         }
-        receivers
+        local + remote as usize
     }
 
     /// A new subscriber with no subscriptions: a control half and a receiving half.
@@ -289,6 +298,41 @@ impl PubSub {
 }
 
 impl Hub {
+    /// This node's whole interest, for a relay stream's first batch to the peer of `outbox`.
+    fn interest_reset(&self, outbox: &interest::Outbox) -> interest::Outgoing {
+        let registry = self.registry.lock().expect("registry poisoned");
+        let channels = registry.channels.iter().map(|(name, subscribers)| {
+            let name = interest::Name {
+                pattern: false,
+                name: name.clone(),
+            };
+            (name, subscribers.len() as u64)
+        });
+        let patterns = registry.patterns.iter().map(|(name, subscribers)| {
+            let name = interest::Name {
+                pattern: true,
+                name: name.to_vec(),
+            };
+            (name, subscribers.len() as u64)
+        });
+        outbox.reset(channels.chain(patterns))
+    }
+
+    /// Tells the peers how many local subscribers `name` has now; called with the registry held,
+    /// so the peers learn the changes in the order they were made.
+    fn announce(&self, registry: &Registry, pattern: bool, name: &[u8]) {
+        let subscribers = if pattern {
+            registry.patterns.get(name).map_or(0, HashMap::len)
+        } else {
+            registry.channels.get(name).map_or(0, HashMap::len)
+        };
+        let name = interest::Name {
+            pattern,
+            name: name.to_vec(),
+        };
+        self.relays.announce(&name, subscribers);
+    }
+
     fn local_receivers(&self, channel: &[u8]) -> usize {
         let registry = self.registry.lock().expect("registry poisoned");
         let direct = registry.channels.get(channel).map_or(0, HashMap::len);
@@ -381,9 +425,11 @@ impl Drop for Control {
         let mut registry = self.hub.registry.lock().expect("registry poisoned");
         for channel in subscribed.channels {
             remove_from(&mut registry.channels, &channel, self.id);
+            self.hub.announce(&registry, false, &channel);
         }
         for pattern in subscribed.patterns {
             remove_from(&mut registry.patterns, &pattern, self.id);
+            self.hub.announce(&registry, true, &pattern);
         }
     }
 }
@@ -420,7 +466,9 @@ pub enum Change {
 impl Subscriptions {
     /// Applies one change to each of `names` (channels or patterns) and returns the resulting
     /// (channels, patterns) counts after each name, as Redis replies once per name. An
-    /// unsubscribe with no names removes every channel (or pattern).
+    /// unsubscribe with no names removes every channel (or pattern). A new subscription takes
+    /// effect here at once and on the other members once they learn of it: await
+    /// [`Subscriptions::settled`] before answering the client.
     pub fn change(&self, change: Change, names: Vec<Vec<u8>>) -> Vec<(Vec<u8>, usize, usize)> {
         let control = &self.control;
         let mut subscribed = control.subscribed.lock().expect("poisoned");
@@ -442,11 +490,13 @@ impl Subscriptions {
                             .entry(name.clone())
                             .or_default()
                             .insert(control.id, control.sink.clone());
+                        control.hub.announce(&registry, false, &name);
                     }
                 }
                 Change::Unsubscribe => {
                     if subscribed.channels.remove(&name) {
                         remove_from(&mut registry.channels, &name, control.id);
+                        control.hub.announce(&registry, false, &name);
                     }
                 }
                 Change::PSubscribe => {
@@ -457,11 +507,13 @@ impl Subscriptions {
                             .entry(pattern)
                             .or_default()
                             .insert(control.id, control.sink.clone());
+                        control.hub.announce(&registry, true, &name);
                     }
                 }
                 Change::PUnsubscribe => {
                     if subscribed.patterns.remove(name.as_slice()) {
                         remove_from(&mut registry.patterns, name.as_slice(), control.id);
+                        control.hub.announce(&registry, true, &name);
                     }
                 }
             }
@@ -470,14 +522,21 @@ impl Subscriptions {
         counts
     }
 
-    /// Applies a batch of changes and acknowledges them on the receiver with one
-    /// [`Item::Subscriptions`] carrying the resulting counts.
-    pub fn apply(&self, changes: Vec<(Change, Vec<Vec<u8>>)>) {
+    /// Completes once every reachable member knows of the subscriptions made so far (or
+    /// [`SETTLE_WAIT`] passed), so that a message published anywhere after it reaches them.
+    pub async fn settled(&self) {
+        self.control.hub.relays.settled().await;
+    }
+
+    /// Applies a batch of changes and, once they are settled, acknowledges them on the receiver
+    /// with one [`Item::Subscriptions`] carrying the resulting counts.
+    pub async fn apply(&self, changes: Vec<(Change, Vec<Vec<u8>>)>) {
         for (change, names) in changes {
             if !names.is_empty() {
                 self.change(change, names);
             }
         }
+        self.settled().await;
         let (channels, patterns) = self.counts();
         let _ = self
             .control

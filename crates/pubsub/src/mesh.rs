@@ -1,5 +1,6 @@
 //! The mesh: a `Mesh.Relay` stream from this node to every other member, carrying the messages
-//! published here in order, and the service receiving other nodes' streams.
+//! published here in order (those the member has subscribers for, see [`crate::interest`]) and
+//! this node's own interest, and the service receiving other nodes' streams.
 //!
 //! A relay that fails reconnects on a new stream, while the receiver may still be delivering
 //! from the old one (its messages waiting for their revision, or a batch half delivered, or the
@@ -17,9 +18,11 @@ use conclave_proto::peer::mesh_server::{Mesh, MeshServer};
 use conclave_proto::peer::{RelayAck, RelayBatch, RelayedMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant as Deadline;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::interest::{Outbox, Outgoing, Remote, SETTLE_WAIT};
 use crate::{Hub, Published, Stats};
 
 /// Messages queued towards one peer before new ones are dropped.
@@ -42,6 +45,7 @@ struct Queued {
 struct Relay {
     address: String,
     queue: mpsc::Sender<Queued>,
+    outbox: Arc<Outbox>,
     task: JoinHandle<()>,
 }
 
@@ -79,10 +83,20 @@ impl Relays {
         )
     }
 
-    /// Queues `message` towards every peer; never waits.
-    pub(crate) fn send(&self, message: &Arc<Published>, stats: &Stats) {
+    /// Queues `message` towards every peer that has subscribers for it or whose interest is
+    /// unknown; never waits. Returns how many subscribers the peers said it reaches.
+    pub(crate) fn send(&self, message: &Arc<Published>, lanes: &Lanes, stats: &Stats) -> u64 {
         let peers = self.peers.lock().expect("relays poisoned");
-        for relay in peers.values() {
+        let mut receivers = 0;
+        for (id, relay) in peers.iter() {
+            match lanes.receivers(*id, &message.channel) {
+                Some(0) => {
+                    stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(known) => receivers += known,
+                None => {}
+            }
             let queued = Queued {
                 message: message.clone(),
                 at: Instant::now(),
@@ -90,6 +104,32 @@ impl Relays {
             if relay.queue.try_send(queued).is_err() {
                 stats.dropped_relay.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        receivers
+    }
+
+    /// Queues "`subscribers` local subscribers listen on `name`" towards every peer. The caller
+    /// holds the registry, so changes are queued in the order they were made.
+    pub(crate) fn announce(&self, name: &crate::interest::Name, subscribers: usize) {
+        let peers = self.peers.lock().expect("relays poisoned");
+        for relay in peers.values() {
+            relay.outbox.record(name, subscribers as u64);
+        }
+    }
+
+    /// Waits until every peer whose stream is up has applied the interest changes queued so
+    /// far, or [`SETTLE_WAIT`] has passed.
+    pub(crate) async fn settled(&self) {
+        let waits: Vec<_> = {
+            let peers = self.peers.lock().expect("relays poisoned");
+            peers
+                .values()
+                .filter_map(|r| r.outbox.unsettled())
+                .collect()
+        };
+        let deadline = Deadline::now() + SETTLE_WAIT;
+        for (mut acked, target) in waits {
+            let _ = tokio::time::timeout_at(deadline, acked.wait_for(|a| *a >= target)).await;
         }
     }
 }
@@ -135,20 +175,33 @@ fn reconcile(hub: &Arc<Hub>) {
             continue;
         }
         let (queue, pending) = mpsc::channel(RELAY_QUEUE);
-        let task = tokio::spawn(relay(Arc::downgrade(hub), address.clone(), pending));
+        let outbox = Arc::new(Outbox::default());
+        let task = tokio::spawn(relay(
+            Arc::downgrade(hub),
+            address.clone(),
+            pending,
+            outbox.clone(),
+        ));
         peers.insert(
             id,
             Relay {
                 address,
                 queue,
+                outbox,
                 task,
             },
         );
     }
 }
 
-/// Streams the queue to the peer at `address`, reconnecting after failures.
-async fn relay(hub: Weak<Hub>, address: String, mut pending: mpsc::Receiver<Queued>) {
+/// Streams the queue to the peer at `address`, reconnecting after failures: each stream starts
+/// with this node's whole interest, then carries its changes and the queued messages.
+async fn relay(
+    hub: Weak<Hub>,
+    address: String,
+    mut pending: mpsc::Receiver<Queued>,
+    outbox: Arc<Outbox>,
+) {
     loop {
         let Some((peers, origin, (sender_epoch, stream))) = hub
             .upgrade()
@@ -166,58 +219,100 @@ async fn relay(hub: Weak<Hub>, address: String, mut pending: mpsc::Receiver<Queu
         };
         let (batches, outgoing) = mpsc::channel::<RelayBatch>(32);
         let request = peers.stamp(Request::new(ReceiverStream::new(outgoing)));
-        // The call runs as its own task, so it makes progress (sending the stream's batches)
-        // while this loop waits for room in `batches`.
-        let mut call = tokio::spawn(async move { MeshClient::new(channel).relay(request).await });
-        loop {
-            tokio::select! {
-                result = &mut call => {
-                    if let Ok(Err(status)) = result {
-                        tracing::debug!("pub/sub relay to {address} ended: {}", status.message());
+        // The call runs as its own task, so it makes progress (sending the stream's batches and
+        // reading the peer's acknowledgements) while this loop waits for room in `batches`.
+        let acknowledged = outbox.clone();
+        let mut call = tokio::spawn(async move {
+            let mut acks = MeshClient::new(channel).relay(request).await?.into_inner();
+            while let Some(ack) = acks.message().await? {
+                acknowledged.acknowledged(ack.interest_seq);
+            }
+            Ok::<(), Status>(())
+        });
+        let batch = |messages, interest: Option<Outgoing>, interest_reset| {
+            let (interest, interest_seq) =
+                interest.map_or((Vec::new(), 0), |i| (i.interest, i.seq));
+            RelayBatch {
+                origin_node: origin,
+                messages,
+                sender_epoch,
+                stream,
+                interest,
+                interest_reset,
+                interest_seq,
+            }
+        };
+        let Some(full) = hub.upgrade().map(|h| h.interest_reset(&outbox)) else {
+            return;
+        };
+        if batches
+            .send(batch(Vec::new(), Some(full), true))
+            .await
+            .is_ok()
+        {
+            loop {
+                tokio::select! {
+                    result = &mut call => {
+                        if let Ok(Err(status)) = result {
+                            tracing::debug!("pub/sub relay to {address} ended: {}", status.message());
+                        }
+                        break;
                     }
-                    break;
-                }
-                first = pending.recv() => {
-                    let Some(first) = first else { return };
-                    let mut queued = vec![first];
-                    while queued.len() < RELAY_BATCH {
-                        match pending.try_recv() {
-                            Ok(more) => queued.push(more),
-                            Err(_) => break,
+                    () = outbox.wake.notified() => {
+                        let Some(changes) = outbox.take() else { continue };
+                        if batches.send(batch(Vec::new(), Some(changes), false)).await.is_err() {
+                            break;
                         }
                     }
-                    let fresh = queued.len();
-                    let messages: Vec<RelayedMessage> = queued
-                        .into_iter()
-                        .filter(|q| q.at.elapsed() < RELAY_MAX_AGE)
-                        .map(|q| RelayedMessage {
-                            channel: q.message.channel.clone(),
-                            payload: q.message.payload.clone(),
-                            revision: q.message.revision,
-                        })
-                        .collect();
-                    if let Some(hub) = hub.upgrade() {
-                        let stale = (fresh - messages.len()) as u64;
-                        hub.stats.dropped_relay.fetch_add(stale, Ordering::Relaxed);
-                    }
-                    if messages.is_empty() {
-                        continue;
-                    }
-                    let batch = RelayBatch {
-                        origin_node: origin,
-                        messages,
-                        sender_epoch,
-                        stream,
-                    };
-                    if batches.send(batch).await.is_err() {
-                        break;
+                    first = pending.recv() => {
+                        let Some(first) = first else { return };
+                        let messages = fresh_messages(&hub, first, &mut pending);
+                        let changes = outbox.take();
+                        if messages.is_empty() && changes.is_none() {
+                            continue;
+                        }
+                        if batches.send(batch(messages, changes, false)).await.is_err() {
+                            break;
+                        }
                     }
                 }
             }
         }
+        outbox.down();
         call.abort();
         tokio::time::sleep(RECONNECT_PAUSE).await;
     }
+}
+
+/// `first` and the messages queued behind it, up to a batch, without those that aged while the
+/// peer was away (counted as dropped).
+fn fresh_messages(
+    hub: &Weak<Hub>,
+    first: Queued,
+    pending: &mut mpsc::Receiver<Queued>,
+) -> Vec<RelayedMessage> {
+    let mut queued = vec![first];
+    while queued.len() < RELAY_BATCH {
+        match pending.try_recv() {
+            Ok(more) => queued.push(more),
+            Err(_) => break,
+        }
+    }
+    let fresh = queued.len();
+    let messages: Vec<RelayedMessage> = queued
+        .into_iter()
+        .filter(|q| q.at.elapsed() < RELAY_MAX_AGE)
+        .map(|q| RelayedMessage {
+            channel: q.message.channel.clone(),
+            payload: q.message.payload.clone(),
+            revision: q.message.revision,
+        })
+        .collect();
+    if let Some(hub) = hub.upgrade() {
+        let stale = (fresh - messages.len()) as u64;
+        hub.stats.dropped_relay.fetch_add(stale, Ordering::Relaxed);
+    }
+    messages
 }
 
 /// The incoming relay streams, per origin node. One stream per origin is current; only it
@@ -232,6 +327,8 @@ pub(crate) struct Lanes {
 struct Lane {
     /// The current stream, if any.
     current: watch::Sender<Option<Current>>,
+    /// What the origin said it has subscribers for; changed only by its current stream.
+    interest: Mutex<Remote>,
     /// Held while a message of this origin is being delivered.
     delivering: tokio::sync::Mutex<()>,
 }
@@ -246,6 +343,7 @@ struct Current {
 }
 
 /// An incoming stream's right to deliver its origin's messages, while it is current.
+#[derive(Clone)]
 struct Entitlement {
     lane: Arc<Lane>,
     ticket: u64,
@@ -263,6 +361,7 @@ impl Lanes {
             .or_insert_with(|| {
                 Arc::new(Lane {
                     current: watch::Sender::new(None),
+                    interest: Mutex::default(),
                     delivering: tokio::sync::Mutex::new(()),
                 })
             })
@@ -286,6 +385,19 @@ impl Lanes {
         });
         entered.then_some(Entitlement { lane, ticket })
     }
+
+    /// How many of `origin`'s subscribers a message on `channel` reaches; None while its interest
+    /// is unknown.
+    fn receivers(&self, origin: u64, channel: &[u8]) -> Option<u64> {
+        let lane = self
+            .origins
+            .lock()
+            .expect("lanes poisoned")
+            .get(&origin)?
+            .clone();
+        let interest = lane.interest.lock().expect("interest poisoned");
+        interest.receivers(channel)
+    }
 }
 
 impl Entitlement {
@@ -294,6 +406,26 @@ impl Entitlement {
             .current
             .borrow()
             .is_some_and(|c| c.ticket == self.ticket)
+    }
+
+    /// Applies the origin's interest from this stream; false (nothing applied) once another
+    /// stream superseded it. Checked under the interest's lock, so a superseded stream never
+    /// applies a change after its successor's full copy.
+    fn apply_interest(&self, reset: bool, interest: Vec<conclave_proto::peer::Interest>) -> bool {
+        let mut remote = self.lane.interest.lock().expect("interest poisoned");
+        let current = self.is_current();
+        if current {
+            remote.apply(reset, interest);
+        }
+        current
+    }
+
+    /// This stream ended: unless a successor took over, the origin's interest is unknown.
+    fn forget_interest(&self) {
+        let mut remote = self.lane.interest.lock().expect("interest poisoned");
+        if self.is_current() {
+            remote.forget();
+        }
     }
 
     /// Completes once another stream has superseded this one.
@@ -322,22 +454,47 @@ impl MeshService {
     }
 }
 
+/// Acknowledgements of one incoming stream's interest changes.
+type Acks = ReceiverStream<Result<RelayAck, Status>>;
+/// Batches read from a stream and not delivered yet.
+const DELIVERY_QUEUE: usize = 64;
+
 #[tonic::async_trait]
 impl Mesh for MeshService {
+    type RelayStream = Acks;
+
     async fn relay(
         &self,
         request: Request<Streaming<RelayBatch>>,
-    ) -> Result<Response<RelayAck>, Status> {
+    ) -> Result<Response<Acks>, Status> {
         self.hub.node.admit(&request).await?;
-        let mut stream = request.into_inner();
-        let mut entitlement = None;
-        while let Some(batch) = stream.message().await? {
-            let entitled = match &entitlement {
-                Some(entitled) => entitled,
+        let (acks, outgoing) = mpsc::channel(16);
+        tokio::spawn(self.clone().receive(request.into_inner(), acks));
+        Ok(Response::new(ReceiverStream::new(outgoing)))
+    }
+}
+
+impl MeshService {
+    /// Reads one incoming stream: applies and acknowledges its interest at once, and hands its
+    /// messages to a delivery task, so a message waiting for its revision never holds up a
+    /// subscription elsewhere.
+    async fn receive(
+        self,
+        mut stream: Streaming<RelayBatch>,
+        acks: mpsc::Sender<Result<RelayAck, Status>>,
+    ) {
+        let mut entitlement: Option<(Entitlement, mpsc::Sender<RelayBatch>)> = None;
+        while let Ok(Some(mut batch)) = stream.message().await {
+            let (entitled, deliveries) = match &entitlement {
+                Some(entered) => entered,
                 None => {
                     let lanes = &self.hub.lanes;
                     match lanes.enter(batch.origin_node, batch.sender_epoch, batch.stream) {
-                        Some(entitled) => entitlement.insert(entitled),
+                        Some(entitled) => {
+                            let (deliveries, queue) = mpsc::channel(DELIVERY_QUEUE);
+                            tokio::spawn(self.clone().deliver(entitled.clone(), queue));
+                            entitlement.insert((entitled, deliveries))
+                        }
                         None => {
                             // A stream its sender had already replaced: nothing on it is newer
                             // than what its successor delivered.
@@ -347,15 +504,43 @@ impl Mesh for MeshService {
                     }
                 }
             };
-            if !self.deliver_batch(entitled, batch).await {
+            if batch.interest_reset || !batch.interest.is_empty() {
+                let interest = std::mem::take(&mut batch.interest);
+                if !entitled.apply_interest(batch.interest_reset, interest) {
+                    self.drop_relayed(batch.messages.len());
+                    break;
+                }
+                let ack = RelayAck {
+                    interest_seq: batch.interest_seq,
+                };
+                let _ = acks.send(Ok(ack)).await;
+            }
+            if batch.messages.is_empty() {
+                continue;
+            }
+            if let Err(unsent) = deliveries.send(batch).await {
+                self.drop_relayed(unsent.0.messages.len());
                 break;
             }
         }
-        Ok(Response::new(RelayAck {}))
+        if let Some((entitled, _)) = entitlement {
+            entitled.forget_interest();
+        }
     }
-}
 
-impl MeshService {
+    /// Delivers one stream's batches in order until it is superseded or ends.
+    async fn deliver(self, entitled: Entitlement, mut queue: mpsc::Receiver<RelayBatch>) {
+        while let Some(batch) = queue.recv().await {
+            if !self.deliver_batch(&entitled, batch).await {
+                break;
+            }
+        }
+        queue.close();
+        while let Ok(batch) = queue.try_recv() {
+            self.drop_relayed(batch.messages.len());
+        }
+    }
+
     /// Delivers `batch` in order while `entitled` stays current; false once it was superseded
     /// (the rest of the batch is dropped).
     async fn deliver_batch(&self, entitled: &Entitlement, batch: RelayBatch) -> bool {

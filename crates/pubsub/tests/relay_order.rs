@@ -117,7 +117,9 @@ async fn received(receiver: &mut Receiver, quiet: Duration) -> Vec<u64> {
 
 async fn subscribe(hub: &Hub) -> Receiver {
     let (subscriptions, mut receiver) = hub.pubsub.subscriber();
-    subscriptions.apply(vec![(Change::Subscribe, vec![CHANNEL.to_vec()])]);
+    subscriptions
+        .apply(vec![(Change::Subscribe, vec![CHANNEL.to_vec()])])
+        .await;
     match receiver.recv().await {
         Some(Ok(Item::Subscriptions { channels: 1, .. })) => receiver,
         other => panic!("{other:?}"),

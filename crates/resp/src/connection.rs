@@ -364,7 +364,7 @@ impl Connection {
             },
             "script" => self.script(args),
             "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" => {
-                return self.change_subscriptions(name, args);
+                return self.change_subscriptions(name, args).await;
             }
             "publish" => {
                 let receivers = self.shared.hub.publish(
@@ -888,7 +888,8 @@ impl Connection {
 
     // ----- Pub/sub -----
 
-    fn change_subscriptions(&mut self, name: &str, args: &[Vec<u8>]) -> Vec<Reply> {
+    /// SUBSCRIBE and its kin. A new subscription answers once the other members know of it.
+    async fn change_subscriptions(&mut self, name: &str, args: &[Vec<u8>]) -> Vec<Reply> {
         let change = match name {
             "subscribe" => Change::Subscribe,
             "unsubscribe" => Change::Unsubscribe,
@@ -913,6 +914,9 @@ impl Connection {
         }
         let subscriber = self.subscriber.as_ref().expect("created above");
         let counts = subscriber.subscriptions.change(change, args.to_vec());
+        if adding {
+            subscriber.subscriptions.settled().await;
+        }
         let mut replies: Vec<Reply> = counts
             .into_iter()
             .map(|(channel, channels, patterns)| {

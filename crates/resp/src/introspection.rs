@@ -130,6 +130,18 @@ pub(crate) fn info(shared: &Shared, sections: &[Vec<u8>]) -> String {
                 "conclave_pubsub_slow_disconnects",
                 stats.slow_disconnects.load(Ordering::Relaxed).to_string(),
             ),
+            kv(
+                "conclave_pubsub_unrouted",
+                stats.unrouted.load(Ordering::Relaxed).to_string(),
+            ),
+            kv(
+                "conclave_pubsub_dropped_relay",
+                stats.dropped_relay.load(Ordering::Relaxed).to_string(),
+            ),
+            kv(
+                "conclave_pubsub_dropped_causal",
+                stats.dropped_causal.load(Ordering::Relaxed).to_string(),
+            ),
         ],
     );
     let keyspace = if status.keys > 0 {
