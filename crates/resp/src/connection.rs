@@ -24,6 +24,10 @@ use crate::scripts;
 use crate::table;
 use crate::{ReadConsistency, Shared};
 
+/// The largest SCAN COUNT read under the replica's lock; larger steps walk a copy of the
+/// replica on a blocking thread.
+const SCAN_IN_PLACE: usize = 1024;
+
 /// Replies are written out once this many bytes are waiting, even mid-pipeline.
 const FLUSH_AT: usize = 64 * 1024;
 /// The error prefix of a write whose outcome is unknown (see `node_error`): not one go-redis,
@@ -602,6 +606,22 @@ impl Connection {
         Ok(value)
     }
 
+    /// [`Connection::read`] for reads that walk the whole keyspace (KEYS): they run on a blocking
+    /// thread against a copy of the replica (its maps are shared copy-on-write, so the copy is
+    /// cheap), never holding the replica's lock or a runtime thread while they walk.
+    async fn read_detached<T: Send + 'static>(
+        &mut self,
+        read: impl FnOnce(&Machine, u64) -> T + Send + 'static,
+    ) -> Result<T, Reply> {
+        let machine = self.read(|m, _| m.clone()).await?;
+        tokio::task::spawn_blocking(move || {
+            let now = machine.clock();
+            read(&machine, now)
+        })
+        .await
+        .map_err(|e| Reply::error(format!("ERR read failed: {e}")))
+    }
+
     /// The plain writes at the front of a pipeline, compiled: commands that would run the same
     /// way one at a time (no MULTI, no pub/sub mode, nothing refused), so they may be sent to
     /// the leader together.
@@ -805,7 +825,7 @@ impl Connection {
     async fn keys(&mut self, pattern: &[u8]) -> Reply {
         let pattern = pattern.to_vec();
         let found = self
-            .read(move |m, now| {
+            .read_detached(move |m, now| {
                 let prefix = literal_prefix(&pattern);
                 m.keys_with_prefix(prefix, now)
                     .filter(|(k, _)| conclave_pubsub::glob_matches(&pattern, k))
@@ -819,6 +839,7 @@ impl Connection {
         }
     }
 
+    /// SCAN; see [`SCAN_IN_PLACE`].
     async fn scan(&mut self, args: &[Vec<u8>]) -> Reply {
         let cursor = match std::str::from_utf8(&args[0])
             .ok()
@@ -858,25 +879,29 @@ impl Connection {
                 }
             }
         };
-        let scanned = self
-            .read(move |m, now| {
-                let mut examined = m.keys_after(after.as_deref(), now).take(count + 1);
-                let mut found = Vec::new();
-                let mut last = None;
-                for (key, record) in examined.by_ref().take(count) {
-                    last = Some(key.to_vec());
-                    let matches = pattern
-                        .as_ref()
-                        .is_none_or(|p| conclave_pubsub::glob_matches(p, key))
-                        && kind.as_ref().is_none_or(|k| k == record.value.type_name());
-                    if matches {
-                        found.push(Reply::bulk(key.to_vec()));
-                    }
+        let scan = move |m: &Machine, now: u64| {
+            let mut examined = m.keys_after(after.as_deref(), now).take(count + 1);
+            let mut found = Vec::new();
+            let mut last = None;
+            for (key, record) in examined.by_ref().take(count) {
+                last = Some(key.to_vec());
+                let matches = pattern
+                    .as_ref()
+                    .is_none_or(|p| conclave_pubsub::glob_matches(p, key))
+                    && kind.as_ref().is_none_or(|k| k == record.value.type_name());
+                if matches {
+                    found.push(Reply::bulk(key.to_vec()));
                 }
-                let more = examined.next().is_some();
-                (found, if more { last } else { None })
-            })
-            .await;
+            }
+            let more = examined.next().is_some();
+            (found, if more { last } else { None })
+        };
+        // A small step reads in place; a large one walks a copy off the runtime, as KEYS does.
+        let scanned = if count <= SCAN_IN_PLACE {
+            self.read(scan).await
+        } else {
+            self.read_detached(scan).await
+        };
         match scanned {
             Ok((found, last)) => {
                 let next = last.map_or(0, |key| self.shared.cursors.put(key));

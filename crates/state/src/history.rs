@@ -7,8 +7,7 @@
 //! (bounded by count and bytes, trimmed deterministically) and travel in snapshots; a watcher
 //! asking for older events gets [`Compacted`].
 
-use std::collections::VecDeque;
-
+use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::{Bytes, Revision};
@@ -100,7 +99,7 @@ impl std::error::Error for Compacted {}
 /// The most recent events, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
-    events: VecDeque<Event>,
+    events: Vector<Event>,
     bytes: usize,
     /// Every event after this revision is kept.
     compacted: Revision,
@@ -131,7 +130,14 @@ impl History {
 
     /// Index of the first event with a revision greater than `revision`.
     fn first_after(&self, revision: Revision) -> usize {
-        self.events.partition_point(|e| e.revision <= revision)
+        let found = self.events.binary_search_by(|e| {
+            if e.revision <= revision {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        found.unwrap_or_else(|first| first)
     }
 
     /// Events after revision `after` that match `filter`, whole revisions only, stopping once at
@@ -152,7 +158,7 @@ impl History {
         }
         let mut events: Vec<Event> = Vec::new();
         let mut bytes = 0;
-        for event in self.events.range(self.first_after(after)..) {
+        for event in self.events.skip(self.first_after(after)).iter() {
             let full = events.len() >= limit || bytes >= max_bytes;
             if full {
                 if let Some(last) = events.last().map(|l| l.revision) {
@@ -182,7 +188,12 @@ impl History {
             return None;
         }
         let start = self.first_after(after);
-        Some(self.events.range(start..).any(|e| e.key.as_slice() == key))
+        Some(
+            self.events
+                .skip(start)
+                .iter()
+                .any(|e| e.key.as_slice() == key),
+        )
     }
 
     pub fn len(&self) -> usize {

@@ -1,8 +1,9 @@
 //! The keyspace and its deterministic transitions.
 
-use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Event, EventKind, History};
@@ -73,11 +74,11 @@ struct ClientSession {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "MachineImage")]
 pub struct Machine {
-    keys: BTreeMap<Bytes, Record>,
-    sessions: BTreeMap<u64, ClientSession>,
+    keys: OrdMap<Bytes, Record>,
+    sessions: OrdMap<u64, ClientSession>,
     /// node id -> incarnation of the data directory it runs on.
     incarnations: BTreeMap<u64, u64>,
-    leases: BTreeMap<LeaseId, Lease>,
+    leases: OrdMap<LeaseId, Lease>,
     /// Recent change events, for watchers and for WATCH-style comparisons.
     history: History,
     /// The largest stamp applied so far: the machine's notion of "now".
@@ -86,16 +87,16 @@ pub struct Machine {
     revision: Revision,
     /// (deadline, key) for every key with a TTL; derived from `keys`, rebuilt on load.
     #[serde(skip)]
-    deadlines: BTreeSet<(Millis, Bytes)>,
+    deadlines: OrdSet<(Millis, Bytes)>,
 }
 
 /// The serialized form of a [`Machine`]: everything but derived indexes.
 #[derive(Deserialize)]
 struct MachineImage {
-    keys: BTreeMap<Bytes, Record>,
-    sessions: BTreeMap<u64, ClientSession>,
+    keys: OrdMap<Bytes, Record>,
+    sessions: OrdMap<u64, ClientSession>,
     incarnations: BTreeMap<u64, u64>,
-    leases: BTreeMap<LeaseId, Lease>,
+    leases: OrdMap<LeaseId, Lease>,
     history: History,
     clock: Millis,
     revision: Revision,
@@ -168,8 +169,15 @@ impl Machine {
         let now = self.clock;
         let reply = self.apply_once(index, now, request.id, &request.command);
         if index.is_multiple_of(SESSION_SWEEP_EVERY) {
-            self.sessions
-                .retain(|_, s| s.last_seen.saturating_add(DEDUP_WINDOW_MS) >= now);
+            let expired: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.last_seen.saturating_add(DEDUP_WINDOW_MS) < now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                self.sessions.remove(&id);
+            }
         }
         reply
     }
@@ -623,9 +631,8 @@ impl Machine {
             Bound::Included(serde_bytes::Bytes::new(prefix)),
             Bound::Unbounded,
         );
-        let range: btree_map::Range<'a, Bytes, Record> =
-            self.keys.range::<serde_bytes::Bytes, _>(start);
-        range
+        self.keys
+            .range::<_, serde_bytes::Bytes>(start)
             .take_while(move |(k, _)| k.starts_with(prefix))
             .filter(move |(_, r)| !r.is_expired(now))
     }
@@ -641,7 +648,7 @@ impl Machine {
             None => Bound::Unbounded,
         };
         self.keys
-            .range::<serde_bytes::Bytes, _>((start, Bound::Unbounded))
+            .range::<_, serde_bytes::Bytes>((start, Bound::Unbounded))
             .filter(move |(_, r)| !r.is_expired(now))
     }
 

@@ -66,6 +66,10 @@ struct SnapshotFile {
     /// window a concurrent save could slip into).
     #[cfg(test)]
     between_reads: Arc<std::sync::Mutex<Option<TestHook>>>,
+    /// Run once by the next build, on its blocking thread, before it encodes the machine (tests
+    /// hold the encoding there).
+    #[cfg(test)]
+    while_encoding: Arc<std::sync::Mutex<Option<TestHook>>>,
 }
 
 #[cfg(test)]
@@ -107,8 +111,11 @@ impl SnapshotFile {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, encode(&stored.meta));
         batch.insert(SNAPSHOT_DATA, stored.data.as_slice());
-        self.tree
-            .apply_batch(batch)
+        // A snapshot may be large: sled copies and writes it off the runtime's threads.
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.apply_batch(batch))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::error(e)))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         self.disk
             .persist()
@@ -159,6 +166,8 @@ impl<C: StoreConfig> StateMachineStore<C> {
             coverage: SnapshotCoverage::default(),
             #[cfg(test)]
             between_reads: Arc::default(),
+            #[cfg(test)]
+            while_encoding: Arc::default(),
         };
         let loaded = snapshots.load::<C>().map_err(OpenError::Snapshot)?;
         if let Some(last) = loaded.as_ref().and_then(|s| s.meta.last_log_id) {
@@ -213,14 +222,33 @@ pub struct SnapshotBuilder<C: StoreConfig> {
 
 impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<C>, C> {
-        let (data, last_applied, membership) = {
+        // The machine's maps share their nodes with the clone (copy on write), so the lock is
+        // held only for the clone; the encoding runs on a blocking thread while the replica
+        // keeps applying and serving reads.
+        let (machine, last_applied, membership) = {
             let replica = self.replica.read().expect("replica lock poisoned");
             (
-                encode(&replica.machine),
+                replica.machine.clone(),
                 replica.last_applied,
                 replica.membership.clone(),
             )
         };
+        #[cfg(test)]
+        let hook = self
+            .snapshots
+            .while_encoding
+            .lock()
+            .expect("hook lock")
+            .take();
+        let data = tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if let Some(hook) = hook {
+                hook();
+            }
+            encode(&machine)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
         let built = self.snapshots.built.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
@@ -312,8 +340,15 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<(), C> {
         let data = snapshot.into_inner();
-        let machine: Machine = decode(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;
+        let signature = Some(meta.signature());
+        let (data, machine) = tokio::task::spawn_blocking(move || {
+            let machine: Result<Machine, _> = decode(&data);
+            (data, machine.map_err(|e| e.to_string()))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::error(e)))?;
+        let machine =
+            machine.map_err(|e| StorageIOError::read_snapshot(signature, AnyError::error(e)))?;
         let stored = StoredSnapshot::<C> {
             meta: meta.clone(),
             data,
@@ -415,5 +450,44 @@ pub(crate) mod tests {
             "the snapshot's data is at revision {} but its meta says {index}",
             machine.revision()
         );
+    }
+
+    /// Encoding a snapshot holds nothing the replica needs: while a build is stopped in the
+    /// middle of encoding, entries are applied and read, and the snapshot still holds the state
+    /// it started from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_being_encoded_never_holds_up_applying_or_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::open::<Config>(dir.path(), Default::default()).unwrap();
+        let mut store = storage.state;
+        let view = store.view();
+        store.apply(blanks(1, 5)).await.unwrap();
+
+        let (paused, on_pause) = tokio::sync::oneshot::channel::<()>();
+        let (go, wait_go) = std::sync::mpsc::channel::<()>();
+        *store.snapshots.while_encoding.lock().unwrap() = Some(Box::new(move || {
+            let _ = paused.send(());
+            let _ = wait_go.recv_timeout(Duration::from_secs(30));
+        }));
+        let mut builder = store.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        on_pause.await.unwrap();
+
+        let applying = tokio::spawn(async move {
+            store.apply(blanks(6, 8)).await.unwrap();
+            store
+        });
+        let applied = tokio::time::timeout(Duration::from_secs(10), applying).await;
+        assert!(
+            applied.is_ok(),
+            "applying waited for the snapshot's encoding"
+        );
+        assert_eq!(view.read(|m| m.revision()), 8);
+
+        go.send(()).unwrap();
+        let snapshot = build.await.unwrap().unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(5));
+        let machine: Machine = crate::decode(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(machine.revision(), 5);
     }
 }

@@ -73,8 +73,11 @@ impl Machine {
     }
 
     pub(super) fn renew_all_leases(&mut self, now: Millis) -> Outcome {
-        for lease in self.leases.values_mut() {
-            lease.deadline = lease.deadline.max(now.saturating_add(lease.ttl_ms));
+        let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
+        for id in ids {
+            if let Some(lease) = self.leases.get_mut(&id) {
+                lease.deadline = lease.deadline.max(now.saturating_add(lease.ttl_ms));
+            }
         }
         Outcome::Count(self.leases.len() as u64)
     }
