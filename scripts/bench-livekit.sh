@@ -54,6 +54,13 @@ source scripts/lib/servers.sh
 
 # One run's reports only: the report is written from every run's JSON in OUT.
 rm -f "$out"/livekit-*-[0-9]*.json "$out"/livekit-*-[0-9]*.txt
+terms() { # endpoints: each Conclave node's Raft term, from INFO (empty for Redis)
+    local endpoint
+    for endpoint in ${1//,/ }; do
+        redis-cli -h "${endpoint%:*}" -p "${endpoint##*:}" INFO 2>/dev/null |
+            sed -n 's/^conclave_term:\([0-9]*\).*/\1/p'
+    done | paste -sd/
+}
 bench() { # rooms system endpoints
     local rooms=$1 system=$2 endpoints=$3
     local json="$out/livekit-$system-$rooms.json"
@@ -61,12 +68,18 @@ bench() { # rooms system endpoints
     pid_list=$(IFS=,; echo "${server_pids[*]}")
     proxy_list=$(IFS=,; echo "${proxy_pids[*]}")
     echo "== $rooms rooms, $system" >&2
-    local line
+    local line before
+    before=$(terms "$endpoints")
     line=$("$conclave" bench livekit --rooms "$rooms" --duration "$duration" --warmup "$warmup" \
         --resp "$endpoints" --pids "$pid_list" ${proxy_list:+--proxy-pids "$proxy_list"} \
         --label "$system" --json "$json" \
         | tee -a "$out/livekit-$system-$rooms.txt" | tail -1)
     echo "$line" >&2
+    # A term that moved during the run is an election the workload caused.
+    if [ -n "$before" ]; then
+        echo "Raft terms per node: $before before the run, $(terms "$endpoints") after" |
+            tee -a "$out/livekit-$system-$rooms.txt" >&2
+    fi
 }
 
 for rooms in "${rooms_list[@]}"; do

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,9 @@ struct ClientSession {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "MachineImage")]
 pub struct Machine {
-    keys: OrdMap<Bytes, Record>,
+    /// Records behind an `Arc`, so the map's nodes stay small: a node copied on write (while a
+    /// snapshot shares the map) copies pointers, and a record is copied only when it changes.
+    keys: OrdMap<Bytes, Arc<Record>>,
     sessions: OrdMap<u64, ClientSession>,
     /// node id -> incarnation of the data directory it runs on.
     incarnations: BTreeMap<u64, u64>,
@@ -93,7 +96,7 @@ pub struct Machine {
 /// The serialized form of a [`Machine`]: everything but derived indexes.
 #[derive(Deserialize)]
 struct MachineImage {
-    keys: OrdMap<Bytes, Record>,
+    keys: OrdMap<Bytes, Arc<Record>>,
     sessions: OrdMap<u64, ClientSession>,
     incarnations: BTreeMap<u64, u64>,
     leases: OrdMap<LeaseId, Lease>,
@@ -498,7 +501,7 @@ impl Machine {
         if self.keys.get(key).is_some_and(|r| r.is_expired(now)) {
             self.remove(key);
         }
-        self.keys.get_mut(key)
+        self.keys.get_mut(key).map(Arc::make_mut)
     }
 
     /// The live record under `key`, created by `empty` if absent.
@@ -509,9 +512,9 @@ impl Machine {
         empty: impl FnOnce() -> Record,
     ) -> &mut Record {
         if self.live_mut(key, now).is_none() {
-            self.keys.insert(key.clone(), empty());
+            self.keys.insert(key.clone(), Arc::new(empty()));
         }
-        self.keys.get_mut(key).expect("just ensured")
+        Arc::make_mut(self.keys.get_mut(key).expect("just ensured"))
     }
 
     /// Stores a string under `key`, replacing whatever was there, and records the event.
@@ -522,7 +525,7 @@ impl Machine {
             unreachable!("put stores strings; collections are changed in place");
         };
         let value = value.clone();
-        if let Some(old) = self.keys.insert(key.clone(), record) {
+        if let Some(old) = self.keys.insert(key.clone(), Arc::new(record)) {
             self.forget_bookkeeping(&key, &old, new_deadline, new_lease);
         }
         if let Some(deadline) = new_deadline {
@@ -583,6 +586,7 @@ impl Machine {
     pub fn record(&self, key: &[u8], now: Millis) -> Option<&Record> {
         self.keys
             .get(serde_bytes::Bytes::new(key))
+            .map(|r| &**r)
             .filter(|r| !r.is_expired(now))
     }
 
@@ -634,6 +638,7 @@ impl Machine {
         self.keys
             .range::<_, serde_bytes::Bytes>(start)
             .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, r)| (k, &**r))
             .filter(move |(_, r)| !r.is_expired(now))
     }
 
@@ -649,6 +654,7 @@ impl Machine {
         };
         self.keys
             .range::<_, serde_bytes::Bytes>((start, Bound::Unbounded))
+            .map(|(k, r)| (k, &**r))
             .filter(move |(_, r)| !r.is_expired(now))
     }
 

@@ -94,7 +94,7 @@ impl Machine {
             }
         }
         for (key, field) in &lease.fields {
-            let Some(record) = self.keys.get_mut(key) else {
+            let Some(record) = self.keys.get_mut(key).map(std::sync::Arc::make_mut) else {
                 continue;
             };
             if record.field_leases.get(field) != Some(&id) {
