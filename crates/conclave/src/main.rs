@@ -7,6 +7,7 @@
 mod bench;
 mod ctl;
 mod dev;
+mod memory;
 mod server;
 
 use clap::{Parser, Subcommand};

@@ -101,6 +101,7 @@ fn hostname() -> anyhow::Result<String> {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    crate::memory::start_trimming();
     let id = node_id(&args)?;
     let cluster = ClusterSpec::parse(&args.initial_cluster)?;
     let address = args

@@ -32,6 +32,7 @@ mod durable;
 mod identity;
 mod log_store;
 mod segments;
+mod snapshot_file;
 mod state_machine;
 
 use std::io::Cursor;
@@ -108,7 +109,7 @@ pub fn open<C: StoreConfig>(dir: &Path, options: StorageOptions) -> Result<Stora
         .mode(sled::Mode::HighThroughput)
         .open()?;
     let disk = durable::Disk::open(&db, dir)?;
-    let state = StateMachineStore::open(&db, disk.clone())?;
+    let state = StateMachineStore::open(&db, dir)?;
     Ok(Storage {
         log: LogStore::open(&db, dir, disk.clone(), state.coverage())?,
         state,

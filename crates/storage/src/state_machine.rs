@@ -1,7 +1,8 @@
 //! The state machine store: the in-memory [`Machine`], its applied position and membership, and
-//! snapshots persisted in sled.
+//! its snapshots (persisted by [`crate::snapshot_file`]).
 
 use std::io::Cursor;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,10 +13,10 @@ use openraft::{
     AnyError, EntryPayload, LogId, RaftLogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
-use sled::{Db, Tree};
+use sled::Db;
 
 use crate::coverage::SnapshotCoverage;
-use crate::durable::Disk;
+use crate::snapshot_file::{self, SnapshotFile};
 use tokio::sync::watch;
 
 use crate::{decode, encode, OpenError, StoreConfig};
@@ -23,12 +24,6 @@ use crate::{decode, encode, OpenError, StoreConfig};
 type StorageResult<T, C> = Result<T, StorageError<<C as openraft::RaftTypeConfig>::NodeId>>;
 type Meta<C> =
     SnapshotMeta<<C as openraft::RaftTypeConfig>::NodeId, <C as openraft::RaftTypeConfig>::Node>;
-
-/// The current snapshot is kept under two keys, written in one atomic batch and, while the node
-/// runs, read under the save lock (two lookups are not atomic: a save between them would pair
-/// the old meta with the new data).
-const SNAPSHOT_META: &[u8] = b"meta";
-const SNAPSHOT_DATA: &[u8] = b"data";
 
 /// The replica: what has been applied, and up to where.
 struct Replica<C: StoreConfig> {
@@ -48,21 +43,23 @@ struct StoredSnapshot<C: StoreConfig> {
 pub struct StateMachineStore<C: StoreConfig> {
     replica: Arc<RwLock<Replica<C>>>,
     applied: watch::Sender<Revision>,
-    snapshots: SnapshotFile,
+    snapshots: Snapshots,
 }
 
-/// Where the current snapshot is persisted. Building (in openraft's background task) and
-/// installing (from the leader) may overlap: saves are serialized, and a snapshot never replaces a
-/// newer one, or a restart would find the log purged past the snapshot it loads.
+/// Where the current snapshot is persisted (its own file, see [`crate::snapshot_file`]).
+/// Building (in openraft's background task) and installing (from the leader) may overlap: saves
+/// are serialized, and a snapshot never replaces a newer one, or a restart would find the log
+/// purged past the snapshot it loads.
 #[derive(Clone)]
-struct SnapshotFile {
-    disk: Disk,
-    tree: Tree,
+struct Snapshots {
+    file: SnapshotFile,
     saving: Arc<tokio::sync::Mutex<()>>,
+    /// The last log id of the snapshot in the file (None: no snapshot, or an empty one).
+    kept: Arc<std::sync::Mutex<Option<u64>>>,
     built: Arc<AtomicU64>,
     /// Told of every save, for the log's purges.
     coverage: SnapshotCoverage,
-    /// Run once, between reading the meta and the data, by the next `load` (tests widen the
+    /// Run once, between opening the file and reading it, by the next `load` (tests widen the
     /// window a concurrent save could slip into).
     #[cfg(test)]
     between_reads: Arc<std::sync::Mutex<Option<TestHook>>>,
@@ -75,56 +72,68 @@ struct SnapshotFile {
 #[cfg(test)]
 type TestHook = Box<dyn FnOnce() + Send>;
 
-impl SnapshotFile {
+impl Snapshots {
+    /// The current snapshot (blocks: reads the file).
     fn load<C: StoreConfig>(&self) -> Result<Option<StoredSnapshot<C>>, String> {
-        let meta = self.tree.get(SNAPSHOT_META).map_err(|e| e.to_string())?;
+        let Some(file) = self.file.open_current().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
         #[cfg(test)]
         if let Some(hook) = self.between_reads.lock().expect("hook lock").take() {
             hook();
         }
-        let data = self.tree.get(SNAPSHOT_DATA).map_err(|e| e.to_string())?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some(StoredSnapshot {
-                meta: decode(&meta).map_err(|e| e.to_string())?,
-                data: data.to_vec(),
-            })),
-            _ => Ok(None),
-        }
+        let stored = SnapshotFile::read(file).map_err(|e| e.to_string())?;
+        Ok(Some(StoredSnapshot {
+            meta: decode(&stored.meta).map_err(|e| e.to_string())?,
+            data: stored.data,
+        }))
     }
 
-    /// Persists `stored` unless the snapshot already kept is at least as recent.
-    async fn save<C: StoreConfig>(&self, stored: &StoredSnapshot<C>) -> StorageResult<(), C> {
+    /// [`Snapshots::load`] on a blocking thread.
+    async fn load_in_background<C: StoreConfig>(
+        &self,
+    ) -> StorageResult<Option<StoredSnapshot<C>>, C> {
+        let snapshots = self.clone();
+        tokio::task::spawn_blocking(move || snapshots.load::<C>())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)).into())
+    }
+
+    /// Persists `stored` unless the snapshot already kept is at least as recent; hands it back.
+    async fn save<C: StoreConfig>(
+        &self,
+        stored: StoredSnapshot<C>,
+    ) -> StorageResult<StoredSnapshot<C>, C> {
         let _saving = self.saving.lock().await;
+        let index = stored.meta.last_log_id.map(|id| id.index);
+        let kept = *self.kept.lock().expect("kept lock");
+        if kept.is_some() && kept >= index {
+            // Saved (and synced) by an earlier save, under this same lock.
+            return Ok(stored);
+        }
         let signature = Some(stored.meta.signature());
-        let kept = self
-            .tree
-            .get(SNAPSHOT_META)
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        if let Some(kept) = kept {
-            let kept: Meta<C> =
-                decode(&kept).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &*e))?;
-            if kept.last_log_id >= stored.meta.last_log_id {
-                // Saved (and flushed) by an earlier save, under this same lock.
-                return Ok(());
-            }
+        let file = self.file.clone();
+        let on_disk = snapshot_file::Stored {
+            meta: encode(&stored.meta),
+            data: stored.data,
+        };
+        // A snapshot may be large: it is written and synced off the runtime's threads.
+        let (written, data) = tokio::task::spawn_blocking(move || {
+            let written = file.save(&on_disk);
+            (written, on_disk.data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::error(e)))?;
+        written.map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        *self.kept.lock().expect("kept lock") = index;
+        if let Some(index) = index {
+            self.coverage.saved(index);
         }
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META, encode(&stored.meta));
-        batch.insert(SNAPSHOT_DATA, stored.data.as_slice());
-        // A snapshot may be large: sled copies and writes it off the runtime's threads.
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.apply_batch(batch))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::error(e)))?
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.disk
-            .persist()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
-        if let Some(last) = stored.meta.last_log_id {
-            self.coverage.saved(last.index);
-        }
-        Ok(())
+        Ok(StoredSnapshot {
+            meta: stored.meta,
+            data,
+        })
     }
 }
 
@@ -157,11 +166,11 @@ impl<C: StoreConfig> StateView<C> {
 
 impl<C: StoreConfig> StateMachineStore<C> {
     /// Opens the snapshot tree and restores the replica from the latest snapshot, if any.
-    pub(crate) fn open(db: &Db, disk: Disk) -> Result<Self, OpenError> {
-        let snapshots = SnapshotFile {
-            disk,
-            tree: db.open_tree("snapshots")?,
+    pub(crate) fn open(db: &Db, dir: &Path) -> Result<Self, OpenError> {
+        let snapshots = Snapshots {
+            file: SnapshotFile::open(dir, &db.open_tree("snapshots")?)?,
             saving: Arc::default(),
+            kept: Arc::default(),
             built: Arc::default(),
             coverage: SnapshotCoverage::default(),
             #[cfg(test)]
@@ -172,6 +181,7 @@ impl<C: StoreConfig> StateMachineStore<C> {
         let loaded = snapshots.load::<C>().map_err(OpenError::Snapshot)?;
         if let Some(last) = loaded.as_ref().and_then(|s| s.meta.last_log_id) {
             snapshots.coverage.saved(last.index);
+            *snapshots.kept.lock().expect("kept lock") = Some(last.index);
         }
         let replica = match loaded {
             Some(stored) => Replica {
@@ -217,7 +227,7 @@ impl<C: StoreConfig> StateMachineStore<C> {
 /// Builds a snapshot of the replica and keeps it as the current one.
 pub struct SnapshotBuilder<C: StoreConfig> {
     replica: Arc<RwLock<Replica<C>>>,
-    snapshots: SnapshotFile,
+    snapshots: Snapshots,
 }
 
 impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
@@ -262,7 +272,7 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
             },
             data,
         };
-        self.snapshots.save(&stored).await?;
+        let stored = self.snapshots.save(stored).await?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -353,7 +363,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
             meta: meta.clone(),
             data,
         };
-        self.snapshots.save(&stored).await?;
+        self.snapshots.save(stored).await?;
         let revision = machine.revision();
         {
             let mut replica = self.replica.write().expect("replica lock poisoned");
@@ -367,12 +377,8 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>, C> {
-        let _saving = self.snapshots.saving.lock().await;
-        let stored = self
-            .snapshots
-            .load::<C>()
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        let Some(stored) = stored else {
+        // No lock: a save renames a whole new file over the one this read opened.
+        let Some(stored) = self.snapshots.load_in_background::<C>().await? else {
             return Ok(None);
         };
         Ok(Some(Snapshot {

@@ -1,0 +1,229 @@
+//! The current snapshot, in a file of its own: `snapshot` in the data directory.
+//!
+//! Format: `CSNP`, a format version (u32), the meta's length (u64) and bytes, the data's length
+//! (u64) and bytes, then a CRC32 of everything before it; integers little-endian. A save writes
+//! `snapshot.tmp`, syncs it, renames it over `snapshot` and syncs the directory, so the file is
+//! always one whole snapshot, the old or the new. A reader opens the file once: a save renaming
+//! a newer one over it meanwhile does not change what the open file holds.
+//!
+//! Earlier versions kept the snapshot in sled (tree `snapshots`), where every save of a large
+//! snapshot left a blob behind for sled to reclaim and kept it in sled's cache. Such a snapshot
+//! is moved into the file when the directory is opened, then removed from sled.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sled::Tree;
+
+/// The snapshot's file name in the data directory.
+pub const FILE_NAME: &str = "snapshot";
+const MAGIC: &[u8; 4] = b"CSNP";
+/// The format version this build writes and reads.
+const VERSION: u32 = 1;
+/// sled's keys of an earlier version's snapshot.
+const LEGACY_META: &[u8] = b"meta";
+const LEGACY_DATA: &[u8] = b"data";
+
+/// A snapshot as stored: its encoded meta and data.
+pub struct Stored {
+    pub meta: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+/// The snapshot file of one data directory.
+#[derive(Clone)]
+pub struct SnapshotFile {
+    dir: PathBuf,
+}
+
+impl SnapshotFile {
+    /// The snapshot file in `dir`, with an earlier version's snapshot moved into it from `legacy`.
+    pub fn open(dir: &Path, legacy: &Tree) -> io::Result<Self> {
+        let file = SnapshotFile {
+            dir: dir.to_path_buf(),
+        };
+        let _ = fs::remove_file(file.temporary());
+        let meta = legacy.get(LEGACY_META).map_err(io::Error::other)?;
+        let data = legacy.get(LEGACY_DATA).map_err(io::Error::other)?;
+        if let (Some(meta), Some(data)) = (meta, data) {
+            // Whenever sled holds one it is the latest: it is moved again after a crash between
+            // the move and the clearing, and an earlier version run on this directory since
+            // wrote it after this file.
+            file.save(&Stored {
+                meta: meta.to_vec(),
+                data: data.to_vec(),
+            })?;
+        }
+        if !legacy.is_empty() {
+            legacy.clear().map_err(io::Error::other)?;
+            legacy.flush().map_err(io::Error::other)?;
+        }
+        Ok(file)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn temporary(&self) -> PathBuf {
+        self.dir.join(format!("{FILE_NAME}.tmp"))
+    }
+
+    /// Opens the current snapshot for reading, if there is one.
+    pub fn open_current(&self) -> io::Result<Option<File>> {
+        match File::open(self.path()) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a snapshot from a file [`SnapshotFile::open_current`] opened.
+    pub fn read(mut file: File) -> io::Result<Stored> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        decode(&bytes)
+    }
+
+    /// The current snapshot, if there is one.
+    #[cfg(test)]
+    pub fn load(&self) -> io::Result<Option<Stored>> {
+        self.open_current()?.map(Self::read).transpose()
+    }
+
+    /// Replaces the current snapshot by `stored`, durably (blocks: call off the runtime).
+    pub fn save(&self, stored: &Stored) -> io::Result<()> {
+        let temporary = self.temporary();
+        let mut file = File::create(&temporary)?;
+        file.write_all(&encode(stored))?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temporary, self.path())?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+fn encode(stored: &Stored) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(4 + 4 + 8 + stored.meta.len() + 8 + stored.data.len() + 4);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    for part in [&stored.meta, &stored.data] {
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part);
+    }
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn decode(bytes: &[u8]) -> io::Result<Stored> {
+    let invalid =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {what}"));
+    if bytes.len() < 4 + 4 + 8 + 8 + 4 || &bytes[..4] != MAGIC {
+        return Err(invalid("not a Conclave snapshot"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(invalid("checksum mismatch (damaged)"));
+    }
+    let version = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(invalid(&format!(
+            "format version {version}; this build reads version {VERSION}"
+        )));
+    }
+    let mut rest = &body[8..];
+    let mut part = || -> io::Result<Vec<u8>> {
+        if rest.len() < 8 {
+            return Err(invalid("truncated"));
+        }
+        let (length, after) = rest.split_at(8);
+        let length = u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize;
+        if after.len() < length {
+            return Err(invalid("truncated"));
+        }
+        let (part, after) = after.split_at(length);
+        rest = after;
+        Ok(part.to_vec())
+    };
+    let meta = part()?;
+    let data = part()?;
+    Ok(Stored { meta, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(meta: &str, data: &str) -> Stored {
+        Stored {
+            meta: meta.as_bytes().to_vec(),
+            data: data.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_saved_snapshot_replaces_the_last_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let file = SnapshotFile::open(dir.path(), &db.open_tree("snapshots").unwrap()).unwrap();
+        assert!(file.load().unwrap().is_none());
+        file.save(&stored("m1", "first")).unwrap();
+        file.save(&stored("m2", "second")).unwrap();
+        let loaded = file.load().unwrap().unwrap();
+        assert_eq!(
+            (loaded.meta, loaded.data),
+            (b"m2".to_vec(), b"second".to_vec())
+        );
+        assert!(!dir.path().join("snapshot.tmp").exists());
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_file_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let file = SnapshotFile::open(dir.path(), &db.open_tree("snapshots").unwrap()).unwrap();
+        file.save(&stored("meta", "data")).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let error = file
+            .load()
+            .err()
+            .expect("a flipped bit is noticed")
+            .to_string();
+        assert!(error.contains("checksum"), "{error}");
+
+        let mut future = encode(&stored("meta", "data"));
+        future[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let body = future.len() - 4;
+        let crc = crc32fast::hash(&future[..body]);
+        future[body..].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&path, &future).unwrap();
+        let error = file
+            .load()
+            .err()
+            .expect("an unknown version is refused")
+            .to_string();
+        assert!(error.contains("format version 2"), "{error}");
+    }
+
+    #[test]
+    fn a_snapshot_kept_in_sled_by_an_earlier_version_moves_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let legacy = db.open_tree("snapshots").unwrap();
+        legacy.insert(LEGACY_META, b"old meta".to_vec()).unwrap();
+        legacy.insert(LEGACY_DATA, b"old data".to_vec()).unwrap();
+        let file = SnapshotFile::open(dir.path(), &legacy).unwrap();
+        let loaded = file.load().unwrap().unwrap();
+        assert_eq!(loaded.data, b"old data");
+        assert!(legacy.is_empty(), "sled no longer holds it");
+        // Opened again (as after a restart), the file is kept.
+        let file = SnapshotFile::open(dir.path(), &legacy).unwrap();
+        assert_eq!(file.load().unwrap().unwrap().meta, b"old meta");
+    }
+}
