@@ -360,6 +360,34 @@ fn info_counter(cluster: &Cluster, id: u64, field: &str) -> u64 {
         .unwrap()
 }
 
+/// Waits until every node knows every other node's interest (their relay streams exchanged it),
+/// as a cluster that has run for a moment does: PUBLISH on each node counts a subscriber on
+/// each other node.
+async fn wait_for_the_mesh(cluster: &Cluster) {
+    let mut subscribers = Vec::new();
+    for id in 1..=3u64 {
+        let mut subscriber = RespConnection::connect(&cluster.resp(id));
+        assert!(matches!(
+            subscriber.cmd(&format!("SUBSCRIBE mesh:{id}")),
+            Frame::Array(_)
+        ));
+        subscribers.push(subscriber);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for from in 1..=3u64 {
+        let mut publisher = RespConnection::connect(&cluster.resp(from));
+        for to in (1..=3u64).filter(|to| *to != from) {
+            while publisher.cmd(&format!("PUBLISH mesh:{to} ready")) != Frame::Integer(1) {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {from} never learnt node {to}'s interest"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 fn message(channel: &str, payload: &str) -> Frame {
     Frame::Array(vec![
         Frame::bulk("message"),
@@ -376,6 +404,7 @@ async fn a_message_published_on_another_member_right_after_subscribe_answered_ar
     let _serial = serial().await;
     let cluster = Cluster::start_with_resp(3, &[]);
     cluster.wait_leader(Duration::from_secs(15)).await;
+    wait_for_the_mesh(&cluster).await;
     let mut publishers: Vec<RespConnection> = (1..=3)
         .map(|id| RespConnection::connect(&cluster.resp(id)))
         .collect();
@@ -409,6 +438,7 @@ async fn messages_are_relayed_only_to_members_with_matching_subscribers() {
     let _serial = serial().await;
     let cluster = Cluster::start_with_resp(3, &[]);
     cluster.wait_leader(Duration::from_secs(15)).await;
+    wait_for_the_mesh(&cluster).await;
     let mut direct: Vec<RespConnection> = (0..2)
         .map(|_| RespConnection::connect(&cluster.resp(2)))
         .collect();
@@ -469,4 +499,36 @@ async fn messages_are_relayed_only_to_members_with_matching_subscribers() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Known to have none left (not merely unknown): node 2 no longer gets room:1.
+    let unrouted_before = info_counter(&cluster, 1, "conclave_pubsub_unrouted");
+    assert_eq!(publisher.cmd("PUBLISH room:1 later"), Frame::Integer(1));
+    let unrouted = info_counter(&cluster, 1, "conclave_pubsub_unrouted") - unrouted_before;
+    assert_eq!(unrouted, 1, "room:1 is still relayed to node 2");
+}
+
+/// A node's interest larger than one peer message may be (here about 5 MiB of channel names in
+/// one SUBSCRIBE) still reaches the other members, and their messages reach the subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interest_larger_than_a_peer_message_still_reaches_every_member() {
+    let _serial = serial().await;
+    let cluster = Cluster::start_with_resp(3, &[]);
+    cluster.wait_leader(Duration::from_secs(15)).await;
+    wait_for_the_mesh(&cluster).await;
+    let channels: Vec<String> = (0..160_000)
+        .map(|i| format!("big-interest:channel:{i:09}"))
+        .collect();
+    let mut subscriber = RespConnection::connect(&cluster.resp(2));
+    let mut subscribe: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+    subscribe.extend(channels.iter().map(|c| c.as_bytes()));
+    subscriber.send(&subscribe);
+    for _ in &channels {
+        assert!(matches!(subscriber.read(), Frame::Array(_)));
+    }
+    let mut publisher = RespConnection::connect(&cluster.resp(1));
+    let last = channels.last().unwrap();
+    assert_eq!(
+        publisher.call(&[b"PUBLISH", last.as_bytes(), b"found"]),
+        Frame::Integer(1)
+    );
+    assert_eq!(subscriber.read(), message(last, "found"));
 }

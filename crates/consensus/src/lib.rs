@@ -32,6 +32,7 @@ use std::io::Cursor;
 
 pub use cluster::{ClusterSpec, SpecError};
 pub use leader::{AdminRequest, MemberView, MembershipView};
+pub use network::MAX_PEER_MESSAGE_BYTES;
 pub use node::{Consistency, Node, NodeError, NodeOptions, NodeStatus, StartError, Timing};
 pub use service::PeerService;
 

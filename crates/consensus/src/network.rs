@@ -30,7 +30,7 @@ use crate::{NodeId, TypeConfig};
 /// Largest node-to-node message accepted, either way. Client requests are capped at gRPC's 4 MiB
 /// default, AppendEntries batches at [`MAX_APPEND_BYTES`] plus one entry, snapshot chunks at
 /// openraft's 3 MiB: this leaves room and still bounds what a peer can make a node allocate.
-pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Largest AppendEntries batch sent in one RPC, in bytes of application data.
 const MAX_APPEND_BYTES: u64 = 4 * 1024 * 1024;

@@ -298,8 +298,8 @@ impl PubSub {
 }
 
 impl Hub {
-    /// This node's whole interest, for a relay stream's first batch to the peer of `outbox`.
-    fn interest_reset(&self, outbox: &interest::Outbox) -> interest::Outgoing {
+    /// This node's whole interest, for a relay stream's first batches to the peer of `outbox`.
+    fn interest_reset(&self, outbox: &interest::Outbox) -> Vec<interest::Outgoing> {
         let registry = self.registry.lock().expect("registry poisoned");
         let channels = registry.channels.iter().map(|(name, subscribers)| {
             let name = interest::Name {

@@ -22,7 +22,7 @@ use tokio::time::Instant as Deadline;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::interest::{Outbox, Outgoing, Remote, SETTLE_WAIT};
+use crate::interest::{Outbox, Outgoing, Remote, KEEPALIVE, RECEIVER_LEASE, SETTLE_WAIT};
 use crate::{Hub, Published, Stats};
 
 /// Messages queued towards one peer before new ones are dropped.
@@ -128,8 +128,12 @@ impl Relays {
                 .collect()
         };
         let deadline = Deadline::now() + SETTLE_WAIT;
-        for (mut acked, target) in waits {
-            let _ = tokio::time::timeout_at(deadline, acked.wait_for(|a| *a >= target)).await;
+        for mut waiting in waits {
+            let until = waiting
+                .until
+                .map_or(deadline, |until| deadline.min(Deadline::from_std(until)));
+            let target = waiting.target;
+            let _ = tokio::time::timeout_at(until, waiting.acked.wait_for(|a| *a >= target)).await;
         }
     }
 }
@@ -194,8 +198,9 @@ fn reconcile(hub: &Arc<Hub>) {
     }
 }
 
-/// Streams the queue to the peer at `address`, reconnecting after failures: each stream starts
-/// with this node's whole interest, then carries its changes and the queued messages.
+/// Streams the queue to the peer at `address`, reconnecting after failures: each stream the peer
+/// answered starts with this node's whole interest, then carries its changes and the queued
+/// messages, and an empty batch when it was idle for [`KEEPALIVE`].
 async fn relay(
     hub: Weak<Hub>,
     address: String,
@@ -222,16 +227,21 @@ async fn relay(
         // The call runs as its own task, so it makes progress (sending the stream's batches and
         // reading the peer's acknowledgements) while this loop waits for room in `batches`.
         let acknowledged = outbox.clone();
-        let mut call = tokio::spawn(async move {
-            let mut acks = MeshClient::new(channel).relay(request).await?.into_inner();
+        let (answered, on_answer) = tokio::sync::oneshot::channel();
+        let mut call = AbortOnDrop(tokio::spawn(async move {
+            let mut client = MeshClient::new(channel)
+                .max_decoding_message_size(MAX_RELAY_MESSAGE)
+                .max_encoding_message_size(MAX_RELAY_MESSAGE);
+            let mut acks = client.relay(request).await?.into_inner();
+            let _ = answered.send(());
             while let Some(ack) = acks.message().await? {
                 acknowledged.acknowledged(ack.interest_seq);
             }
             Ok::<(), Status>(())
-        });
-        let batch = |messages, interest: Option<Outgoing>, interest_reset| {
-            let (interest, interest_seq) =
-                interest.map_or((Vec::new(), 0), |i| (i.interest, i.seq));
+        }));
+        let batch = |messages, interest: Option<Outgoing>| {
+            let (interest, interest_reset, interest_seq) =
+                interest.map_or((Vec::new(), false, 0), |i| (i.interest, i.reset, i.seq));
             RelayBatch {
                 origin_node: origin,
                 messages,
@@ -242,28 +252,39 @@ async fn relay(
                 interest_seq,
             }
         };
-        let Some(full) = hub.upgrade().map(|h| h.interest_reset(&outbox)) else {
-            return;
+        // Only a stream the peer answered gets this node's interest: a peer that is down holds
+        // no copy, so subscribers need not wait for it.
+        let answered = tokio::select! {
+            result = &mut call.0 => {
+                if let Ok(Err(status)) = result {
+                    tracing::debug!("pub/sub relay to {address} failed: {}", status.message());
+                }
+                false
+            }
+            answer = on_answer => answer.is_ok(),
         };
-        if batches
-            .send(batch(Vec::new(), Some(full), true))
-            .await
-            .is_ok()
-        {
-            loop {
-                tokio::select! {
-                    result = &mut call => {
+        let copy = answered
+            .then(|| hub.upgrade().map(|h| h.interest_reset(&outbox)))
+            .flatten();
+        if let Some(copy) = copy {
+            let mut sent = true;
+            for part in copy {
+                sent = sent && batches.send(batch(Vec::new(), Some(part))).await.is_ok();
+            }
+            let mut keepalive = tokio::time::interval(KEEPALIVE);
+            let mut active = true;
+            while sent {
+                let next = tokio::select! {
+                    result = &mut call.0 => {
                         if let Ok(Err(status)) = result {
                             tracing::debug!("pub/sub relay to {address} ended: {}", status.message());
                         }
                         break;
                     }
-                    () = outbox.wake.notified() => {
-                        let Some(changes) = outbox.take() else { continue };
-                        if batches.send(batch(Vec::new(), Some(changes), false)).await.is_err() {
-                            break;
-                        }
-                    }
+                    () = outbox.wake.notified() => match outbox.take() {
+                        Some(changes) => batch(Vec::new(), Some(changes)),
+                        None => continue,
+                    },
                     first = pending.recv() => {
                         let Some(first) = first else { return };
                         let messages = fresh_messages(&hub, first, &mut pending);
@@ -271,16 +292,34 @@ async fn relay(
                         if messages.is_empty() && changes.is_none() {
                             continue;
                         }
-                        if batches.send(batch(messages, changes, false)).await.is_err() {
-                            break;
-                        }
+                        batch(messages, changes)
                     }
-                }
+                    _ = keepalive.tick() => {
+                        if std::mem::replace(&mut active, false) {
+                            continue;
+                        }
+                        batch(Vec::new(), None)
+                    }
+                };
+                active = true;
+                sent = batches.send(next).await.is_ok();
             }
         }
-        outbox.down();
-        call.abort();
+        drop(call);
+        outbox.ended();
         tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+/// Largest relay batch or acknowledgement: the peers' message limit.
+const MAX_RELAY_MESSAGE: usize = conclave_consensus::MAX_PEER_MESSAGE_BYTES;
+
+/// Aborts the task when dropped (a relay stopped by `reconcile` takes its call with it).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -451,6 +490,8 @@ impl MeshService {
 
     pub fn into_server(self) -> MeshServer<Self> {
         MeshServer::new(self)
+            .max_decoding_message_size(MAX_RELAY_MESSAGE)
+            .max_encoding_message_size(MAX_RELAY_MESSAGE)
     }
 }
 
@@ -484,7 +525,21 @@ impl MeshService {
         acks: mpsc::Sender<Result<RelayAck, Status>>,
     ) {
         let mut entitlement: Option<(Entitlement, mpsc::Sender<RelayBatch>)> = None;
-        while let Ok(Some(mut batch)) = stream.message().await {
+        loop {
+            let superseded = async {
+                match &entitlement {
+                    Some((entitled, _)) => entitled.superseded().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // A stream silent past the lease (its sender sends keep-alives) is taken as dead:
+            // its origin's interest is forgotten, and the origin gets every message until its
+            // next stream says it again.
+            let next = tokio::select! {
+                next = tokio::time::timeout(RECEIVER_LEASE, stream.message()) => next,
+                () = superseded => break,
+            };
+            let Ok(Ok(Some(mut batch))) = next else { break };
             let (entitled, deliveries) = match &entitlement {
                 Some(entered) => entered,
                 None => {
@@ -510,17 +565,27 @@ impl MeshService {
                     self.drop_relayed(batch.messages.len());
                     break;
                 }
-                let ack = RelayAck {
-                    interest_seq: batch.interest_seq,
-                };
-                let _ = acks.send(Ok(ack)).await;
+                if batch.interest_seq > 0 {
+                    let ack = RelayAck {
+                        interest_seq: batch.interest_seq,
+                    };
+                    let _ = acks.send(Ok(ack)).await;
+                }
             }
             if batch.messages.is_empty() {
                 continue;
             }
-            if let Err(unsent) = deliveries.send(batch).await {
-                self.drop_relayed(unsent.0.messages.len());
-                break;
+            // Never wait for delivery (messages held for their revision): the stream's interest
+            // must keep flowing. Messages that find the queue full are dropped (at most once).
+            match deliveries.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(unsent)) => {
+                    self.drop_relayed(unsent.messages.len());
+                }
+                Err(mpsc::error::TrySendError::Closed(unsent)) => {
+                    self.drop_relayed(unsent.messages.len());
+                    break;
+                }
             }
         }
         if let Some((entitled, _)) = entitlement {
