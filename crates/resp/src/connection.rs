@@ -608,11 +608,18 @@ impl Connection {
 
     /// [`Connection::read`] for reads that walk the whole keyspace (KEYS): they run on a blocking
     /// thread against a copy of the replica (its maps are shared copy-on-write, so the copy is
-    /// cheap), never holding the replica's lock or a runtime thread while they walk.
+    /// cheap), never holding the replica's lock or a runtime thread while they walk; at most
+    /// `MAX_WALKS` at once per node.
     async fn read_detached<T: Send + 'static>(
         &mut self,
         read: impl FnOnce(&Machine, u64) -> T + Send + 'static,
     ) -> Result<T, Reply> {
+        let shared = self.shared.clone();
+        let _walking = shared
+            .walks
+            .acquire()
+            .await
+            .map_err(|_| Reply::error("ERR the node is stopping"))?;
         let machine = self.read(|m, _| m.clone()).await?;
         tokio::task::spawn_blocking(move || {
             let now = machine.clock();

@@ -100,6 +100,9 @@ impl Default for RespOptions {
     }
 }
 
+/// Most whole-keyspace walks (KEYS, SCAN steps over 1,024 keys) a node runs at once; more wait.
+const MAX_WALKS: usize = 2;
+
 /// State shared by every RESP connection of a node.
 pub(crate) struct Shared {
     node: Node,
@@ -109,6 +112,9 @@ pub(crate) struct Shared {
     scripts: scripts::ScriptCache,
     batcher: batch::WriteBatcher,
     cursors: connection::Cursors,
+    /// Whole-keyspace walks (KEYS, large SCAN steps) running at once: each holds a copy of the
+    /// replica and a blocking thread, which votes and snapshots need too.
+    walks: tokio::sync::Semaphore,
     clients: AtomicUsize,
     next_client_id: AtomicU64,
     connections_received: AtomicU64,
@@ -144,6 +150,7 @@ pub async fn serve(
         port,
         scripts: Default::default(),
         cursors: Default::default(),
+        walks: tokio::sync::Semaphore::new(MAX_WALKS),
         clients: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(1),
         connections_received: AtomicU64::new(0),

@@ -158,7 +158,9 @@ impl History {
         }
         let mut events: Vec<Event> = Vec::new();
         let mut bytes = 0;
-        for event in self.events.skip(self.first_after(after)).iter() {
+        // A focus reads the range in place (`Vector::skip` would copy the shared chunks).
+        let start = self.first_after(after);
+        for event in self.events.focus().narrow(start..) {
             let full = events.len() >= limit || bytes >= max_bytes;
             if full {
                 if let Some(last) = events.last().map(|l| l.revision) {
@@ -188,12 +190,8 @@ impl History {
             return None;
         }
         let start = self.first_after(after);
-        Some(
-            self.events
-                .skip(start)
-                .iter()
-                .any(|e| e.key.as_slice() == key),
-        )
+        let mut events = self.events.focus().narrow(start..).into_iter();
+        Some(events.any(|e| e.key.as_slice() == key))
     }
 
     pub fn len(&self) -> usize {

@@ -78,10 +78,12 @@ pub struct Machine {
     /// Records behind an `Arc`, so the map's nodes stay small: a node copied on write (while a
     /// snapshot shares the map) copies pointers, and a record is copied only when it changes.
     keys: OrdMap<Bytes, Arc<Record>>,
-    sessions: OrdMap<u64, ClientSession>,
+    /// Behind an `Arc` for the same reason: a client's remembered replies are copied only when
+    /// that client writes while a copy of the machine is alive.
+    sessions: OrdMap<u64, Arc<ClientSession>>,
     /// node id -> incarnation of the data directory it runs on.
     incarnations: BTreeMap<u64, u64>,
-    leases: OrdMap<LeaseId, Lease>,
+    leases: OrdMap<LeaseId, Arc<Lease>>,
     /// Recent change events, for watchers and for WATCH-style comparisons.
     history: History,
     /// The largest stamp applied so far: the machine's notion of "now".
@@ -97,9 +99,9 @@ pub struct Machine {
 #[derive(Deserialize)]
 struct MachineImage {
     keys: OrdMap<Bytes, Arc<Record>>,
-    sessions: OrdMap<u64, ClientSession>,
+    sessions: OrdMap<u64, Arc<ClientSession>>,
     incarnations: BTreeMap<u64, u64>,
-    leases: OrdMap<LeaseId, Lease>,
+    leases: OrdMap<LeaseId, Arc<Lease>>,
     history: History,
     clock: Millis,
     revision: Revision,
@@ -215,7 +217,7 @@ impl Machine {
     }
 
     fn remember_reply(&mut self, id: RequestId, now: Millis, reply: WriteReply) {
-        let session = self.sessions.entry(id.client_id).or_default();
+        let session = Arc::make_mut(self.sessions.entry(id.client_id).or_default());
         session.last_seen = now;
         session.replies.insert(id.sequence, (now, reply));
         // Forget from the oldest sequence number on: replies older than the window, and replies
@@ -258,7 +260,7 @@ impl Machine {
                 // Check and remove each key in one step, so a key named twice counts once.
                 let mut removed = 0u64;
                 for key in keys {
-                    if self.live_mut(key, now).is_some() {
+                    if self.live(key, now).is_some() {
                         self.remove(key);
                         removed += 1;
                     }
@@ -340,7 +342,7 @@ impl Machine {
         if options.lease.is_some_and(|l| !self.leases.contains_key(&l)) {
             return Outcome::LeaseNotFound;
         }
-        let existing = self.live_mut(key, now);
+        let existing = self.live(key, now);
         if options.return_previous
             && existing
                 .as_ref()
@@ -497,10 +499,17 @@ impl Machine {
     }
 
     /// The record under `key` unless absent or expired at `now`; an expired one is removed.
-    fn live_mut(&mut self, key: &Bytes, now: Millis) -> Option<&mut Record> {
+    fn live(&mut self, key: &Bytes, now: Millis) -> Option<&Record> {
         if self.keys.get(key).is_some_and(|r| r.is_expired(now)) {
             self.remove(key);
         }
+        self.keys.get(key).map(|r| &**r)
+    }
+
+    /// [`Machine::live`], to change: the record (and the map's path to it) is copied here if a
+    /// copy of the machine shares it, so call it only where the record does change.
+    fn live_mut(&mut self, key: &Bytes, now: Millis) -> Option<&mut Record> {
+        self.live(key, now)?;
         self.keys.get_mut(key).map(Arc::make_mut)
     }
 
@@ -532,7 +541,7 @@ impl Machine {
             self.deadlines.insert((deadline, key.clone()));
         }
         if let Some(lease) = new_lease {
-            if let Some(l) = self.leases.get_mut(&lease) {
+            if let Some(l) = self.leases.get_mut(&lease).map(Arc::make_mut) {
                 l.keys.insert(key.clone());
             }
         }
@@ -560,7 +569,7 @@ impl Machine {
             self.deadlines.remove(&(deadline, key.clone()));
         }
         if let Some(lease) = old.lease.filter(|l| Some(*l) != kept_lease) {
-            if let Some(l) = self.leases.get_mut(&lease) {
+            if let Some(l) = self.leases.get_mut(&lease).map(Arc::make_mut) {
                 l.keys.remove(key);
             }
         }

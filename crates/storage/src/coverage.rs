@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How long a purge waits for the snapshot that covers it before giving up with an error: a
-/// snapshot's save is one sled batch and one flush, far below this even at hundreds of megabytes.
+/// snapshot's save is one file written, synced and renamed, far below this even at hundreds of
+/// megabytes.
 const COVER_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -13,9 +13,10 @@
 //!
 //! Durability: appends are acknowledged after `fdatasync` of the segment files written, one sync
 //! covering every append that arrived while the previous one ran; truncations sync before they
-//! return. Votes, purge points, snapshots and the identity record (node id, incarnation, cluster
-//! id) are acknowledged only after `sled::Db::flush` and a `syncfs(2)` of the data directory's
-//! filesystem (module `durable`). They survive `kill -9` and power loss.
+//! return. Votes, purge points and the identity record (node id, incarnation, cluster id) are
+//! acknowledged only after `sled::Db::flush` and a `syncfs(2)` of the data directory's
+//! filesystem (module `durable`); a snapshot after its file is synced and renamed into place and
+//! the directory synced (module `snapshot_file`). They survive `kill -9` and power loss.
 //!
 //! The state machine lives in memory and is persisted as snapshots. On restart the last snapshot is
 //! loaded and openraft re-applies the log from there up to the saved commit index.

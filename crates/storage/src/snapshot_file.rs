@@ -1,23 +1,26 @@
-//! The current snapshot, in a file of its own: `snapshot` in the data directory.
+//! The current snapshot, in a file of its own: `state.snapshot` in the data directory.
 //!
 //! Format: `CSNP`, a format version (u32), the meta's length (u64) and bytes, the data's length
 //! (u64) and bytes, then a CRC32 of everything before it; integers little-endian. A save writes
-//! `snapshot.tmp`, syncs it, renames it over `snapshot` and syncs the directory, so the file is
+//! `state.snapshot.tmp`, syncs it, renames it over `state.snapshot` and syncs the directory, so
+//! the file is
 //! always one whole snapshot, the old or the new. A reader opens the file once: a save renaming
 //! a newer one over it meanwhile does not change what the open file holds.
 //!
 //! Earlier versions kept the snapshot in sled (tree `snapshots`), where every save of a large
 //! snapshot left a blob behind for sled to reclaim and kept it in sled's cache. Such a snapshot
-//! is moved into the file when the directory is opened, then removed from sled.
+//! is moved into the file when the directory is opened, then removed from sled. An earlier
+//! version cannot run on a directory moved over (it would find no snapshot and a purged log,
+//! and stop with an error).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sled::Tree;
 
 /// The snapshot's file name in the data directory.
-pub const FILE_NAME: &str = "snapshot";
+pub const FILE_NAME: &str = "state.snapshot";
 const MAGIC: &[u8; 4] = b"CSNP";
 /// The format version this build writes and reads.
 const VERSION: u32 = 1;
@@ -56,6 +59,8 @@ impl SnapshotFile {
             })?;
         }
         if !legacy.is_empty() {
+            // Not synced on its own: if the clear is lost, the next open moves the same snapshot
+            // again, and any later purge's sync makes it durable before the log shrinks.
             legacy.clear().map_err(io::Error::other)?;
             legacy.flush().map_err(io::Error::other)?;
         }
@@ -83,7 +88,7 @@ impl SnapshotFile {
     pub fn read(mut file: File) -> io::Result<Stored> {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        decode(&bytes)
+        decode(bytes)
     }
 
     /// The current snapshot, if there is one.
@@ -95,8 +100,9 @@ impl SnapshotFile {
     /// Replaces the current snapshot by `stored`, durably (blocks: call off the runtime).
     pub fn save(&self, stored: &Stored) -> io::Result<()> {
         let temporary = self.temporary();
-        let mut file = File::create(&temporary)?;
-        file.write_all(&encode(stored))?;
+        let mut file = BufWriter::new(File::create(&temporary)?);
+        write(&mut file, stored)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
         fs::rename(&temporary, self.path())?;
@@ -104,52 +110,60 @@ impl SnapshotFile {
     }
 }
 
-fn encode(stored: &Stored) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(4 + 4 + 8 + stored.meta.len() + 8 + stored.data.len() + 4);
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
+/// Writes `stored` in the file format, streaming (no second copy of the data).
+fn write(out: &mut impl Write, stored: &Stored) -> io::Result<()> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut put = |bytes: &[u8]| {
+        crc.update(bytes);
+        out.write_all(bytes)
+    };
+    put(MAGIC)?;
+    put(&VERSION.to_le_bytes())?;
     for part in [&stored.meta, &stored.data] {
-        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(part);
+        put(&(part.len() as u64).to_le_bytes())?;
+        put(part)?;
     }
-    let crc = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes
+    out.write_all(&crc.finalize().to_le_bytes())
 }
 
-fn decode(bytes: &[u8]) -> io::Result<Stored> {
+/// Reads the file format, keeping the data in the buffer it was read into.
+fn decode(mut bytes: Vec<u8>) -> io::Result<Stored> {
     let invalid =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {what}"));
     if bytes.len() < 4 + 4 + 8 + 8 + 4 || &bytes[..4] != MAGIC {
         return Err(invalid("not a Conclave snapshot"));
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(invalid("checksum mismatch (damaged)"));
-    }
-    let version = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
+    // The version first: another version may lay out the rest (the checksum too) otherwise.
+    let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if version != VERSION {
         return Err(invalid(&format!(
             "format version {version}; this build reads version {VERSION}"
         )));
     }
-    let mut rest = &body[8..];
-    let mut part = || -> io::Result<Vec<u8>> {
-        if rest.len() < 8 {
-            return Err(invalid("truncated"));
-        }
-        let (length, after) = rest.split_at(8);
-        let length = u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize;
-        if after.len() < length {
-            return Err(invalid("truncated"));
-        }
-        let (part, after) = after.split_at(length);
-        rest = after;
-        Ok(part.to_vec())
+    let body = bytes.len() - 4;
+    if crc32fast::hash(&bytes[..body]).to_le_bytes() != bytes[body..] {
+        return Err(invalid("checksum mismatch (damaged)"));
+    }
+    let length_at = |at: usize| -> io::Result<usize> {
+        let length = bytes.get(at..at + 8).ok_or_else(|| invalid("truncated"))?;
+        Ok(u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize)
     };
-    let meta = part()?;
-    let data = part()?;
-    Ok(Stored { meta, data })
+    let meta_at: usize = 16;
+    let meta_end = meta_at
+        .checked_add(length_at(8)?)
+        .filter(|end| end.saturating_add(8) <= body)
+        .ok_or_else(|| invalid("truncated"))?;
+    let data_at = meta_end + 8;
+    let data_end = data_at
+        .checked_add(length_at(meta_end)?)
+        .ok_or_else(|| invalid("truncated"))?;
+    if data_end != body {
+        return Err(invalid("lengths do not match the file's size"));
+    }
+    let meta = bytes[meta_at..meta_end].to_vec();
+    bytes.truncate(data_end);
+    bytes.drain(..data_at);
+    Ok(Stored { meta, data: bytes })
 }
 
 #[cfg(test)]
@@ -176,7 +190,7 @@ mod tests {
             (loaded.meta, loaded.data),
             (b"m2".to_vec(), b"second".to_vec())
         );
-        assert!(!dir.path().join("snapshot.tmp").exists());
+        assert!(!dir.path().join(format!("{FILE_NAME}.tmp")).exists());
     }
 
     #[test]
@@ -197,7 +211,8 @@ mod tests {
             .to_string();
         assert!(error.contains("checksum"), "{error}");
 
-        let mut future = encode(&stored("meta", "data"));
+        let mut future = Vec::new();
+        write(&mut future, &stored("meta", "data")).unwrap();
         future[4..8].copy_from_slice(&2u32.to_le_bytes());
         let body = future.len() - 4;
         let crc = crc32fast::hash(&future[..body]);
@@ -209,6 +224,28 @@ mod tests {
             .expect("an unknown version is refused")
             .to_string();
         assert!(error.contains("format version 2"), "{error}");
+    }
+
+    /// A crash while a save was writing its temporary file leaves the previous snapshot whole
+    /// (the temporary is removed on open); after the next save the new one is read.
+    #[test]
+    fn a_save_cut_short_leaves_the_previous_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let legacy = db.open_tree("snapshots").unwrap();
+        let file = SnapshotFile::open(dir.path(), &legacy).unwrap();
+        file.save(&stored("m1", "first")).unwrap();
+        // What a save writes before its rename, cut in the middle.
+        let mut partial = Vec::new();
+        write(&mut partial, &stored("m2", "second, longer")).unwrap();
+        partial.truncate(partial.len() / 2);
+        let temporary = dir.path().join(format!("{FILE_NAME}.tmp"));
+        fs::write(&temporary, &partial).unwrap();
+        let file = SnapshotFile::open(dir.path(), &legacy).unwrap();
+        assert_eq!(file.load().unwrap().unwrap().data, b"first");
+        assert!(!temporary.exists());
+        file.save(&stored("m2", "second")).unwrap();
+        assert_eq!(file.load().unwrap().unwrap().data, b"second");
     }
 
     #[test]

@@ -76,9 +76,8 @@ pub struct Timing {
 }
 impl Default for Timing {
     fn default() -> Self {
-        // A follower that knew a leader may win an election once openraft's leader lease (the
-        // election maximum) has passed since the last heartbeat, at its next random election
-        // timeout: 240-400 ms without heartbeats. `scripts/failover-probe.sh 10` measured writes
+        // A follower that knew a leader starts an election after openraft's leader lease (the
+        // election maximum) plus a random election timeout: 320-400 ms without heartbeats. `scripts/failover-probe.sh 10` measured writes
         // resuming after a SIGKILL of the leader in 0.345 s median, 0.427 s max (200-300 ms:
         // 0.540 and 0.583 s, same run).
         Timing {

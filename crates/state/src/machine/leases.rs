@@ -7,6 +7,7 @@
 //! keep-alives that could not be committed during an election do not end a live holder's lease.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,20 +32,18 @@ pub struct Lease {
 impl Machine {
     pub(super) fn grant_lease(&mut self, index: Revision, now: Millis, ttl_ms: u64) -> Outcome {
         let ttl_ms = ttl_ms.clamp(MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS);
-        self.leases.insert(
-            index,
-            Lease {
-                ttl_ms,
-                deadline: now.saturating_add(ttl_ms),
-                keys: BTreeSet::new(),
-                fields: BTreeSet::new(),
-            },
-        );
+        let lease = Lease {
+            ttl_ms,
+            deadline: now.saturating_add(ttl_ms),
+            keys: BTreeSet::new(),
+            fields: BTreeSet::new(),
+        };
+        self.leases.insert(index, Arc::new(lease));
         Outcome::Lease { id: index, ttl_ms }
     }
 
     pub(super) fn keep_lease_alive(&mut self, now: Millis, id: LeaseId) -> Outcome {
-        match self.leases.get_mut(&id) {
+        match self.leases.get_mut(&id).map(Arc::make_mut) {
             Some(lease) => {
                 lease.deadline = lease.deadline.max(now.saturating_add(lease.ttl_ms));
                 Outcome::Lease {
@@ -75,7 +74,7 @@ impl Machine {
     pub(super) fn renew_all_leases(&mut self, now: Millis) -> Outcome {
         let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
         for id in ids {
-            if let Some(lease) = self.leases.get_mut(&id) {
+            if let Some(lease) = self.leases.get_mut(&id).map(Arc::make_mut) {
                 lease.deadline = lease.deadline.max(now.saturating_add(lease.ttl_ms));
             }
         }
@@ -94,12 +93,11 @@ impl Machine {
             }
         }
         for (key, field) in &lease.fields {
-            let Some(record) = self.keys.get_mut(key).map(std::sync::Arc::make_mut) else {
-                continue;
-            };
-            if record.field_leases.get(field) != Some(&id) {
+            let attached = |r: &Arc<crate::Record>| r.field_leases.get(field) == Some(&id);
+            if !self.keys.get(key).is_some_and(attached) {
                 continue;
             }
+            let record = Arc::make_mut(self.keys.get_mut(key).expect("checked above"));
             record.field_leases.remove(field);
             if let Value::Hash(map) = &mut record.value {
                 map.remove(field);
@@ -126,10 +124,10 @@ impl Machine {
         if from == to {
             return;
         }
-        if let Some(lease) = from.and_then(|id| self.leases.get_mut(&id)) {
+        if let Some(lease) = from.and_then(|id| self.leases.get_mut(&id).map(Arc::make_mut)) {
             lease.fields.remove(&(key.clone(), field.clone()));
         }
-        if let Some(lease) = to.and_then(|id| self.leases.get_mut(&id)) {
+        if let Some(lease) = to.and_then(|id| self.leases.get_mut(&id).map(Arc::make_mut)) {
             lease.fields.insert((key.clone(), field.clone()));
         }
     }
@@ -138,12 +136,12 @@ impl Machine {
 
     /// The lease `id`, if it has not ended.
     pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
-        self.leases.get(&id)
+        self.leases.get(&id).map(|l| &**l)
     }
 
     /// Every lease, by id.
     pub fn leases(&self) -> impl Iterator<Item = (LeaseId, &Lease)> {
-        self.leases.iter().map(|(id, l)| (*id, l))
+        self.leases.iter().map(|(id, l)| (*id, &**l))
     }
 
     /// Up to `limit` leases whose deadline is at or before `now`: what the leader should expire.

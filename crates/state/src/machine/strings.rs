@@ -34,7 +34,7 @@ impl Machine {
         key: &Bytes,
         delta: i64,
     ) -> Outcome {
-        let current = match self.live_mut(key, now).map(|r| &r.value) {
+        let current = match self.live(key, now).map(|r| &r.value) {
             None => 0,
             Some(Value::String(v)) => match parse_counter(v) {
                 Some(n) => n,
@@ -56,7 +56,7 @@ impl Machine {
         key: &Bytes,
         value: &Bytes,
     ) -> Outcome {
-        let mut joined = match self.live_mut(key, now).map(|r| &r.value) {
+        let mut joined = match self.live(key, now).map(|r| &r.value) {
             None => Vec::new(),
             Some(Value::String(v)) => v.to_vec(),
             Some(_) => return Outcome::WrongType,
@@ -90,7 +90,7 @@ impl Machine {
         field: &Bytes,
         delta: i64,
     ) -> Outcome {
-        let current = match self.live_mut(key, now).map(|r| &r.value) {
+        let current = match self.live(key, now).map(|r| &r.value) {
             None => None,
             Some(Value::Hash(map)) => map.get(field),
             Some(_) => return Outcome::WrongType,
@@ -125,7 +125,7 @@ impl Machine {
         field: &Bytes,
         value: &Bytes,
     ) -> Outcome {
-        match self.live_mut(key, now).map(|r| &r.value) {
+        match self.live(key, now).map(|r| &r.value) {
             Some(Value::Hash(map)) if map.contains_key(field) => Outcome::Count(0),
             Some(Value::Hash(_)) | None => {
                 self.hash_set(index, now, key, &[(field.clone(), value.clone())], None)
