@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the real-client tests, the Redis benchmark and the deploy/ops scripts need,
 # idempotently (fast when everything is present): redis-cli, redis-benchmark and redis-server
-# and jq from Debian's packages, and redis-py in a virtual environment at .test-env. Run by
+# and jq from Debian's packages, and redis-py and prometheus_client in a virtual environment at
+# .test-env. Run by
 # scripts/test.sh before the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +29,13 @@ else
     echo "redis tools: installed ($(redis-cli --version))"
 fi
 
-if .test-env/bin/python -c "import redis" 2>/dev/null; then
-    echo "redis-py: present ($(.test-env/bin/python -c 'import redis; print(redis.__version__)'))"
+# redis-py for the real-client tests; prometheus_client's text parser reads the metrics endpoint.
+if .test-env/bin/python -c "import redis, prometheus_client" 2>/dev/null; then
+    echo "redis-py, prometheus_client: present"
 else
-    python3 -m venv .test-env
-    .test-env/bin/pip install --quiet --disable-pip-version-check "redis==5.2.1"
-    echo "redis-py: installed ($(.test-env/bin/python -c 'import redis; print(redis.__version__)'))"
+    [ -x .test-env/bin/python ] || python3 -m venv .test-env
+    .test-env/bin/pip install --quiet --disable-pip-version-check "redis==5.2.1" "prometheus_client==0.21.1"
+    echo "redis-py, prometheus_client: installed"
 fi
 
 if command -v jq >/dev/null; then

@@ -73,6 +73,7 @@ impl Cluster for ClusterService {
             keys: s.keys,
             log_entries_appended: s.log_entries_appended,
             log_flushes: s.log_flushes,
+            committed: s.committed,
         }))
     }
 

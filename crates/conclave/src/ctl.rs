@@ -19,8 +19,16 @@ pub struct CtlArgs {
 
 #[derive(Subcommand, Debug)]
 enum CtlCommand {
-    /// Print the node's view of the cluster as JSON.
-    Status,
+    /// Print the node's view of the cluster as JSON; with --cluster, every member's own view.
+    Status {
+        /// Ask every member the node lists and print one row each (role, term, applied, lag
+        /// behind the most advanced member, health).
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: print JSON instead of a table.
+        #[arg(long, requires = "cluster")]
+        json: bool,
+    },
     /// Exit 0 if the node is ready (a health check), else 1 with the reason. Ready: a leader
     /// confirmed its leadership with a quorum for this node's read, and this node has applied
     /// everything that leader had committed (after a restart or a replacement: it has caught
@@ -137,6 +145,100 @@ fn print_membership(response: v1::MembershipResponse) {
     println!("{json}");
 }
 
+/// One member's row in `ctl status --cluster`.
+struct MemberRow {
+    member: v1::Member,
+    /// The member's own status; None if it did not answer.
+    status: Option<v1::StatusResponse>,
+    /// Entries it has applied fewer than the most advanced member that answered.
+    lag: Option<u64>,
+    /// "ok", "unreachable", "no leader" or "behind".
+    health: &'static str,
+}
+
+/// A member counts as behind when it has applied this many entries fewer than the most advanced.
+const BEHIND_BY: u64 = 1000;
+
+impl MemberRow {
+    fn json(&self) -> serde_json::Value {
+        let s = self.status.as_ref();
+        serde_json::json!({
+            "id": self.member.id,
+            "address": self.member.address,
+            "voter": self.member.voter,
+            "role": s.map(|s| s.role.clone()),
+            "term": s.map(|s| s.term),
+            "leader": s.and_then(|s| s.leader),
+            "applied": s.map(|s| s.applied),
+            "committed": s.map(|s| s.committed),
+            "lag": self.lag,
+            "health": self.health,
+        })
+    }
+}
+
+/// Asks every member for its own status, each with a deadline.
+async fn cluster_status(members: &[v1::Member]) -> Vec<MemberRow> {
+    let asked = members.iter().map(|member| async move {
+        let status = async {
+            let client = Client::connect([member.address.as_str()]).await.ok()?;
+            tokio::time::timeout(PROBE_TIMEOUT, client.status())
+                .await
+                .ok()?
+                .ok()
+        }
+        .await;
+        (member.clone(), status)
+    });
+    let answers = futures::future::join_all(asked).await;
+    let newest = answers
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| s.applied))
+        .max()
+        .unwrap_or(0);
+    answers
+        .into_iter()
+        .map(|(member, status)| {
+            let lag = status.as_ref().map(|s| newest.saturating_sub(s.applied));
+            let health = match (&status, lag) {
+                (None, _) => "unreachable",
+                (Some(s), _) if s.leader.is_none() => "no leader",
+                (_, Some(lag)) if lag >= BEHIND_BY => "behind",
+                _ => "ok",
+            };
+            MemberRow {
+                member,
+                status,
+                lag,
+                health,
+            }
+        })
+        .collect()
+}
+
+fn print_cluster_table(rows: &[MemberRow]) {
+    println!(
+        "{:>4}  {:<21}  {:<9}  {:>6}  {:>6}  {:>10}  {:>8}  HEALTH",
+        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "APPLIED", "LAG"
+    );
+    for row in rows {
+        let s = row.status.as_ref();
+        let dash = || "-".to_string();
+        println!(
+            "{:>4}  {:<21}  {:<9}  {:>6}  {:>6}  {:>10}  {:>8}  {}",
+            row.member.id,
+            row.member.address,
+            s.map_or_else(dash, |s| s.role.clone()),
+            s.map_or_else(dash, |s| s.term.to_string()),
+            s.and_then(|s| s.leader)
+                .map_or_else(dash, |l| l.to_string()),
+            s.map_or_else(dash, |s| s.applied.to_string()),
+            row.lag.map_or_else(dash, |l| l.to_string()),
+            row.health,
+        );
+    }
+}
+
 /// How long one readiness probe may take: a health check must answer, not hang.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -217,7 +319,25 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        CtlCommand::Status => {
+        CtlCommand::Status {
+            cluster: true,
+            json,
+        } => {
+            let s = client.status().await?;
+            let rows = cluster_status(&s.members).await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(rows.iter().map(MemberRow::json).collect())
+                );
+            } else {
+                print_cluster_table(&rows);
+            }
+            if rows.iter().any(|row| row.health != "ok") {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        CtlCommand::Status { cluster: false, .. } => {
             let s = client.status().await?;
             let json = serde_json::json!({
                 "id": s.id,
@@ -232,6 +352,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 "keys": s.keys,
                 "log_entries_appended": s.log_entries_appended,
                 "log_flushes": s.log_flushes,
+                "committed": s.committed,
                 "members": members_json(&s.members),
             });
             println!("{json}");

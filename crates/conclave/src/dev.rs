@@ -23,6 +23,10 @@ pub struct DevArgs {
     /// Node N serves the Redis protocol on 127.0.0.1:(resp-base-port + N - 1); 0 turns it off.
     #[arg(long, default_value_t = 6381)]
     resp_base_port: u16,
+    /// Node N serves Prometheus metrics on 127.0.0.1:(metrics-base-port + N - 1)/metrics; 0
+    /// turns them off.
+    #[arg(long, default_value_t = 9101)]
+    metrics_base_port: u16,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -44,12 +48,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 .then(|| format!("127.0.0.1:{}", u64::from(args.resp_base_port) + i))
         })
         .collect();
+    let metrics_endpoints: Vec<Option<String>> = (0..args.nodes)
+        .map(|i| {
+            (args.metrics_base_port != 0)
+                .then(|| format!("127.0.0.1:{}", u64::from(args.metrics_base_port) + i))
+        })
+        .collect();
     let exe = std::env::current_exe().context("locating the conclave binary")?;
     let mut children: Vec<Child> = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let id = i + 1;
         let data_dir = args.data_dir.join(format!("node{id}"));
         let mut command = Command::new(&exe);
+        // Embedded defaults: a setting in this shell's environment (CONCLAVE_METRICS, say) would
+        // apply to every node alike. Only the log format is passed on.
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("CONCLAVE_") && key_text != "CONCLAVE_LOG_FORMAT" {
+                command.env_remove(&key);
+            }
+        }
         command
             .arg("server")
             .args(["--id", &id.to_string()])
@@ -59,6 +77,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .args(["--initial-cluster", &initial_cluster]);
         if let Some(resp) = &resp_endpoints[i] {
             command.args(["--resp", resp]);
+        }
+        if let Some(metrics) = &metrics_endpoints[i] {
+            command.args(["--metrics", metrics]);
         }
         let child = command
             .kill_on_drop(true)
@@ -88,8 +109,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let resp = resp_endpoints[i]
             .as_deref()
             .map_or(String::new(), |r| format!("  resp {r}"));
+        let metrics = metrics_endpoints[i]
+            .as_deref()
+            .map_or(String::new(), |m| format!("  metrics http://{m}/metrics"));
         println!(
-            "  node {}: grpc {endpoint}{resp}  data {}",
+            "  node {}: grpc {endpoint}{resp}{metrics}  data {}",
             i + 1,
             args.data_dir.join(format!("node{}", i + 1)).display()
         );

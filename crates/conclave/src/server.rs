@@ -11,7 +11,10 @@ use conclave_api::{
     ClusterService, KvService, LeaseService, LockService, PubSubService, RoomsService, WatchService,
 };
 use conclave_consensus::{ClusterSpec, Node, NodeOptions, Timing};
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
+
+use crate::metrics::{self, grpc::GrpcMetrics, grpc::TimingLayer};
 
 /// The longest request deadline accepted: a write is re-sent under its request id until its
 /// deadline, and the state machine remembers replies for at least a minute
@@ -22,58 +25,81 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a stopping leader tries to hand its leadership over before it stops anyway.
 const HANDOVER_WITHIN: Duration = Duration::from_secs(2);
 
+/// Every setting of `conclave server`. Each can be given as a flag, as an environment variable
+/// (`CONCLAVE_` and the flag's name in capitals, shown by `--help`) or as a key of the TOML file
+/// named by `--config` (the flag's name: `data-dir = "/var/lib/conclave"`), in that order of
+/// precedence (see `config.rs`); `docs/configuration.md` lists them with their defaults.
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
+    /// A TOML file of settings: keys are the flags' names (`listen = "10.0.0.1:7000"`).
+    /// Flags and environment variables take precedence over it; an unknown key is an error.
+    #[arg(long, env = "CONCLAVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (flags, environment, file), print them with where each came from,
+    /// and exit: 0 if they are valid, 2 if not. Starts nothing.
+    #[arg(long)]
+    pub check_config: bool,
     /// This node's id (a positive integer listed in --initial-cluster).
-    #[arg(long, required_unless_present = "id_from_hostname")]
+    #[arg(
+        long,
+        env = "CONCLAVE_ID",
+        required_unless_present = "id_from_hostname"
+    )]
     pub id: Option<u64>,
     /// Take the id from the host name's trailing number plus one: the pod `conclave-0` of a
     /// Kubernetes StatefulSet is node 1.
-    #[arg(long, conflicts_with = "id")]
+    #[arg(long, env = "CONCLAVE_ID_FROM_HOSTNAME", conflicts_with = "id")]
     pub id_from_hostname: bool,
     /// Where the node keeps its log, snapshots and identity.
-    #[arg(long)]
+    #[arg(long, env = "CONCLAVE_DATA_DIR")]
     pub data_dir: PathBuf,
     /// HOST:PORT to serve clients and peers on.
-    #[arg(long)]
+    #[arg(long, env = "CONCLAVE_LISTEN")]
     pub listen: String,
     /// The cluster's members at creation: 1=HOST:PORT,2=HOST:PORT,...
-    #[arg(long)]
+    #[arg(long, env = "CONCLAVE_INITIAL_CLUSTER")]
     pub initial_cluster: String,
     /// Do not bootstrap: wait to be added with `ctl members add` (for nodes added later; implied
     /// for a node not listed in --initial-cluster).
-    #[arg(long)]
+    #[arg(long, env = "CONCLAVE_JOIN")]
     pub join: bool,
     /// Snapshot (and compact the log) every this many entries.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, env = "CONCLAVE_SNAPSHOT_EVERY", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
     /// Leader heartbeat in milliseconds.
-    #[arg(long, default_value_t = Timing::default().heartbeat_ms)]
+    #[arg(long, env = "CONCLAVE_HEARTBEAT_MS", default_value_t = Timing::default().heartbeat_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_ms: u64,
-    /// Lower bound of the election timeout in milliseconds.
-    #[arg(long, default_value_t = Timing::default().election_min_ms)]
+    /// Lower bound of the election timeout in milliseconds (above the heartbeat).
+    #[arg(long, env = "CONCLAVE_ELECTION_MIN_MS", default_value_t = Timing::default().election_min_ms)]
     pub election_min_ms: u64,
-    /// Upper bound of the election timeout in milliseconds.
-    #[arg(long, default_value_t = Timing::default().election_max_ms)]
+    /// Upper bound of the election timeout in milliseconds (above the lower bound).
+    #[arg(long, env = "CONCLAVE_ELECTION_MAX_MS", default_value_t = Timing::default().election_max_ms)]
     pub election_max_ms: u64,
     /// How long a request may wait for a leader before failing with UNAVAILABLE.
-    #[arg(long, default_value_t = Timing::default().request_timeout.as_millis() as u64,
+    #[arg(long, env = "CONCLAVE_REQUEST_TIMEOUT_MS",
+          default_value_t = Timing::default().request_timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub request_timeout_ms: u64,
     /// HOST:PORT to serve the Redis protocol (RESP2/RESP3) on; off when absent.
-    #[arg(long)]
+    #[arg(long, env = "CONCLAVE_RESP")]
     pub resp: Option<String>,
     /// What a RESP read waits for: session (read your own writes), linearizable or local.
     #[arg(long, env = "CONCLAVE_RESP_CONSISTENCY", default_value = "session")]
     pub resp_consistency: conclave_resp::ReadConsistency,
     /// The password RESP clients must give (AUTH / HELLO ... AUTH default <password>).
-    #[arg(long, env = "CONCLAVE_RESP_PASSWORD")]
+    #[arg(long, env = "CONCLAVE_RESP_PASSWORD", hide_env_values = true)]
     pub resp_password: Option<String>,
     /// How long a RESP command may wait for a leader before it is answered TRYAGAIN (or, for a
     /// write a leader may still commit, UNCERTAIN).
-    #[arg(long, default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64,
+    #[arg(long, env = "CONCLAVE_RESP_DEADLINE_MS",
+          default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub resp_deadline_ms: u64,
+    /// HOST:PORT to serve Prometheus metrics on (`GET /metrics`); off when absent.
+    #[arg(long, env = "CONCLAVE_METRICS")]
+    pub metrics: Option<String>,
     /// For tests: a file holding a signed number of milliseconds added to this node's wall
     /// clock (re-read as it changes; missing or empty is 0), to step or skew one node's clock.
     #[arg(long, env = "CONCLAVE_CLOCK_OFFSET_FILE", hide = true)]
@@ -100,17 +126,19 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    crate::memory::start_trimming();
-    let id = node_id(&args)?;
+/// The node's options from the settings, every setting checked (what `--check-config` checks).
+fn node_options(args: &ServerArgs) -> anyhow::Result<NodeOptions> {
+    let id = node_id(args)?;
     let cluster = ClusterSpec::parse(&args.initial_cluster)?;
-    let address = args
+    let address: std::net::SocketAddr = args
         .listen
         .parse()
-        .with_context(|| format!("--listen {} is not HOST:PORT", args.listen))?;
-    let listener = tokio::net::TcpListener::bind::<std::net::SocketAddr>(address)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("--listen {} is not IP:PORT", args.listen))?;
+    for (flag, value) in [("--resp", &args.resp), ("--metrics", &args.metrics)] {
+        if let Some(value) = value {
+            check_host_port(value).with_context(|| format!("{flag} {value}"))?;
+        }
+    }
     let options = NodeOptions {
         id,
         data_dir: args.data_dir.clone(),
@@ -122,27 +150,66 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             election_max_ms: args.election_max_ms,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         },
-        snapshot_every: args.snapshot_every.max(1),
+        snapshot_every: args.snapshot_every,
         clock_offset_file: args.clock_offset_file.clone(),
         source_ip: Some(address.ip()),
     };
+    options.check()?;
+    Ok(options)
+}
+
+/// HOST:PORT with a port number.
+fn check_host_port(value: &str) -> anyhow::Result<()> {
+    let (host, port) = value.rsplit_once(':').context("is not HOST:PORT")?;
+    anyhow::ensure!(!host.is_empty(), "has no host");
+    port.parse::<u16>().context("has no valid port")?;
+    Ok(())
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    if args.check_config {
+        return Ok(crate::config::check(&args, node_options(&args)));
+    }
+    crate::memory::start_trimming();
+    let options = node_options(&args)?;
+    let id = options.id;
+    // Every listener is bound before the node opens: a port in use fails the start at once.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let resp_listener = match &args.resp {
+        Some(resp) => Some(
+            tokio::net::TcpListener::bind(resp)
+                .await
+                .with_context(|| format!("cannot listen for RESP on {resp}"))?,
+        ),
+        None => None,
+    };
+    let metrics_listener = match &args.metrics {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {address}"))?,
+        ),
+        None => None,
+    };
     let node = Node::open(options).await?;
-    tracing::info!(id, listen = %args.listen, "node serving");
-    eprintln!("conclave node {id} serving on {}", args.listen);
+    // Through the log (not println), so `--log-format json` gives one JSON object per line.
+    tracing::info!(id, listen = %args.listen, "node serving gRPC (clients and peers)");
 
     let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
+    let grpc_metrics = Arc::new(GrpcMetrics::default());
+    let resp_metrics = Arc::new(conclave_resp::RespMetrics::default());
     // Turned true on SIGTERM: the RESP listener stops accepting and its connections close once
     // they have answered what they read.
     let (stop_resp, resp_stopping) = tokio::sync::watch::channel(false);
     let mut resp_drained = None;
-    if let Some(resp) = &args.resp {
-        let listener = tokio::net::TcpListener::bind(resp)
-            .await
-            .with_context(|| format!("cannot listen for RESP on {resp}"))?;
+    if let (Some(resp), Some(listener)) = (&args.resp, resp_listener) {
         let options = conclave_resp::RespOptions {
             consistency: args.resp_consistency,
             password: args.resp_password.clone(),
             write_deadline: Duration::from_millis(args.resp_deadline_ms),
+            metrics: resp_metrics.clone(),
             ..Default::default()
         };
         resp_drained = Some(tokio::spawn(conclave_resp::serve(
@@ -152,14 +219,43 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             options,
             resp_stopping,
         )));
-        eprintln!("conclave node {id} serving RESP on {resp}");
+        tracing::info!(id, resp = %resp, "node serving RESP");
     }
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    if let (Some(address), Some(listener)) = (&args.metrics, metrics_listener) {
+        let sources = metrics::Sources {
+            node: node.clone(),
+            pubsub: pubsub.clone(),
+            grpc: grpc_metrics.clone(),
+            resp: args.resp.is_some().then(|| resp_metrics.clone()),
+        };
+        tokio::spawn(metrics::serve(listener, sources, stop_resp.subscribe()));
+        tracing::info!(id, metrics = %format!("http://{address}/metrics"), "node serving metrics");
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Not serving until the node has been seen to know a leader, and from the first moment of
+    // a shutdown on.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let (shutting_down, shutdown_seen) = tokio::sync::watch::channel(false);
+    tokio::spawn(report_health(node.clone(), health, shutdown_seen));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(conclave_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+
+    let tracked = grpc_metrics.clone();
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|io| tracked.track(io)));
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
     let stopping_node = node.clone();
     let served = tonic::transport::Server::builder()
+        .layer(TimingLayer(grpc_metrics))
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(node.peer_service().into_server())
         .add_service(pubsub.mesh_service().into_server())
         .add_service(KvService::new(node.clone()).into_server())
@@ -171,10 +267,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .add_service(PubSubService::new(pubsub).into_server())
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal().await;
+            shutting_down.send_replace(true);
             stopping_node.stop_elections();
             // Before the listener closes: the successor's vote request must still reach us.
             if let Some(successor) = stopping_node.hand_over(HANDOVER_WITHIN).await {
-                eprintln!("conclave node {id}: handed the leadership to node {successor}");
+                tracing::info!(id, successor, "handed the leadership over");
             }
             // RESP connections answer what they had read while this node still takes part
             // (a session read after a write needs the leader's next entries to arrive).
@@ -207,8 +304,43 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         } => {}
     }
     node.shutdown().await;
-    eprintln!("conclave node {id} stopped");
+    tracing::info!(id, "node stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the health service's status follows the node's.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps the standard gRPC health service's overall status ("") in step with the node:
+/// SERVING while it knows a leader (so writes can go through), NOT_SERVING otherwise and once
+/// the node is shutting down.
+async fn report_health(
+    node: Node,
+    health: tonic_health::server::HealthReporter,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    loop {
+        let status = node.status();
+        let stopped = *shutdown.borrow_and_update() || status.role == "shutdown";
+        let now = status.leader.is_some() && !stopped;
+        if serving != Some(now) {
+            let state = if now {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", state).await;
+            serving = Some(now);
+        }
+        if stopped {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

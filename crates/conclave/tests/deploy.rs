@@ -98,8 +98,31 @@ async fn a_compose_cluster_elects_serves_and_leaves_nothing_behind() {
         );
     }
 
+    // Every node's metrics endpoint is published on the host.
+    for id in 1..=3 {
+        let metrics = http_get(&compose.metrics(id), "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "node {id}: {metrics}");
+        assert!(
+            metrics.contains(&format!("conclave_node_id {id}\n")),
+            "node {id}: {metrics}"
+        );
+    }
+
     compose.compose_ok(&["down", "-v", "--remove-orphans"]);
     assert_eq!(compose.leftovers(), Vec::<String>::new());
+}
+
+/// One HTTP/1.1 GET, answered whole (the endpoint closes the connection after its answer).
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(address).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(socket, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).expect("read");
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

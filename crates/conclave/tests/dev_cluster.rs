@@ -1,5 +1,6 @@
-//! README's "run it" command: `conclave dev` brings up a local cluster that `ctl` can use, and
-//! stops it cleanly on SIGTERM.
+//! README's "run it" command: `conclave dev` brings up a local cluster that `ctl` can use, with
+//! a quiet log (no warning or error while it starts and serves), and stops it cleanly on
+//! SIGTERM.
 
 mod common;
 
@@ -24,13 +25,16 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let base = common::free_ports(3);
     let resp_base = common::free_ports(3);
+    let metrics_base = common::free_ports(3);
+    let log_path = dir.path().join("dev.log");
     let mut dev = Command::new(binary())
         .args(["dev", "--base-port", &base.to_string()])
         .args(["--resp-base-port", &resp_base.to_string()])
+        .args(["--metrics-base-port", &metrics_base.to_string()])
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir.path().join("data"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(dev.stdout.take().unwrap());
@@ -69,7 +73,16 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
     let mut reply = [0u8; 11];
     redis.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"$5\r\nhello\r\n");
+    // Each node serves its metrics.
+    let mut metrics = std::net::TcpStream::connect(("127.0.0.1", metrics_base + 2)).unwrap();
+    metrics.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    metrics.read_to_string(&mut text).unwrap();
+    assert!(text.contains("conclave_node_id 3\n"), "{text}");
 
+    // What a healthy start and a served request logged (stopping the whole cluster makes each
+    // node report the others gone, which is true).
+    let started_log = std::fs::read_to_string(&log_path).unwrap();
     let _ = Command::new("kill").arg(dev.id().to_string()).status();
     let exit = dev.wait().unwrap();
     assert!(exit.success(), "dev exited with {exit}");
@@ -82,10 +95,20 @@ fn dev_cluster_serves_ctl_and_stops_on_sigterm() {
             "node {id} did not stop cleanly on SIGTERM: {rest}"
         );
     }
-    for port in base..base + 3 {
+    for port in (base..base + 3).chain(metrics_base..metrics_base + 3) {
         assert!(
             TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "port {port} still held after dev stopped"
         );
     }
+    // A healthy start says nothing a newcomer would read as a failure.
+    let alarming: Vec<&str> = started_log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+        .collect();
+    assert!(
+        alarming.is_empty(),
+        "warnings on a healthy run:\n{}",
+        alarming.join("\n")
+    );
 }

@@ -52,6 +52,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Peers {
     cluster_id: Arc<Mutex<Option<u64>>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Whether each peer answered its last Raft RPC (absent: never asked yet).
+    reach: Arc<Mutex<HashMap<NodeId, Reach>>>,
     /// The address connections to peers leave from (see [`Peers::leaving_from`]).
     source: Option<IpAddr>,
 }
@@ -62,6 +64,7 @@ impl Peers {
         Peers {
             cluster_id: Arc::new(Mutex::new(cluster_id)),
             channels: Arc::default(),
+            reach: Arc::default(),
             source: None,
         }
     }
@@ -72,6 +75,47 @@ impl Peers {
     pub fn leaving_from(mut self, source: Option<IpAddr>) -> Self {
         self.source = source.filter(|ip| !ip.is_unspecified());
         self
+    }
+
+    /// Whether each peer asked so far answered its last Raft RPC, by node id.
+    pub fn reachability(&self) -> Vec<(NodeId, bool)> {
+        let mut all: Vec<_> = self
+            .reach
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(id, reach)| (*id, *reach != Reach::Down))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Notes how a Raft RPC to `target` went. A peer going from answering to unreachable is
+    /// logged once, as a warning, and its return once: openraft's own per-RPC reports of an
+    /// unreachable peer (every heartbeat) are left out of the log (see the binary's log
+    /// filter). A peer not reached yet since this node started is normal while a cluster
+    /// starts, in any order: that is not logged.
+    fn noted(&self, target: NodeId, address: &str, failure: Option<&Status>) {
+        let now = if failure.is_some() {
+            Reach::Down
+        } else {
+            Reach::Up
+        };
+        let before = self
+            .reach
+            .lock()
+            .expect("lock poisoned")
+            .insert(target, now);
+        match (before, failure) {
+            (Some(Reach::Up), Some(status)) => tracing::warn!(
+                "node {target} at {address} is unreachable: {}",
+                status.message()
+            ),
+            (Some(Reach::Down), None) => {
+                tracing::info!("node {target} at {address} is reachable again")
+            }
+            _ => {}
+        }
     }
 
     /// The cluster id announced on calls.
@@ -193,6 +237,13 @@ impl Peers {
     }
 }
 
+/// Whether a peer answered its last Raft RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    Up,
+    Down,
+}
+
 /// Builds one [`PeerNetwork`] per replication target.
 #[derive(Clone)]
 pub struct NetworkFactory {
@@ -257,9 +308,14 @@ impl PeerNetwork {
         let request = self
             .peers
             .request_to(self.target, message, option.hard_ttl());
-        let response = send(client, request)
-            .await
-            .map_err(Self::transport_error::<E>)?;
+        let response = send(client, request).await;
+        let unreachable = matches!(&response, Err(status) if status.code() == Code::Unavailable);
+        self.peers.noted(
+            self.target,
+            &self.address,
+            response.as_ref().err().filter(|_| unreachable),
+        );
+        let response = response.map_err(Self::transport_error::<E>)?;
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&response.into_inner().payload)
             .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -14,6 +14,9 @@ pub mod peer {
     tonic::include_proto!("conclave.peer.v1");
 }
 
+/// Every proto file's descriptor (an encoded `FileDescriptorSet`), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// The metadata header carrying the sender's cluster id on every node-to-node call.
 pub const CLUSTER_ID_HEADER: &str = "conclave-cluster-id";
 

@@ -291,6 +291,18 @@ impl PubSub {
             .len()
     }
 
+    /// Channels and patterns with a local subscriber, and the subscriptions on them.
+    pub fn registry_counts(&self) -> (usize, usize, usize) {
+        let registry = self.hub.registry.lock().expect("registry poisoned");
+        let subscriptions = registry.channels.values().map(HashMap::len).sum::<usize>()
+            + registry.patterns.values().map(HashMap::len).sum::<usize>();
+        (
+            registry.channels.len(),
+            registry.patterns.len(),
+            subscriptions,
+        )
+    }
+
     /// The hub's counters.
     pub fn stats(&self) -> &Stats {
         &self.hub.stats

@@ -78,7 +78,11 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr
         let _ = writer
             .write_all(b"-ERR max number of clients reached\r\n")
             .await;
-        shared.clients.fetch_sub(1, Ordering::Relaxed);
+        shared
+            .options
+            .metrics
+            .connected
+            .fetch_sub(1, Ordering::Relaxed);
         return;
     }
     let mut connection = Connection {
@@ -121,8 +125,14 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr
                 connection.handle(request, &mut output).await;
             } else {
                 next += group.len();
-                for reply in connection.write_plans(group).await {
+                let (names, plans): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let started = Instant::now();
+                for reply in connection.write_plans(plans).await {
                     reply.encode(connection.version, &mut output);
+                }
+                let elapsed = started.elapsed();
+                for name in names {
+                    shared.options.metrics.answered(Some(name), elapsed);
                 }
             }
             if output.len() >= FLUSH_AT && connection.flush(&mut writer, &mut output).await.is_err()
@@ -163,7 +173,11 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr
         }
     }
     let _ = writer.shutdown().await;
-    shared.clients.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .options
+        .metrics
+        .connected
+        .fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn next_item(
@@ -259,10 +273,13 @@ impl Connection {
         if request.is_empty() {
             return;
         }
-        self.shared
-            .commands_processed
-            .fetch_add(1, Ordering::Relaxed);
+        let name = table::lookup(&request[0]).map(|spec| spec.name);
+        let started = Instant::now();
         let reply = self.execute(request).await;
+        self.shared
+            .options
+            .metrics
+            .answered(name, started.elapsed());
         for reply in reply {
             reply.encode(self.version, output);
         }
@@ -632,7 +649,8 @@ impl Connection {
     /// The plain writes at the front of a pipeline, compiled: commands that would run the same
     /// way one at a time (no MULTI, no pub/sub mode, nothing refused), so they may be sent to
     /// the leader together.
-    fn write_group(&self, requests: &[Request]) -> Vec<Plan> {
+    /// Each plan comes with its command's name (for the latency figures).
+    fn write_group(&self, requests: &[Request]) -> Vec<(&'static str, Plan)> {
         let mut group = Vec::new();
         let mut commands = 0;
         if self.multi.is_some() || !self.authenticated || self.subscribed() {
@@ -655,11 +673,8 @@ impl Connection {
                 break;
             }
             commands += plan.commands.len();
-            group.push(plan);
+            group.push((spec.name, plan));
         }
-        self.shared
-            .commands_processed
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
         group
     }
 

@@ -67,7 +67,7 @@ pub(crate) fn info(shared: &Shared, sections: &[Vec<u8>]) -> String {
         vec![
             kv(
                 "connected_clients",
-                shared.clients.load(Ordering::Relaxed).to_string(),
+                shared.options.metrics.connected().to_string(),
             ),
             kv("maxclients", shared.options.max_clients.to_string()),
         ],
@@ -102,16 +102,15 @@ pub(crate) fn info(shared: &Shared, sections: &[Vec<u8>]) -> String {
             kv(
                 "total_connections_received",
                 shared
+                    .options
+                    .metrics
                     .connections_received
-                    .load(Ordering::Relaxed)
+                    .get()
                     .to_string(),
             ),
             kv(
                 "total_commands_processed",
-                shared
-                    .commands_processed
-                    .load(Ordering::Relaxed)
-                    .to_string(),
+                shared.options.metrics.commands_processed.get().to_string(),
             ),
             kv(
                 "pubsub_channels",

@@ -31,12 +31,13 @@
 mod batch;
 mod connection;
 mod introspection;
+mod metrics;
 mod plan;
 pub mod protocol;
 mod scripts;
 mod table;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,7 @@ use conclave_consensus::Node;
 use conclave_pubsub::PubSub;
 use tokio::net::TcpListener;
 
+pub use metrics::RespMetrics;
 pub use protocol::FrameLimits;
 
 /// What a read on a connection waits for before it is answered from the local replica.
@@ -86,6 +88,8 @@ pub struct RespOptions {
     /// Connections accepted at once; more are answered with an error and closed.
     pub max_clients: usize,
     pub frame_limits: FrameLimits,
+    /// Where the listener counts connections and commands (read by the metrics endpoint).
+    pub metrics: Arc<RespMetrics>,
 }
 
 impl Default for RespOptions {
@@ -96,6 +100,7 @@ impl Default for RespOptions {
             write_deadline: Duration::from_millis(2500),
             max_clients: 10_000,
             frame_limits: FrameLimits::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -115,10 +120,7 @@ pub(crate) struct Shared {
     /// Whole-keyspace walks (KEYS, large SCAN steps) running at once: each holds a copy of the
     /// replica and a blocking thread, which votes and snapshots need too.
     walks: tokio::sync::Semaphore,
-    clients: AtomicUsize,
     next_client_id: AtomicU64,
-    connections_received: AtomicU64,
-    commands_processed: AtomicU64,
     started: Instant,
     /// Turns true when the node is shutting down.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -151,10 +153,7 @@ pub async fn serve(
         scripts: Default::default(),
         cursors: Default::default(),
         walks: tokio::sync::Semaphore::new(MAX_WALKS),
-        clients: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(1),
-        connections_received: AtomicU64::new(0),
-        commands_processed: AtomicU64::new(0),
         started: Instant::now(),
         stopping: stopping.clone(),
     });
@@ -173,8 +172,9 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
-        shared.connections_received.fetch_add(1, Ordering::Relaxed);
-        let clients = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
+        let metrics = &shared.options.metrics;
+        metrics.connections_received.inc();
+        let clients = metrics.connected.fetch_add(1, Ordering::SeqCst) + 1;
         let shared = shared.clone();
         tokio::spawn(async move {
             connection::run(shared, socket, peer, clients).await;
@@ -182,7 +182,7 @@ pub async fn serve(
     }
     drop(listener);
     let deadline = Instant::now() + shared.options.write_deadline + Duration::from_secs(1);
-    while shared.clients.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while shared.options.metrics.connected.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

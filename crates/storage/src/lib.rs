@@ -44,6 +44,7 @@ use openraft::{Entry, RaftTypeConfig};
 
 pub use identity::{Identity, IdentityError};
 pub use log_store::{LogStats, LogStore};
+pub use state_machine::SnapshotStats;
 pub use state_machine::{StateMachineStore, StateView};
 
 /// The openraft configurations these stores serve.

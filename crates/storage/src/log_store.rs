@@ -51,6 +51,7 @@ pub struct LogStore<C: StoreConfig> {
 pub struct LogStats {
     appended: AtomicU64,
     flushes: AtomicU64,
+    committed: AtomicU64,
 }
 
 impl LogStats {
@@ -62,6 +63,11 @@ impl LogStats {
     /// Flushes of appended entries since the node started (one per group commit).
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// The last commit index openraft saved (0 before the first).
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
     }
 }
 
@@ -304,16 +310,28 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         // append's flush before this node counts the entries, as leader or follower, so a commit
         // index is saved only after the entries it covers were synced (a non-blocking append,
         // as in openraft 0.10, would need this flushed after the entries).
-        self.write_meta(COMMITTED, &committed)
+        self.write_meta(COMMITTED, &committed)?;
+        if let Some(committed) = committed {
+            self.stats
+                .committed
+                .store(committed.index, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The commit index as saved. A saved commit index past the durable log would mean entries
     /// the node acknowledged were lost: the node then refuses to start rather than guess which
     /// of its entries are committed.
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<C::NodeId>>, C> {
-        Ok(self
+        let committed = self
             .read_meta::<Option<LogId<C::NodeId>>>(COMMITTED)?
-            .flatten())
+            .flatten();
+        if let Some(committed) = committed {
+            self.stats
+                .committed
+                .store(committed.index, Ordering::Relaxed);
+        }
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<(), C>

@@ -56,7 +56,7 @@ struct Snapshots {
     saving: Arc<tokio::sync::Mutex<()>>,
     /// The last log id of the snapshot in the file (None: no snapshot, or an empty one).
     kept: Arc<std::sync::Mutex<Option<u64>>>,
-    built: Arc<AtomicU64>,
+    stats: Arc<SnapshotStats>,
     /// Told of every save, for the log's purges.
     coverage: SnapshotCoverage,
     /// Run once, between opening the file and reading it, by the next `load` (tests widen the
@@ -127,6 +127,8 @@ impl Snapshots {
         .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::error(e)))?;
         written.map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         *self.kept.lock().expect("kept lock") = index;
+        self.stats.saved.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.store(data.len() as u64, Ordering::Relaxed);
         if let Some(index) = index {
             self.coverage.saved(index);
         }
@@ -134,6 +136,37 @@ impl Snapshots {
             meta: stored.meta,
             data,
         })
+    }
+}
+
+/// Counters of the node's snapshots, for its metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    built: AtomicU64,
+    saved: AtomicU64,
+    bytes: AtomicU64,
+    last_build_micros: AtomicU64,
+}
+
+impl SnapshotStats {
+    /// Snapshots this node built since it started.
+    pub fn built(&self) -> u64 {
+        self.built.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots saved since the node started: built here or installed from the leader.
+    pub fn saved(&self) -> u64 {
+        self.saved.load(Ordering::Relaxed)
+    }
+
+    /// The size of the last snapshot saved (0 before the first).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long the last build took, from cloning the machine to the synced file.
+    pub fn last_build(&self) -> Duration {
+        Duration::from_micros(self.last_build_micros.load(Ordering::Relaxed))
     }
 }
 
@@ -171,7 +204,7 @@ impl<C: StoreConfig> StateMachineStore<C> {
             file: SnapshotFile::open(dir, &db.open_tree("snapshots")?)?,
             saving: Arc::default(),
             kept: Arc::default(),
-            built: Arc::default(),
+            stats: Arc::default(),
             coverage: SnapshotCoverage::default(),
             #[cfg(test)]
             between_reads: Arc::default(),
@@ -208,6 +241,11 @@ impl<C: StoreConfig> StateMachineStore<C> {
         self.snapshots.coverage.clone()
     }
 
+    /// The snapshot counters (shared with the store's builders).
+    pub fn snapshot_stats(&self) -> Arc<SnapshotStats> {
+        self.snapshots.stats.clone()
+    }
+
     /// A read handle that follows this store.
     pub fn view(&self) -> StateView<C> {
         StateView {
@@ -232,6 +270,7 @@ pub struct SnapshotBuilder<C: StoreConfig> {
 
 impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<C>, C> {
+        let started = std::time::Instant::now();
         // The machine's maps share their nodes with the clone (copy on write), so the lock is
         // held only for the clone; the encoding runs on a blocking thread while the replica
         // keeps applying and serving reads.
@@ -259,7 +298,7 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
-        let built = self.snapshots.built.fetch_add(1, Ordering::Relaxed);
+        let built = self.snapshots.stats.built.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(id) => format!("{}-{}-{built}", id.leader_id, id.index),
             None => format!("empty-{built}"),
@@ -273,6 +312,10 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for SnapshotBuilder<C> {
             data,
         };
         let stored = self.snapshots.save(stored).await?;
+        self.snapshots
+            .stats
+            .last_build_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

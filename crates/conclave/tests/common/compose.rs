@@ -80,6 +80,7 @@ pub struct Compose {
     pub project: String,
     grpc: [u16; 5],
     resp: [u16; 5],
+    metrics: [u16; 5],
 }
 
 impl Compose {
@@ -89,6 +90,7 @@ impl Compose {
             project: format!("conclave-test-{test}").replace('_', "-"),
             grpc: std::array::from_fn(|_| free_port()),
             resp: std::array::from_fn(|_| free_port()),
+            metrics: std::array::from_fn(|_| free_port()),
         };
         // Leftovers of an earlier run that was killed before it could clean up.
         compose.compose(&["down", "-v", "--remove-orphans"]);
@@ -106,6 +108,10 @@ impl Compose {
             env.push((
                 format!("CONCLAVE_RESP_PORT_{}", i + 1),
                 self.resp[i].to_string(),
+            ));
+            env.push((
+                format!("CONCLAVE_METRICS_PORT_{}", i + 1),
+                self.metrics[i].to_string(),
             ));
         }
         env
@@ -211,6 +217,11 @@ impl Compose {
     /// Node `id`'s gRPC endpoint on loopback.
     pub fn endpoint(&self, id: usize) -> String {
         format!("127.0.0.1:{}", self.grpc[id - 1])
+    }
+
+    /// Node `id`'s metrics endpoint (HOST:PORT, serving /metrics) on loopback.
+    pub fn metrics(&self, id: usize) -> String {
+        format!("127.0.0.1:{}", self.metrics[id - 1])
     }
 
     /// Node `id`'s RESP address on loopback.

@@ -170,6 +170,12 @@ impl Cluster {
             initial.push_str(&format!(",{id}={}", node.address));
         }
         let mut command = Command::new(binary());
+        // Settings come from this command line only, not from the environment tests run in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CONCLAVE_") {
+                command.env_remove(key);
+            }
+        }
         command
             .arg("server")
             .args(["--id", &id.to_string()])

@@ -66,7 +66,7 @@ impl Node {
                 Err(StartError::DataLost { peer, .. })
                     if first_refused
                         .get_or_insert_with(|| {
-                            eprintln!(
+                            tracing::warn!(
                                 "node {id}: node {peer} remembers this node with another data \
                                  directory; asking again for {REMOVAL_GRACE:?} in case its \
                                  removal is still being applied there"
@@ -83,14 +83,14 @@ impl Node {
             };
             match self.inner.join {
                 Joining::Unlisted => {
-                    eprintln!(
+                    tracing::info!(
                         "node {id}: not in --initial-cluster, so it joins an existing cluster; \
                          waiting to be added (`conclave ctl members add {id} ADDRESS`)"
                     );
                     return Ok(());
                 }
                 Joining::Asked => {
-                    eprintln!(
+                    tracing::info!(
                         "node {id}: joining; waiting to be added (`conclave ctl members add {id} ADDRESS`)"
                     );
                     return Ok(());
@@ -105,7 +105,7 @@ impl Node {
                         .identity
                         .claim_cluster(cluster.cluster_id())
                         .await?;
-                    eprintln!(
+                    tracing::info!(
                         "node {id}: the cluster already exists, so this empty node does not bootstrap it; \
                          it waits for the leader (add it with `conclave ctl members add {id} ADDRESS` \
                          if it is not a member)"
@@ -114,7 +114,7 @@ impl Node {
                 }
             };
             if !said_waiting {
-                eprintln!(
+                tracing::info!(
                     "node {id}: waiting for {needed} of the {} nodes in --initial-cluster to be up \
                      and empty (or to have counted this one when creating the cluster) before \
                      creating the cluster ({founders} so far, this one included)",

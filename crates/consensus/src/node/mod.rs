@@ -37,6 +37,7 @@ mod handover;
 mod housekeeping;
 mod leading;
 mod lifecycle;
+mod metrics;
 mod proposing;
 mod reads;
 mod routing;
@@ -109,6 +110,14 @@ pub struct NodeOptions {
     pub source_ip: Option<std::net::IpAddr>,
 }
 
+impl NodeOptions {
+    /// Checks the options as [`Node::open`] would, without opening anything (for
+    /// `conclave server --check-config`).
+    pub fn check(&self) -> Result<(), StartError> {
+        raft_config(self).map(|_| ())
+    }
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -169,6 +178,7 @@ struct Inner {
     peers: Peers,
     identity: Identity,
     log_stats: Arc<LogStats>,
+    metrics: Arc<metrics::NodeMetrics>,
     /// The incarnation of this node's data directory.
     incarnation: u64,
     timing: Timing,
@@ -273,6 +283,7 @@ impl Node {
         let peers = Peers::new(cluster_id).leaving_from(options.source_ip);
         let view = storage.state.view();
         let log_stats = storage.log.stats();
+        let node_metrics = Arc::new(metrics::NodeMetrics::new(storage.state.snapshot_stats()));
         let raft = Raft::new(
             id,
             Arc::new(raft_config(&options)?),
@@ -294,6 +305,7 @@ impl Node {
                 peers,
                 identity: storage.identity,
                 log_stats,
+                metrics: node_metrics,
                 incarnation,
                 timing: options.timing,
                 client_id: random_client_id(id),
@@ -313,6 +325,12 @@ impl Node {
             }),
         };
         proposing::start(&node, proposed);
+        tokio::spawn(
+            node.inner
+                .metrics
+                .clone()
+                .count_leader_changes(node.inner.raft.metrics()),
+        );
         if node.initialized().await? {
             node.inner.lifecycle.take_part();
             tokio::spawn(node.clone().enable_elections());

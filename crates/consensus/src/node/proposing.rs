@@ -157,9 +157,16 @@ impl Node {
             Ok(stamp) => stamp,
             Err(error) => return answer_all(batch, &error),
         };
+        let requests = batch.len();
         let (request, answers) = entry_of(batch, stamp);
         let applied = match self.inner.raft.client_write_ff(request).await {
-            Ok(applied) => applied,
+            Ok(applied) => {
+                self.inner
+                    .metrics
+                    .requests_per_entry
+                    .observe(requests as f64);
+                applied
+            }
             Err(fatal) => {
                 return answer_all_senders(answers, &LeaderError::Unavailable(fatal.to_string()))
             }
