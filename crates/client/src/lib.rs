@@ -45,6 +45,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use conclave_proto::v1;
 use conclave_proto::v1::cluster_client::ClusterClient;
 use conclave_proto::v1::kv_client::KvClient;
+pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -116,16 +117,37 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// [`Client::connect`] over TLS when `tls` is given: the cluster's CA (and, for mutual
+    /// TLS, this client's certificate and key). The server name checked is each endpoint's
+    /// host, which the node's certificate must name.
+    pub async fn connect_with<I, S>(
+        endpoints: I,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let mut channels = Vec::new();
         for endpoint in endpoints {
             let address = endpoint.as_ref().to_string();
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let uri = if address.starts_with("http") {
                 address.clone()
             } else {
-                format!("http://{address}")
+                format!("{scheme}://{address}")
             };
-            let channel = Endpoint::from_shared(uri)
-                .map_err(|_| Error::BadEndpoint(address.clone()))?
+            let mut endpoint =
+                Endpoint::from_shared(uri).map_err(|_| Error::BadEndpoint(address.clone()))?;
+            if let Some(tls) = &tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|_| Error::BadEndpoint(address.clone()))?;
+            }
+            let channel = endpoint
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
                 // A node whose host vanished never closes the connection: HTTP/2 pings find it

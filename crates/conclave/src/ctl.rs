@@ -4,8 +4,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use conclave_client::{v1, Client, Consistency, WatchTarget};
+use conclave_client::{
+    v1, Certificate, Client, ClientTlsConfig, Consistency, Identity, WatchTarget,
+};
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
@@ -13,6 +16,15 @@ pub struct CtlArgs {
     /// it answers, the others when it does not.
     #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
     endpoint: Vec<String>,
+    /// The cluster's CA certificate (PEM): talk to the nodes over TLS.
+    #[arg(long, env = "CONCLAVE_CTL_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present, with --tls-key (mutual TLS).
+    #[arg(long, env = "CONCLAVE_CTL_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "CONCLAVE_CTL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -178,17 +190,22 @@ impl MemberRow {
 }
 
 /// Asks every member for its own status, each with a deadline.
-async fn cluster_status(members: &[v1::Member]) -> Vec<MemberRow> {
-    let asked = members.iter().map(|member| async move {
-        let status = async {
-            let client = Client::connect([member.address.as_str()]).await.ok()?;
-            tokio::time::timeout(PROBE_TIMEOUT, client.status())
-                .await
-                .ok()?
-                .ok()
+async fn cluster_status(members: &[v1::Member], tls: Option<ClientTlsConfig>) -> Vec<MemberRow> {
+    let asked = members.iter().map(|member| {
+        let tls = tls.clone();
+        async move {
+            let status = async {
+                let client = Client::connect_with([member.address.as_str()], tls)
+                    .await
+                    .ok()?;
+                tokio::time::timeout(PROBE_TIMEOUT, client.status())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+            .await;
+            (member.clone(), status)
         }
-        .await;
-        (member.clone(), status)
     });
     let answers = futures::future::join_all(asked).await;
     let newest = answers
@@ -300,8 +317,24 @@ where
     }
 }
 
+/// The TLS settings `--tls-*` ask for, if any.
+fn client_tls(args: &CtlArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.endpoint).await?;
+    let tls = client_tls(&args)?;
+    let client = Client::connect_with(&args.endpoint, tls.clone()).await?;
     match args.command {
         CtlCommand::Ready { wait_s } => {
             let deadline = Instant::now() + Duration::from_secs(wait_s);
@@ -324,7 +357,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let s = client.status().await?;
-            let rows = cluster_status(&s.members).await;
+            let rows = cluster_status(&s.members, tls.clone()).await;
             if json {
                 println!(
                     "{}",

@@ -27,6 +27,10 @@ pub struct DevArgs {
     /// turns them off.
     #[arg(long, default_value_t = 9101)]
     metrics_base_port: u16,
+    /// Run the cluster over TLS: a CA and node certificates are made in DATA_DIR/tls the
+    /// first time (clients trust DATA_DIR/tls/ca.pem).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +58,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 .then(|| format!("127.0.0.1:{}", u64::from(args.metrics_base_port) + i))
         })
         .collect();
+    let tls_dir = args.data_dir.join("tls");
+    if args.tls {
+        crate::certs::ensure_dev_certs(&tls_dir, args.nodes)?;
+    }
     let exe = std::env::current_exe().context("locating the conclave binary")?;
     let mut children: Vec<Child> = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
@@ -81,6 +89,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         if let Some(metrics) = &metrics_endpoints[i] {
             command.args(["--metrics", metrics]);
         }
+        if args.tls {
+            command
+                .arg("--tls-cert")
+                .arg(tls_dir.join(format!("n{id}.pem")))
+                .arg("--tls-key")
+                .arg(tls_dir.join(format!("n{id}-key.pem")))
+                .arg("--tls-ca")
+                .arg(tls_dir.join("ca.pem"));
+        }
         let child = command
             .kill_on_drop(true)
             .spawn()
@@ -88,7 +105,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         children.push(child);
     }
 
-    let client = Client::connect(&endpoints).await?;
+    let tls = if args.tls {
+        let ca = std::fs::read(tls_dir.join("ca.pem")).context("reading the dev CA")?;
+        Some(
+            conclave_client::ClientTlsConfig::new()
+                .ca_certificate(conclave_client::Certificate::from_pem(ca)),
+        )
+    } else {
+        None
+    };
+    let client = Client::connect_with(&endpoints, tls).await?;
     let started = Instant::now();
     let leader = loop {
         if let Ok(status) = client.status().await {
@@ -118,8 +144,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.join(format!("node{}", i + 1)).display()
         );
     }
+    let tls_flag = if args.tls {
+        format!(" --tls-ca {}", tls_dir.join("ca.pem").display())
+    } else {
+        String::new()
+    };
     println!(
-        "try: conclave ctl --endpoint {} status   (Ctrl-C stops the cluster)",
+        "try: conclave ctl --endpoint {}{tls_flag} status   (Ctrl-C stops the cluster)",
         endpoints[0]
     );
     if let Some(resp) = &resp_endpoints[0] {

@@ -5,12 +5,14 @@
 //! its client-facing services in `conclave-api`, the client in `conclave-client`.
 
 mod bench;
+mod certs;
 mod config;
 mod ctl;
 mod dev;
 mod memory;
 mod metrics;
 mod server;
+mod tls;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -141,6 +143,8 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Measure write throughput and latency against a running cluster.
     Bench(bench::BenchArgs),
+    /// Create a cluster CA and the node and client certificates it signs (for TLS).
+    Certs(certs::CertsArgs),
     /// Print the table of `conclave server`'s settings (for docs/configuration.md).
     #[command(hide = true)]
     ConfigReference,
@@ -169,6 +173,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Certs(args) => certs::run(args),
             Command::ConfigReference => {
                 print!("{}", config::reference());
                 Ok(std::process::ExitCode::SUCCESS)

@@ -5,16 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::{self, grpc::GrpcMetrics, grpc::TimingLayer};
+use crate::tls::{PeerGuardLayer, Tls, TlsFiles};
 use anyhow::Context;
 use clap::Args;
 use conclave_api::{
     ClusterService, KvService, LeaseService, LockService, PubSubService, RoomsService, WatchService,
 };
 use conclave_consensus::{ClusterSpec, Node, NodeOptions, Timing};
-use tokio_stream::StreamExt;
-use tonic::transport::server::TcpIncoming;
-
-use crate::metrics::{self, grpc::GrpcMetrics, grpc::TimingLayer};
 
 /// The longest request deadline accepted: a write is re-sent under its request id until its
 /// deadline, and the state machine remembers replies for at least a minute
@@ -91,12 +89,27 @@ pub struct ServerArgs {
     /// The password RESP clients must give (AUTH / HELLO ... AUTH default <password>).
     #[arg(long, env = "CONCLAVE_RESP_PASSWORD", hide_env_values = true)]
     pub resp_password: Option<String>,
+    /// Serve RESP over TLS, with the node's --tls-cert and --tls-key (clients check it against
+    /// --tls-ca; `redis-cli --tls --cacert ca.pem`). Clients authenticate with AUTH.
+    #[arg(long, env = "CONCLAVE_RESP_TLS", requires_all = ["resp", "tls_cert"])]
+    pub resp_tls: bool,
     /// How long a RESP command may wait for a leader before it is answered TRYAGAIN (or, for a
     /// write a leader may still commit, UNCERTAIN).
     #[arg(long, env = "CONCLAVE_RESP_DEADLINE_MS",
           default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub resp_deadline_ms: u64,
+    /// This node's TLS certificate (PEM; `conclave certs node`). With --tls-key and --tls-ca,
+    /// the gRPC listener and the connections to peers use TLS, and node-to-node calls need a
+    /// node certificate from the CA. The files are read again when they change.
+    #[arg(long, env = "CONCLAVE_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM), for --tls-cert.
+    #[arg(long, env = "CONCLAVE_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): peers' and clients' certificates must come from it.
+    #[arg(long, env = "CONCLAVE_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
     /// HOST:PORT to serve Prometheus metrics on (`GET /metrics`); off when absent.
     #[arg(long, env = "CONCLAVE_METRICS")]
     pub metrics: Option<String>,
@@ -126,8 +139,17 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
-/// The node's options from the settings, every setting checked (what `--check-config` checks).
-fn node_options(args: &ServerArgs) -> anyhow::Result<NodeOptions> {
+/// The node's options from the settings, every setting checked (what `--check-config` checks),
+/// and its TLS material if it has any.
+fn node_options(args: &ServerArgs) -> anyhow::Result<(NodeOptions, Option<Arc<Tls>>)> {
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(Tls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        })?),
+        _ => None,
+    };
     let id = node_id(args)?;
     let cluster = ClusterSpec::parse(&args.initial_cluster)?;
     let address: std::net::SocketAddr = args
@@ -153,9 +175,10 @@ fn node_options(args: &ServerArgs) -> anyhow::Result<NodeOptions> {
         snapshot_every: args.snapshot_every,
         clock_offset_file: args.clock_offset_file.clone(),
         source_ip: Some(address.ip()),
+        peer_tls: tls.as_ref().map(|tls| tls.peer_client()),
     };
     options.check()?;
-    Ok(options)
+    Ok((options, tls))
 }
 
 /// HOST:PORT with a port number.
@@ -171,7 +194,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         return Ok(crate::config::check(&args, node_options(&args)));
     }
     crate::memory::start_trimming();
-    let options = node_options(&args)?;
+    let (options, tls) = node_options(&args)?;
     let id = options.id;
     // Every listener is bound before the node opens: a port in use fails the start at once.
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -210,6 +233,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             password: args.resp_password.clone(),
             write_deadline: Duration::from_millis(args.resp_deadline_ms),
             metrics: resp_metrics.clone(),
+            tls: match (&tls, args.resp_tls) {
+                (Some(tls), true) => Some(tls.server_config(&[])?),
+                _ => None,
+            },
             ..Default::default()
         };
         resp_drained = Some(tokio::spawn(conclave_resp::serve(
@@ -245,15 +272,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .build_v1()
         .context("gRPC reflection")?;
 
-    let tracked = grpc_metrics.clone();
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(move |accepted| accepted.map(|io| tracked.track(io)));
+    if let Some(tls) = &tls {
+        tokio::spawn(crate::tls::follow_files(tls.clone(), node.clone()));
+    }
+    let incoming = crate::tls::incoming(listener, tls, grpc_metrics.clone())?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
     let stopping_node = node.clone();
     let served = tonic::transport::Server::builder()
         .layer(TimingLayer(grpc_metrics))
+        .layer(PeerGuardLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(node.peer_service().into_server())

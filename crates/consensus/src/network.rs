@@ -20,7 +20,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::codec::{decode, encode};
@@ -54,6 +54,8 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Whether each peer answered its last Raft RPC (absent: never asked yet).
     reach: Arc<Mutex<HashMap<NodeId, Reach>>>,
+    /// How connections to peers authenticate (None: plaintext).
+    tls: Arc<Mutex<Option<ClientTlsConfig>>>,
     /// The address connections to peers leave from (see [`Peers::leaving_from`]).
     source: Option<IpAddr>,
 }
@@ -65,6 +67,7 @@ impl Peers {
             cluster_id: Arc::new(Mutex::new(cluster_id)),
             channels: Arc::default(),
             reach: Arc::default(),
+            tls: Arc::default(),
             source: None,
         }
     }
@@ -118,6 +121,13 @@ impl Peers {
         }
     }
 
+    /// Connections to peers use `tls` (the cluster's CA and this node's certificate) from now
+    /// on; open connections are dropped so the next call connects with it.
+    pub fn set_tls(&self, tls: Option<ClientTlsConfig>) {
+        *self.tls.lock().expect("lock poisoned") = tls;
+        self.channels.lock().expect("lock poisoned").clear();
+    }
+
     /// The cluster id announced on calls.
     pub fn cluster_id(&self) -> Option<u64> {
         *self.cluster_id.lock().expect("lock poisoned")
@@ -159,8 +169,16 @@ impl Peers {
     }
 
     fn connect(&self, address: &str) -> Result<Channel, Status> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::invalid_argument(format!("bad peer address {address}: {e}")))?
+        let tls = self.tls.lock().expect("lock poisoned").clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| Status::invalid_argument(format!("bad peer address {address}: {e}")))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Status::invalid_argument(format!("TLS to {address}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))

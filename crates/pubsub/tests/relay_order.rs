@@ -39,6 +39,7 @@ async fn start_hub() -> Hub {
         snapshot_every: 100_000,
         clock_offset_file: None,
         source_ip: None,
+        peer_tls: None,
     })
     .await
     .unwrap();

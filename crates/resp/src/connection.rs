@@ -14,8 +14,6 @@ use conclave_state::{
     Bytes, Check, Command, Compare, Limits, Machine, Outcome, Revision, Transaction, WriteRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 
 use crate::introspection;
 use crate::plan::{self, Plan};
@@ -72,8 +70,11 @@ struct Connection {
 
 /// Runs a connection to its end. `clients` is the number of open connections, this one
 /// included (counted by the accept loop, which also waits for them to end when stopping).
-pub(crate) async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, clients: usize) {
-    let (mut reader, mut writer) = socket.into_split();
+pub(crate) async fn run<S>(shared: Arc<Shared>, socket: S, peer: SocketAddr, clients: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(socket);
     if clients > shared.options.max_clients {
         let _ = writer
             .write_all(b"-ERR max number of clients reached\r\n")
@@ -192,9 +193,9 @@ async fn next_item(
 impl Connection {
     /// Writes the pending output. A subscriber that stopped reading is cut off once the hub
     /// disconnects it, instead of holding this task in a write forever.
-    async fn flush(
+    async fn flush<W: tokio::io::AsyncWrite + Unpin>(
         &mut self,
-        writer: &mut OwnedWriteHalf,
+        writer: &mut W,
         output: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         if output.is_empty() {

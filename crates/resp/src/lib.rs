@@ -90,6 +90,9 @@ pub struct RespOptions {
     pub frame_limits: FrameLimits,
     /// Where the listener counts connections and commands (read by the metrics endpoint).
     pub metrics: Arc<RespMetrics>,
+    /// Serve RESP over TLS with this acceptor (None: plaintext). Clients authenticate with
+    /// AUTH, not certificates.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for RespOptions {
@@ -101,9 +104,13 @@ impl Default for RespOptions {
             max_clients: 10_000,
             frame_limits: FrameLimits::default(),
             metrics: Arc::default(),
+            tls: None,
         }
     }
 }
+
+/// How long a connection gets to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most whole-keyspace walks (KEYS, SCAN steps over 1,024 keys) a node runs at once; more wait.
 const MAX_WALKS: usize = 2;
@@ -177,7 +184,24 @@ pub async fn serve(
         let clients = metrics.connected.fetch_add(1, Ordering::SeqCst) + 1;
         let shared = shared.clone();
         tokio::spawn(async move {
-            connection::run(shared, socket, peer, clients).await;
+            match shared.options.tls.clone() {
+                None => connection::run(shared, socket, peer, clients).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await
+                    {
+                        Ok(Ok(stream)) => connection::run(shared, stream, peer, clients).await,
+                        // A client that does not speak TLS (or too slowly) gets rustls's alert.
+                        _ => {
+                            shared
+                                .options
+                                .metrics
+                                .connected
+                                .fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
         });
     }
     drop(listener);

@@ -108,6 +108,9 @@ pub struct NodeOptions {
     /// The address this node listens on, which its connections to peers leave from too (none:
     /// any address, as the system picks).
     pub source_ip: Option<std::net::IpAddr>,
+    /// How this node's connections to peers authenticate: the cluster's CA and this node's
+    /// certificate (None: plaintext). Changed later with [`Node::set_peer_tls`].
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl NodeOptions {
@@ -281,6 +284,7 @@ impl Node {
             recorded
         };
         let peers = Peers::new(cluster_id).leaving_from(options.source_ip);
+        peers.set_tls(options.peer_tls.clone());
         let view = storage.state.view();
         let log_stats = storage.log.stats();
         let node_metrics = Arc::new(metrics::NodeMetrics::new(storage.state.snapshot_stats()));
@@ -357,6 +361,12 @@ impl Node {
     }
 
     /// The node-to-node service to mount on this node's listener.
+    /// Connections to peers (Raft, forwarding, the pub/sub mesh) authenticate with `tls` from
+    /// now on (after a certificate was renewed, say).
+    pub fn set_peer_tls(&self, tls: Option<tonic::transport::ClientTlsConfig>) {
+        self.inner.peers.set_tls(tls);
+    }
+
     pub fn peer_service(&self) -> crate::PeerService {
         crate::PeerService::new(self.clone())
     }
