@@ -135,6 +135,12 @@ impl Client {
         for endpoint in endpoints {
             let address = endpoint.as_ref().to_string();
             let scheme = if tls.is_some() { "https" } else { "http" };
+            // TLS settings with an http:// endpoint would quietly run in plaintext.
+            if tls.is_some() && address.starts_with("http://") {
+                return Err(Error::BadEndpoint(format!(
+                    "{address}: TLS asked for, but the endpoint is http://"
+                )));
+            }
             let uri = if address.starts_with("http") {
                 address.clone()
             } else {

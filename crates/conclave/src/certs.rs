@@ -141,6 +141,10 @@ fn issue_quietly(
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
         "a name is letters, digits, '-', '_' and '.'"
     );
+    anyhow::ensure!(
+        !matches!(name, "ca" | "ca-key"),
+        "{name:?} is the CA's own file name: pick another"
+    );
     let ca_key_pem = std::fs::read_to_string(dir.join("ca-key.pem")).with_context(|| {
         format!(
             "no CA key in {}: run `conclave certs --dir {} ca` first",
@@ -185,10 +189,11 @@ fn write(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let partial = path.with_extension("partial");
+    // A fresh file, so its mode is the one asked for (not a leftover's, nor a link's target).
+    let _ = std::fs::remove_file(&partial);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(if private { 0o600 } else { 0o644 })
         .open(&partial)
         .with_context(|| format!("cannot write {}", partial.display()))?;

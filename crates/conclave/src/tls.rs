@@ -22,7 +22,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,6 +35,11 @@ use crate::metrics::grpc::{GrpcMetrics, Tracked};
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// How long a connection gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The DER content of id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// TLS handshakes in progress at once; connections beyond wait for a turn (a flood of silent
+/// connections does not hold every file descriptor and task).
+const MAX_HANDSHAKES: usize = 256;
 /// The gRPC services only nodes may call.
 const PEER_SERVICES: &str = "/conclave.peer.v1.";
 
@@ -185,20 +190,25 @@ impl Tls {
     }
 
     /// Whether `chain` (a client's, already verified against the CA) is a node certificate:
-    /// valid for server authentication under the cluster's CA.
+    /// one that chains to the cluster's CA and names server authentication among its extended
+    /// key usages. A certificate without that extension is not one (webpki's own server check
+    /// would let it through).
     fn is_node(&self, chain: &[CertificateDer<'static>]) -> bool {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return false;
         };
-        let Ok(parsed) = ParsedCertificate::try_from(end_entity) else {
+        let Ok(cert) = webpki::EndEntityCert::try_from(end_entity) else {
             return false;
         };
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.current().roots,
+        let current = self.current();
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &current.roots.roots,
             intermediates,
             UnixTime::now(),
-            self.provider.signature_verification_algorithms.all,
+            webpki::KeyUsage::required(EKU_SERVER_AUTH),
+            None,
+            None,
         )
         .is_ok()
     }
@@ -362,6 +372,21 @@ impl AsyncWrite for Connection {
         delegate!(self, io => io.poll_write(cx, buf))
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(io, _) => io.is_write_vectored(),
+            Connection::Tls(io, _) => io.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         delegate!(self, io => io.poll_flush(cx))
     }
@@ -385,9 +410,15 @@ pub fn incoming(
         None => None,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let (socket, _) = match listener.accept().await {
+            // Once tonic drops the stream (shutdown), the listener closes at once.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = sender.closed() => return,
+            };
+            let (socket, _) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "gRPC accept failed");
@@ -410,8 +441,12 @@ pub fn incoming(
                 }
                 continue;
             };
+            let Ok(turn) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
             let (acceptor, handed, tls) = (acceptor.clone(), sender.clone(), tls.clone());
             tokio::spawn(async move {
+                let _turn = turn;
                 let Ok(Ok(stream)) =
                     tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await
                 else {
@@ -428,9 +463,6 @@ pub fn incoming(
                     .send(Ok(Connection::Tls(Box::new(stream), peer)))
                     .await;
             });
-            if sender.is_closed() {
-                return;
-            }
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
@@ -470,8 +502,13 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let auth = request.extensions().get::<Peer>().map(|p| p.auth);
+        // Refused unless the connection is known to be plaintext (no TLS configured) or to
+        // carry a node certificate.
         let refused = request.uri().path().starts_with(PEER_SERVICES)
-            && matches!(auth, Some(PeerAuth::Tls { node: false }));
+            && !matches!(
+                auth,
+                Some(PeerAuth::Plaintext | PeerAuth::Tls { node: true })
+            );
         if refused {
             let status = tonic::Status::unauthenticated(
                 "node-to-node calls need a node certificate from this cluster's CA",

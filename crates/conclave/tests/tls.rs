@@ -166,6 +166,14 @@ async fn a_tls_cluster_serves_clients_and_only_nodes_make_node_calls() {
         );
     }
 
+    // A certificate from the cluster's CA without any extended key usage is not a node
+    // certificate either (webpki alone would take it for a server certificate).
+    write_certificate_without_usages(&certs_dir, "bare");
+    let refused = identify(tls_config(&certs_dir, Some((&certs_dir, "bare"))))
+        .await
+        .expect_err("a certificate without usages");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
     // A node certificate from another CA does not get through the handshake.
     let other = dir.path().join("other");
     certs(&other, &["ca"]);
@@ -186,6 +194,26 @@ async fn a_tls_cluster_serves_clients_and_only_nodes_make_node_calls() {
             .is_err(),
     };
     assert!(refused, "a certificate from another CA was accepted");
+}
+
+/// Writes NAME.pem and NAME-key.pem in `dir`: a certificate signed by the CA there, with no
+/// extended key usage extension at all.
+fn write_certificate_without_usages(dir: &Path, name: &str) {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&String::from_utf8(read(dir.join("ca-key.pem"))).unwrap())
+            .expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Conclave cluster CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
 }
 
 /// The end-entity certificate node `address` serves now.

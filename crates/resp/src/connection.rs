@@ -173,7 +173,9 @@ where
             }
         }
     }
-    let _ = writer.shutdown().await;
+    // Bounded: over TLS, shutting down flushes what is buffered, which a client that stopped
+    // reading never takes.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.shutdown()).await;
     shared
         .options
         .metrics
