@@ -13,14 +13,20 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `conclave server ARGS` with only `env` from the CONCLAVE_ variables.
-fn server(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary, with none of the CONCLAVE_ variables of the environment the tests run in.
+fn conclave() -> Command {
     let mut command = Command::new(binary());
     for (key, _) in std::env::vars() {
         if key.starts_with("CONCLAVE_") {
             command.env_remove(key);
         }
     }
+    command
+}
+
+/// `conclave server ARGS` with only `env` from the CONCLAVE_ variables.
+fn server(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = conclave();
     command.arg("server").args(args).envs(env.iter().copied());
     command.output().expect("run conclave server")
 }
@@ -158,13 +164,7 @@ async fn a_node_runs_from_a_config_file_alone() {
         ),
     )
     .expect("write");
-    let mut command = Command::new(binary());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("CONCLAVE_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command
+    let mut child = conclave()
         .args(["server", "--config"])
         .arg(&file)
         .stderr(std::process::Stdio::null())
