@@ -45,9 +45,92 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use conclave_proto::v1;
 use conclave_proto::v1::cluster_client::ClusterClient;
 use conclave_proto::v1::kv_client::KvClient;
+use tonic::service::interceptor::InterceptedService;
 pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+/// What the client's calls travel on: a channel to one node, with the client's credentials
+/// added to every call.
+pub type Transport = InterceptedService<Channel, Authorization>;
+
+/// How the client proves who it is (a node with users configured needs one of these).
+#[derive(Clone)]
+pub enum Credentials {
+    /// A bearer token from the node's users file.
+    Token(String),
+    /// A user's name and password (as RESP's AUTH).
+    Password { user: String, password: String },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        match self {
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+            Credentials::Password { user, .. } => write!(f, "Password {{ user: {user:?} }}"),
+        }
+    }
+}
+
+/// How [`Client::connect_with`] connects.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// TLS: the cluster's CA (and, for mutual TLS, this client's certificate and key). The
+    /// server name checked is each endpoint's host, which the node's certificate must name.
+    pub tls: Option<ClientTlsConfig>,
+    pub credentials: Option<Credentials>,
+}
+
+/// Adds the client's `authorization` metadata to every call.
+#[derive(Clone)]
+pub struct Authorization(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Authorization {
+    fn new(credentials: Option<&Credentials>) -> Result<Authorization, Error> {
+        let text = match credentials {
+            None => return Ok(Authorization(None)),
+            Some(Credentials::Token(token)) => format!("Bearer {token}"),
+            Some(Credentials::Password { user, password }) => {
+                format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+            }
+        };
+        text.parse()
+            .map(|value| Authorization(Some(value)))
+            .map_err(|_| Error::BadCredentials)
+    }
+}
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Standard base64 with padding (HTTP Basic credentials).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 /// What went wrong with a call.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +139,9 @@ pub enum Error {
     NoEndpoints,
     #[error("invalid endpoint {0}")]
     BadEndpoint(String),
+    /// A token or password that cannot travel in gRPC metadata (not printable ASCII).
+    #[error("credentials must be printable ASCII")]
+    BadCredentials,
     #[error("{}: {}", .0.code(), .0.message())]
     Rpc(#[from] Status),
     /// A watch asked for events the history no longer holds: re-read, then watch from the
@@ -101,7 +187,7 @@ const FAILOVER_BUDGET: Duration = Duration::from_secs(10);
 /// A Conclave client; cheap to clone, clones share the session.
 #[derive(Clone)]
 pub struct Client {
-    channels: Arc<Vec<(String, Channel)>>,
+    channels: Arc<Vec<(String, Transport)>>,
     /// Index of the endpoint in use.
     current: Arc<AtomicUsize>,
     /// The highest revision this client has seen.
@@ -117,20 +203,17 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Self::connect_with(endpoints, None).await
+        Self::connect_with(endpoints, ConnectOptions::default()).await
     }
 
-    /// [`Client::connect`] over TLS when `tls` is given: the cluster's CA (and, for mutual
-    /// TLS, this client's certificate and key). The server name checked is each endpoint's
-    /// host, which the node's certificate must name.
-    pub async fn connect_with<I, S>(
-        endpoints: I,
-        tls: Option<ClientTlsConfig>,
-    ) -> Result<Client, Error>
+    /// [`Client::connect`] with TLS and credentials.
+    pub async fn connect_with<I, S>(endpoints: I, options: ConnectOptions) -> Result<Client, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let ConnectOptions { tls, credentials } = options;
+        let authorization = Authorization::new(credentials.as_ref())?;
         let mut channels = Vec::new();
         for endpoint in endpoints {
             let address = endpoint.as_ref().to_string();
@@ -162,7 +245,10 @@ impl Client {
                 .keep_alive_timeout(Duration::from_secs(1))
                 .keep_alive_while_idle(true)
                 .connect_lazy();
-            channels.push((address, channel));
+            channels.push((
+                address,
+                InterceptedService::new(channel, authorization.clone()),
+            ));
         }
         if channels.is_empty() {
             return Err(Error::NoEndpoints);
@@ -201,7 +287,7 @@ impl Client {
     }
 
     /// The channel of the endpoint in use, and its index.
-    fn channel(&self) -> (usize, Channel) {
+    fn channel(&self) -> (usize, Transport) {
         let index = self.current.load(Ordering::Relaxed) % self.channels.len();
         (index, self.channels[index].1.clone())
     }
@@ -241,7 +327,7 @@ impl Client {
     /// retried write applies once.
     async fn with_failover<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
@@ -267,7 +353,7 @@ impl Client {
     where
         Req: Clone,
         Resp: Revisioned,
-        F: Fn(Channel, Req) -> Fut,
+        F: Fn(Transport, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let response = self
@@ -283,7 +369,7 @@ impl Client {
     where
         Req: Clone,
         Resp: Revisioned,
-        F: Fn(KvClient<Channel>, Req) -> Fut,
+        F: Fn(KvClient<Transport>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         self.call(request, |channel, r| {
@@ -296,12 +382,12 @@ impl Client {
     }
 
     /// The raw `Kv` client of the endpoint in use, for calls this client does not wrap.
-    pub fn kv(&self) -> KvClient<Channel> {
+    pub fn kv(&self) -> KvClient<Transport> {
         KvClient::new(self.channel().1)
     }
 
     /// The raw `Cluster` client of the endpoint in use.
-    pub fn cluster(&self) -> ClusterClient<Channel> {
+    pub fn cluster(&self) -> ClusterClient<Transport> {
         ClusterClient::new(self.channel().1)
     }
 
@@ -360,7 +446,7 @@ impl Client {
     /// One `Cluster` membership call with failover.
     async fn membership_call<F, Fut>(&self, call: F) -> Result<v1::MembershipResponse, Error>
     where
-        F: Fn(ClusterClient<Channel>) -> Fut,
+        F: Fn(ClusterClient<Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<v1::MembershipResponse>, Status>>,
     {
         let response = self
@@ -440,5 +526,29 @@ revisioned!(
 impl Revisioned for v1::PublishResponse {
     fn header(&self) -> Option<&v1::ResponseHeader> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_standard_base64() {
+        assert_eq!(base64(b"ops:ops-pass"), "b3BzOm9wcy1wYXNz");
+        assert_eq!(base64(b"a:bc"), "YTpiYw==");
+        assert_eq!(base64(b"a:bcd"), "YTpiY2Q=");
+        assert_eq!(base64(b""), "");
+    }
+
+    #[test]
+    fn credentials_never_print_their_secret() {
+        let token = Credentials::Token("tok-0123456789abcdef".into());
+        let password = Credentials::Password {
+            user: "ops".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{token:?}").contains("tok-"));
+        assert!(!format!("{password:?}").contains("hunter2"));
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use conclave_client::{
-    v1, Certificate, Client, ClientTlsConfig, Consistency, Identity, WatchTarget,
+    v1, Certificate, Client, ClientTlsConfig, ConnectOptions, Consistency, Credentials, Identity,
+    WatchTarget,
 };
 
 #[derive(Args, Debug)]
@@ -25,6 +26,26 @@ pub struct CtlArgs {
     /// The key of --tls-cert (PEM).
     #[arg(long, env = "CONCLAVE_CTL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// A bearer token of the node's users file (better from the environment: a flag shows in
+    /// `ps`).
+    #[arg(
+        long,
+        env = "CONCLAVE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    token: Option<String>,
+    /// Authenticate as this user, with --password.
+    #[arg(long, env = "CONCLAVE_USER", requires = "password")]
+    user: Option<String>,
+    /// The password of --user (better from the environment: a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "CONCLAVE_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    password: Option<String>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -190,12 +211,12 @@ impl MemberRow {
 }
 
 /// Asks every member for its own status, each with a deadline.
-async fn cluster_status(members: &[v1::Member], tls: Option<ClientTlsConfig>) -> Vec<MemberRow> {
+async fn cluster_status(members: &[v1::Member], connect: ConnectOptions) -> Vec<MemberRow> {
     let asked = members.iter().map(|member| {
-        let tls = tls.clone();
+        let connect = connect.clone();
         async move {
             let status = async {
-                let client = Client::connect_with([member.address.as_str()], tls)
+                let client = Client::connect_with([member.address.as_str()], connect)
                     .await
                     .ok()?;
                 tokio::time::timeout(PROBE_TIMEOUT, client.status())
@@ -317,6 +338,22 @@ where
     }
 }
 
+/// How the flags ask to connect: TLS, credentials.
+fn connect_options(args: &CtlArgs) -> anyhow::Result<ConnectOptions> {
+    let credentials = match (&args.token, &args.user, &args.password) {
+        (Some(token), _, _) => Some(Credentials::Token(token.clone())),
+        (None, Some(user), Some(password)) => Some(Credentials::Password {
+            user: user.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
+    };
+    Ok(ConnectOptions {
+        tls: client_tls(args)?,
+        credentials,
+    })
+}
+
 /// The TLS settings `--tls-*` ask for, if any.
 fn client_tls(args: &CtlArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
     let Some(ca) = &args.tls_ca else {
@@ -333,8 +370,8 @@ fn client_tls(args: &CtlArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let tls = client_tls(&args)?;
-    let client = Client::connect_with(&args.endpoint, tls.clone()).await?;
+    let connect = connect_options(&args)?;
+    let client = Client::connect_with(&args.endpoint, connect.clone()).await?;
     match args.command {
         CtlCommand::Ready { wait_s } => {
             let deadline = Instant::now() + Duration::from_secs(wait_s);
@@ -357,7 +394,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let s = client.status().await?;
-            let rows = cluster_status(&s.members, tls.clone()).await;
+            let rows = cluster_status(&s.members, connect.clone()).await;
             if json {
                 println!(
                     "{}",

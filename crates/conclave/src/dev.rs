@@ -114,7 +114,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let client = Client::connect_with(&endpoints, tls).await?;
+    let client = Client::connect_with(
+        &endpoints,
+        conclave_client::ConnectOptions {
+            tls,
+            credentials: None,
+        },
+    )
+    .await?;
     let started = Instant::now();
     let leader = loop {
         if let Ok(status) = client.status().await {

@@ -9,6 +9,7 @@ mod certs;
 mod config;
 mod ctl;
 mod dev;
+mod guard;
 mod memory;
 mod metrics;
 mod server;

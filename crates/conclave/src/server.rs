@@ -5,10 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::guard::GuardLayer;
 use crate::metrics::{self, grpc::GrpcMetrics, grpc::TimingLayer};
-use crate::tls::{PeerGuardLayer, Tls, TlsFiles};
+use crate::tls::{Tls, TlsFiles};
 use anyhow::Context;
 use clap::Args;
+use conclave_access::Directory;
 use conclave_api::{
     ClusterService, KvService, LeaseService, LockService, PubSubService, RoomsService, WatchService,
 };
@@ -86,9 +88,16 @@ pub struct ServerArgs {
     /// What a RESP read waits for: session (read your own writes), linearizable or local.
     #[arg(long, env = "CONCLAVE_RESP_CONSISTENCY", default_value = "session")]
     pub resp_consistency: conclave_resp::ReadConsistency,
-    /// The password RESP clients must give (AUTH / HELLO ... AUTH default <password>).
+    /// The default user's password (RESP `AUTH <password>` or `HELLO 3 AUTH default
+    /// <password>`; gRPC `authorization: Basic`). Without it and without --users, clients need
+    /// no credentials.
     #[arg(long, env = "CONCLAVE_RESP_PASSWORD", hide_env_values = true)]
     pub resp_password: Option<String>,
+    /// The users file (TOML: `[[user]]` tables with name, role = admin | read-write |
+    /// read-only, password or password-sha256, tokens for gRPC); read again when it changes.
+    /// With it, every client must authenticate unless the file gives the default user nopass.
+    #[arg(long, env = "CONCLAVE_USERS")]
+    pub users: Option<PathBuf>,
     /// Serve RESP over TLS, with the node's --tls-cert and --tls-key (clients check it against
     /// --tls-ca; `redis-cli --tls --cacert ca.pem`). Clients authenticate with AUTH.
     #[arg(long, env = "CONCLAVE_RESP_TLS", requires_all = ["resp", "tls_cert"])]
@@ -139,9 +148,18 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
+/// What a node runs with, from its settings.
+struct Prepared {
+    options: NodeOptions,
+    tls: Option<Arc<Tls>>,
+    users: Arc<Directory>,
+}
+
 /// The node's options from the settings, every setting checked (what `--check-config` checks),
-/// and its TLS material if it has any.
-fn node_options(args: &ServerArgs) -> anyhow::Result<(NodeOptions, Option<Arc<Tls>>)> {
+/// its TLS material if it has any, and its users.
+fn node_options(args: &ServerArgs) -> anyhow::Result<Prepared> {
+    let users = Directory::load(args.users.clone(), args.resp_password.clone())
+        .map_err(anyhow::Error::msg)?;
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(Tls::load(TlsFiles {
             cert: cert.clone(),
@@ -178,7 +196,11 @@ fn node_options(args: &ServerArgs) -> anyhow::Result<(NodeOptions, Option<Arc<Tl
         peer_tls: tls.as_ref().map(|tls| tls.peer_client()),
     };
     options.check()?;
-    Ok((options, tls))
+    Ok(Prepared {
+        options,
+        tls,
+        users: Arc::new(users),
+    })
 }
 
 /// HOST:PORT with a port number.
@@ -194,8 +216,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         return Ok(crate::config::check(&args, node_options(&args)));
     }
     crate::memory::start_trimming();
-    let (options, tls) = node_options(&args)?;
+    let Prepared {
+        options,
+        tls,
+        users,
+    } = node_options(&args)?;
     let id = options.id;
+    warn_about_exposure(&args, &users, tls.is_some());
     // Every listener is bound before the node opens: a port in use fails the start at once.
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -230,7 +257,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     if let (Some(resp), Some(listener)) = (&args.resp, resp_listener) {
         let options = conclave_resp::RespOptions {
             consistency: args.resp_consistency,
-            password: args.resp_password.clone(),
+            users: users.clone(),
             write_deadline: Duration::from_millis(args.resp_deadline_ms),
             metrics: resp_metrics.clone(),
             tls: match (&tls, args.resp_tls) {
@@ -275,13 +302,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     if let Some(tls) = &tls {
         tokio::spawn(crate::tls::follow_files(tls.clone(), node.clone()));
     }
+    if users.file().is_some() {
+        tokio::spawn(follow_users(users.clone()));
+    }
     let incoming = crate::tls::incoming(listener, tls, grpc_metrics.clone())?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
     let stopping_node = node.clone();
     let served = tonic::transport::Server::builder()
         .layer(TimingLayer(grpc_metrics))
-        .layer(PeerGuardLayer)
+        .layer(GuardLayer {
+            users: users.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(node.peer_service().into_server())
@@ -334,6 +366,38 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     node.shutdown().await;
     tracing::info!(id, "node stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the users file is checked for changes.
+const USERS_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the node's users in step with the users file.
+async fn follow_users(users: Arc<Directory>) {
+    loop {
+        tokio::time::sleep(USERS_RELOAD_EVERY).await;
+        match users.reload_if_changed() {
+            Ok(true) => tracing::info!("users file changed: reloaded"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(
+                "users file changed but cannot be used (keeping the users in use): {error}"
+            ),
+        }
+    }
+}
+
+/// Says at start what a setting leaves open that an operator may think closed.
+fn warn_about_exposure(args: &ServerArgs, users: &Directory, tls: bool) {
+    let open = users.current().anonymous().is_some();
+    if !open && !tls {
+        tracing::warn!(
+            "clients authenticate, but without TLS: passwords and tokens cross the network in clear text, and any process that reaches the gRPC port can make node-to-node calls (--tls-cert/--tls-key/--tls-ca)"
+        );
+    }
+    if open && args.resp_password.is_none() && args.users.is_some() {
+        tracing::info!(
+            "the users file gives the default user nopass: clients without credentials run as it"
+        );
+    }
 }
 
 /// How often the health service's status follows the node's.

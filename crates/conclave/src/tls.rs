@@ -6,10 +6,9 @@
 //! ways); calls to the node-to-node services (`conclave.peer.v1`: Raft, forwarding, the pub/sub
 //! mesh) need a *node* certificate: one from the cluster's CA that is valid for server
 //! authentication, as `conclave certs node` issues and `conclave certs client` does not
-//! ([`PeerGuardLayer`]). So a process without a node certificate cannot join, vote, forward or
+//! (`crate::guard`). So a process without a node certificate cannot join, vote, forward or
 //! relay.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -40,8 +39,6 @@ const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01]
 /// TLS handshakes in progress at once; connections beyond wait for a turn (a flood of silent
 /// connections does not hold every file descriptor and task).
 const MAX_HANDSHAKES: usize = 256;
-/// The gRPC services only nodes may call.
-const PEER_SERVICES: &str = "/conclave.peer.v1.";
 
 /// Where the node's TLS files are.
 #[derive(Clone, Debug)]
@@ -466,55 +463,4 @@ pub fn incoming(
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
-}
-
-/// Refuses calls to the node-to-node services over a TLS connection without a node
-/// certificate, with UNAUTHENTICATED.
-#[derive(Clone)]
-pub struct PeerGuardLayer;
-
-impl<S> tower_layer::Layer<S> for PeerGuardLayer {
-    type Service = PeerGuard<S>;
-
-    fn layer(&self, inner: S) -> PeerGuard<S> {
-        PeerGuard { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct PeerGuard<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for PeerGuard<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    R: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let auth = request.extensions().get::<Peer>().map(|p| p.auth);
-        // Refused unless the connection is known to be plaintext (no TLS configured) or to
-        // carry a node certificate.
-        let refused = request.uri().path().starts_with(PEER_SERVICES)
-            && !matches!(
-                auth,
-                Some(PeerAuth::Plaintext | PeerAuth::Tls { node: true })
-            );
-        if refused {
-            let status = tonic::Status::unauthenticated(
-                "node-to-node calls need a node certificate from this cluster's CA",
-            );
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        Box::pin(self.inner.call(request))
-    }
 }

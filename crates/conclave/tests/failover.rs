@@ -313,7 +313,7 @@ async fn a_node_started_empty_right_after_its_removal_waits_for_peers_to_apply_i
 /// that it serves `k = v` from its own replica.
 async fn add_back_and_read_k(
     cluster: &Cluster,
-    admin: &mut conclave_client::v1::cluster_client::ClusterClient<tonic::transport::Channel>,
+    admin: &mut conclave_client::v1::cluster_client::ClusterClient<conclave_client::Transport>,
     victim: u64,
     survivor: u64,
 ) {

@@ -70,7 +70,7 @@ fn tls_cluster(dir: &Path) -> Cluster {
 
 /// Waits until node `id`, asked over TLS, knows a leader; returns it.
 async fn wait_leader(cluster: &Cluster, id: u64, tls: &ClientTlsConfig) -> u64 {
-    let client = Client::connect_with([cluster.endpoint(id)], Some(tls.clone()))
+    let client = Client::connect_with([cluster.endpoint(id)], over_tls(tls.clone()))
         .await
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -100,11 +100,11 @@ async fn a_tls_cluster_serves_clients_and_only_nodes_make_node_calls() {
     wait_leader(&cluster, 1, &ca_only).await;
 
     // The peers replicate over mutual TLS: a write through one node is read on another.
-    let writer = Client::connect_with([cluster.endpoint(2)], Some(ca_only.clone()))
+    let writer = Client::connect_with([cluster.endpoint(2)], over_tls(ca_only.clone()))
         .await
         .expect("client");
     let revision = writer.set("over-tls", "yes").await.expect("write over TLS");
-    let reader = Client::connect_with([cluster.endpoint(3)], Some(ca_only.clone()))
+    let reader = Client::connect_with([cluster.endpoint(3)], over_tls(ca_only.clone()))
         .await
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -274,7 +274,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // And the cluster still works, node 1 included.
-    let client = Client::connect_with([cluster.endpoint(1)], Some(ca_only))
+    let client = Client::connect_with([cluster.endpoint(1)], over_tls(ca_only))
         .await
         .expect("client");
     client
@@ -322,4 +322,12 @@ async fn redis_cli_talks_to_the_resp_port_over_tls_and_plaintext_gets_nothing() 
         !String::from_utf8_lossy(&plain.stdout).contains("tls-value"),
         "a plaintext client read the value: {plain:?}"
     );
+}
+
+/// Connect options with TLS and no credentials.
+fn over_tls(tls: conclave_client::ClientTlsConfig) -> conclave_client::ConnectOptions {
+    conclave_client::ConnectOptions {
+        tls: Some(tls),
+        credentials: None,
+    }
 }

@@ -236,10 +236,14 @@ pub(crate) fn config(shared: &Shared, args: &[Vec<u8>]) -> Reply {
     match sub.as_slice() {
         b"GET" if args.len() >= 2 => {
             let maxclients = shared.options.max_clients.to_string();
-            let requirepass = shared.options.password.clone().unwrap_or_default();
+            // Whether the default user needs a password, never the password itself.
+            let requirepass = match shared.options.users.current().anonymous() {
+                Some(_) => "",
+                None => "<redacted>",
+            };
             let mut settings: Vec<(&str, &str)> = SETTINGS.to_vec();
             settings.push(("maxclients", &maxclients));
-            settings.push(("requirepass", &requirepass));
+            settings.push(("requirepass", requirepass));
             let pairs = settings
                 .into_iter()
                 .filter(|(name, _)| {

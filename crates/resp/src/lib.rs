@@ -80,8 +80,9 @@ impl std::str::FromStr for ReadConsistency {
 #[derive(Clone, Debug)]
 pub struct RespOptions {
     pub consistency: ReadConsistency,
-    /// The `default` user's password (Redis's `requirepass`); None lets every client in.
-    pub password: Option<String>,
+    /// The users clients authenticate as (AUTH, HELLO AUTH) and their roles; the default
+    /// user is an admin without password unless configured otherwise.
+    pub users: Arc<conclave_access::Directory>,
     /// How long a command may wait for a leader (an election) before it is answered TRYAGAIN.
     /// Below go-redis's default 3 s read timeout, so the client sees the answer.
     pub write_deadline: Duration,
@@ -99,7 +100,9 @@ impl Default for RespOptions {
     fn default() -> Self {
         RespOptions {
             consistency: ReadConsistency::Session,
-            password: None,
+            users: Arc::new(conclave_access::Directory::fixed(
+                conclave_access::Users::build(None, None).expect("the open default user"),
+            )),
             write_deadline: Duration::from_millis(2500),
             max_clients: 10_000,
             frame_limits: FrameLimits::default(),

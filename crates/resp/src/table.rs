@@ -63,6 +63,13 @@ pub(crate) const COMMANDS: &[Spec] = &[
         "CLIENT ID, SETNAME, GETNAME, SETINFO, INFO, LIST.",
     ),
     spec("quit", -1, C, NONE, "Closes the connection."),
+    spec(
+        "acl",
+        -2,
+        A,
+        NONE,
+        "ACL WHOAMI, USERS (users come from the users file).",
+    ),
     spec("reset", 1, C, NONE, "Resets the connection's state."),
     // Strings.
     spec("get", 2, R, ONE, "Gets a string value."),

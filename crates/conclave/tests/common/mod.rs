@@ -98,6 +98,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub initial_cluster: String,
     pub nodes: BTreeMap<u64, NodeProcess>,
+    /// What the harness's own clients (status, leader waits) authenticate with.
+    pub credentials: Option<conclave_client::Credentials>,
 }
 
 impl Cluster {
@@ -134,6 +136,7 @@ impl Cluster {
             dir,
             initial_cluster,
             nodes: BTreeMap::new(),
+            credentials: None,
         };
         for (id, address) in addresses {
             cluster.add_process(id, address, extra, false);
@@ -283,7 +286,18 @@ impl Cluster {
 
     /// A client bound to node `id` only (no failover).
     pub async fn client(&self, id: u64) -> Client {
-        Client::connect([self.endpoint(id)]).await.expect("client")
+        self.connect([self.endpoint(id)]).await
+    }
+
+    /// A client of `endpoints` with the harness's credentials.
+    async fn connect<I: IntoIterator<Item = String>>(&self, endpoints: I) -> Client {
+        let options = conclave_client::ConnectOptions {
+            tls: None,
+            credentials: self.credentials.clone(),
+        };
+        Client::connect_with(endpoints, options)
+            .await
+            .expect("client")
     }
 
     /// A client preferring node `id` and failing over to the others.
@@ -295,7 +309,7 @@ impl Cluster {
                 .filter(|other| **other != id)
                 .map(|other| self.endpoint(*other)),
         );
-        Client::connect(endpoints).await.expect("client")
+        self.connect(endpoints).await
     }
 
     /// Every endpoint, comma-separated, node `id`'s first.

@@ -1,15 +1,23 @@
 //! One client connection: reads requests, runs them in order, writes replies, and interleaves
-//! pub/sub messages between replies.
+//! pub/sub messages between replies. Keyspace reads and writes, MULTI/EXEC and scripts are here;
+//! the connection's own commands (handshake, authentication) are in `session`, pub/sub in
+//! `pubsub`, KEYS and SCAN in `keys`.
 
-use std::collections::{HashMap, VecDeque};
+mod keys;
+mod pubsub;
+mod session;
+
+pub(crate) use keys::Cursors;
+use pubsub::next_item;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use conclave_consensus::{Consistency, NodeError};
-use conclave_pubsub::{Change, Item, Receiver, Subscriptions};
+use conclave_pubsub::{Receiver, Subscriptions};
 use conclave_state::{
     Bytes, Check, Command, Compare, Limits, Machine, Outcome, Revision, Transaction, WriteRequest,
 };
@@ -56,7 +64,8 @@ struct Connection {
     id: u64,
     peer: SocketAddr,
     version: Version,
-    authenticated: bool,
+    /// Who the connection runs as; None until it authenticates.
+    login: Option<session::Login>,
     name: Option<Vec<u8>>,
     /// The newest revision this connection wrote or read: session reads wait for it, and its
     /// publishes carry it (causal pub/sub).
@@ -88,7 +97,7 @@ where
     }
     let mut connection = Connection {
         id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
-        authenticated: shared.options.password.is_none(),
+        login: session::Login::anonymous(&shared.options.users),
         shared: shared.clone(),
         peer,
         version: Version::Resp2,
@@ -183,15 +192,6 @@ where
         .fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn next_item(
-    subscriber: &mut Option<Subscriber>,
-) -> Option<Result<Item, conclave_pubsub::Disconnected>> {
-    match subscriber {
-        Some(s) => s.receiver.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Connection {
     /// Writes the pending output. A subscriber that stopped reading is cut off once the hub
     /// disconnects it, instead of holding this task in a write forever.
@@ -219,57 +219,6 @@ impl Connection {
         };
         output.clear();
         result
-    }
-
-    /// Encodes a pub/sub item and whatever else is ready; false ends the connection.
-    fn deliver(
-        &mut self,
-        first: Option<Result<Item, conclave_pubsub::Disconnected>>,
-        output: &mut Vec<u8>,
-    ) -> bool {
-        let mut item = first;
-        for _ in 0..PUSH_BATCH {
-            match item {
-                Some(Ok(Item::Message(delivery))) => {
-                    let message = &delivery.message;
-                    let push = match &delivery.pattern {
-                        Some(pattern) => Reply::Push(vec![
-                            Reply::bulk("pmessage"),
-                            Reply::bulk(pattern.to_vec()),
-                            Reply::bulk(message.channel.clone()),
-                            Reply::bulk(message.payload.clone()),
-                        ]),
-                        None => Reply::Push(vec![
-                            Reply::bulk("message"),
-                            Reply::bulk(message.channel.clone()),
-                            Reply::bulk(message.payload.clone()),
-                        ]),
-                    };
-                    push.encode(self.version, output);
-                }
-                Some(Ok(Item::Subscriptions { .. })) => {}
-                Some(Err(disconnected)) => {
-                    tracing::info!(peer = %self.peer, reason = %disconnected, "RESP subscriber disconnected");
-                    return false;
-                }
-                None => return self.subscriber.is_some(),
-            }
-            let Some(subscriber) = &mut self.subscriber else {
-                return true;
-            };
-            if output.len() >= FLUSH_AT {
-                // Unread messages stay in the hub's queue, where its limits count them.
-                return true;
-            }
-            // Take what is already queued without waiting.
-            let waker = futures_noop_waker();
-            let mut cx = std::task::Context::from_waker(&waker);
-            item = match subscriber.receiver.poll_recv(&mut cx) {
-                std::task::Poll::Ready(next) => next,
-                std::task::Poll::Pending => return true,
-            };
-        }
-        true
     }
 
     async fn handle(&mut self, request: Request, output: &mut Vec<u8>) {
@@ -303,8 +252,9 @@ impl Connection {
                 "ERR wrong number of arguments for '{name_lower}' command"
             ))];
         }
-        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit" | "reset") {
-            return vec![Reply::error("NOAUTH Authentication required.")];
+        if let Some(refusal) = self.refusal(spec, args) {
+            self.fail_multi();
+            return vec![refusal];
         }
         if self.version == Version::Resp2
             && self.subscribed()
@@ -347,6 +297,7 @@ impl Connection {
                 _ => Reply::error("ERR DB index is out of range"),
             },
             "client" => self.client(args),
+            "acl" => self.acl(args),
             "quit" => {
                 self.closing = true;
                 Reply::ok()
@@ -456,139 +407,6 @@ impl Connection {
         }
     }
 
-    fn ping(&self, args: &[Vec<u8>]) -> Reply {
-        if self.version == Version::Resp2 && self.subscribed() {
-            let message = args.first().cloned().unwrap_or_default();
-            return Reply::Array(vec![Reply::bulk("pong"), Reply::bulk(message)]);
-        }
-        match args {
-            [] => Reply::status("PONG"),
-            [message] => Reply::bulk(message.clone()),
-            _ => Reply::error("ERR wrong number of arguments for 'ping' command"),
-        }
-    }
-
-    fn hello(&mut self, args: &[Vec<u8>]) -> Reply {
-        let mut protocol = match self.version {
-            Version::Resp2 => 2,
-            Version::Resp3 => 3,
-        };
-        if let Some(requested) = args.first() {
-            match plan::integer(requested) {
-                Ok(v @ (2 | 3)) => protocol = v,
-                Ok(_) => return Reply::error("NOPROTO unsupported protocol version"),
-                Err(_) => {
-                    return Reply::error("ERR Protocol version is not an integer or out of range")
-                }
-            }
-        }
-        let mut options = args.iter().skip(1);
-        let mut name = None;
-        while let Some(option) = options.next() {
-            match option.to_ascii_uppercase().as_slice() {
-                b"AUTH" => {
-                    let (Some(user), Some(password)) = (options.next(), options.next()) else {
-                        return Reply::error("ERR Syntax error in HELLO option 'auth'");
-                    };
-                    if let Err(error) = self.check_password(Some(user), password) {
-                        return error;
-                    }
-                }
-                b"SETNAME" => match options.next() {
-                    Some(n) => name = Some(n.clone()),
-                    None => return Reply::error("ERR Syntax error in HELLO option 'setname'"),
-                },
-                _ => {
-                    return Reply::error(format!(
-                        "ERR Syntax error in HELLO option '{}'",
-                        String::from_utf8_lossy(option)
-                    ))
-                }
-            }
-        }
-        if !self.authenticated {
-            return Reply::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
-        }
-        if name.is_some() {
-            self.name = name;
-        }
-        self.version = if protocol == 3 {
-            Version::Resp3
-        } else {
-            Version::Resp2
-        };
-        introspection::hello(self.id, protocol)
-    }
-
-    fn auth(&mut self, args: &[Vec<u8>]) -> Reply {
-        match args {
-            [password] => self.check_password(None, password),
-            [user, password] => self.check_password(Some(user), password),
-            _ => Err(Reply::error("ERR syntax error")),
-        }
-        .map_or_else(|e| e, |()| Reply::ok())
-    }
-
-    fn check_password(&mut self, user: Option<&Vec<u8>>, password: &[u8]) -> Result<(), Reply> {
-        let Some(expected) = &self.shared.options.password else {
-            return Err(Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"));
-        };
-        let user_ok = user.is_none_or(|u| u.as_slice() == b"default");
-        if user_ok && password == expected.as_bytes() {
-            self.authenticated = true;
-            Ok(())
-        } else {
-            Err(Reply::error(
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            ))
-        }
-    }
-
-    fn client(&mut self, args: &[Vec<u8>]) -> Reply {
-        let sub = args[0].to_ascii_uppercase();
-        match (sub.as_slice(), &args[1..]) {
-            (b"ID", []) => Reply::Integer(self.id as i64),
-            (b"GETNAME", []) => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
-            (b"SETNAME", [name]) => {
-                if name.iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return Reply::error(
-                        "ERR Client names cannot contain spaces, newlines or special characters.",
-                    );
-                }
-                self.name = (!name.is_empty()).then(|| name.clone());
-                Reply::ok()
-            }
-            (b"SETINFO", [attribute, _]) => match attribute.to_ascii_uppercase().as_slice() {
-                b"LIB-NAME" | b"LIB-VER" => Reply::ok(),
-                _ => Reply::error(format!(
-                    "ERR Unrecognized option '{}'",
-                    String::from_utf8_lossy(attribute)
-                )),
-            },
-            (b"INFO", []) => Reply::bulk(format!(
-                "id={} addr={} name={} db=0 resp={}\n",
-                self.id,
-                self.peer,
-                String::from_utf8_lossy(self.name.as_deref().unwrap_or_default()),
-                if self.version == Version::Resp3 { 3 } else { 2 },
-            )),
-            (b"NO-EVICT" | b"NO-TOUCH", [_]) => Reply::ok(),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(&args[0])
-            )),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.multi = None;
-        self.watched.clear();
-        self.subscriber = None;
-        self.version = Version::Resp2;
-        self.name = None;
-        self.authenticated = self.shared.options.password.is_none();
-    }
-
     // ----- Keyspace -----
 
     /// Records a write acknowledged to this client at `revision` (the node records it too, for
@@ -656,7 +474,7 @@ impl Connection {
     fn write_group(&self, requests: &[Request]) -> Vec<(&'static str, Plan)> {
         let mut group = Vec::new();
         let mut commands = 0;
-        if self.multi.is_some() || !self.authenticated || self.subscribed() {
+        if self.multi.is_some() || !self.may_write() || self.subscribed() {
             return group;
         }
         for request in requests {
@@ -741,6 +559,9 @@ impl Connection {
 
     async fn run_script(&mut self, script: scripts::Script, args: &[Vec<u8>]) -> Reply {
         match scripts::compile(script, args) {
+            Ok(plan) if !plan.is_read() && !self.may_write() => {
+                Reply::error("NOPERM this user has no permissions to run a script that writes")
+            }
             Ok(plan) => self.run_plan(plan).await,
             Err(error) => error,
         }
@@ -844,181 +665,6 @@ impl Connection {
             Err(error) => error,
         }
     }
-
-    // ----- Keys -----
-
-    async fn keys(&mut self, pattern: &[u8]) -> Reply {
-        let pattern = pattern.to_vec();
-        let found = self
-            .read_detached(move |m, now| {
-                let prefix = literal_prefix(&pattern);
-                m.keys_with_prefix(prefix, now)
-                    .filter(|(k, _)| conclave_pubsub::glob_matches(&pattern, k))
-                    .map(|(k, _)| Reply::bulk(k.to_vec()))
-                    .collect::<Vec<_>>()
-            })
-            .await;
-        match found {
-            Ok(keys) => Reply::Array(keys),
-            Err(error) => error,
-        }
-    }
-
-    /// SCAN; see [`SCAN_IN_PLACE`].
-    async fn scan(&mut self, args: &[Vec<u8>]) -> Reply {
-        let cursor = match std::str::from_utf8(&args[0])
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok())
-        {
-            Some(c) => c,
-            None => return Reply::error("ERR invalid cursor"),
-        };
-        let mut pattern = None;
-        let mut count = 10usize;
-        let mut kind = None;
-        let mut options = args[1..].iter();
-        while let Some(option) = options.next() {
-            let Some(value) = options.next() else {
-                return Reply::error("ERR syntax error");
-            };
-            match option.to_ascii_uppercase().as_slice() {
-                b"MATCH" => pattern = Some(value.clone()),
-                b"COUNT" => match plan::integer(value) {
-                    Ok(n) if n >= 1 => count = n as usize,
-                    Ok(_) => return Reply::error("ERR syntax error"),
-                    Err(error) => return error,
-                },
-                b"TYPE" => kind = Some(String::from_utf8_lossy(value).to_ascii_lowercase()),
-                _ => return Reply::error("ERR syntax error"),
-            }
-        }
-        let after = if cursor == 0 {
-            None
-        } else {
-            match self.shared.cursors.position(cursor) {
-                Some(key) => Some(key),
-                None => {
-                    return Reply::error(
-                        "ERR invalid cursor (unknown or expired; start again from 0)",
-                    )
-                }
-            }
-        };
-        let scan = move |m: &Machine, now: u64| {
-            let mut examined = m.keys_after(after.as_deref(), now).take(count + 1);
-            let mut found = Vec::new();
-            let mut last = None;
-            for (key, record) in examined.by_ref().take(count) {
-                last = Some(key.to_vec());
-                let matches = pattern
-                    .as_ref()
-                    .is_none_or(|p| conclave_pubsub::glob_matches(p, key))
-                    && kind.as_ref().is_none_or(|k| k == record.value.type_name());
-                if matches {
-                    found.push(Reply::bulk(key.to_vec()));
-                }
-            }
-            let more = examined.next().is_some();
-            (found, if more { last } else { None })
-        };
-        // A small step reads in place; a large one walks a copy off the runtime, as KEYS does.
-        let scanned = if count <= SCAN_IN_PLACE {
-            self.read(scan).await
-        } else {
-            self.read_detached(scan).await
-        };
-        match scanned {
-            Ok((found, last)) => {
-                let next = last.map_or(0, |key| self.shared.cursors.put(key));
-                Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(found)])
-            }
-            Err(error) => error,
-        }
-    }
-
-    // ----- Pub/sub -----
-
-    /// SUBSCRIBE and its kin. A new subscription answers once the other members know of it.
-    async fn change_subscriptions(&mut self, name: &str, args: &[Vec<u8>]) -> Vec<Reply> {
-        let change = match name {
-            "subscribe" => Change::Subscribe,
-            "unsubscribe" => Change::Unsubscribe,
-            "psubscribe" => Change::PSubscribe,
-            _ => Change::PUnsubscribe,
-        };
-        let adding = matches!(change, Change::Subscribe | Change::PSubscribe);
-        if self.subscriber.is_none() {
-            if !adding {
-                // Nothing to unsubscribe from: Redis still answers once.
-                return vec![Reply::Push(vec![
-                    Reply::bulk(name),
-                    Reply::Nil,
-                    Reply::Integer(0),
-                ])];
-            }
-            let (subscriptions, receiver) = self.shared.hub.subscriber();
-            self.subscriber = Some(Subscriber {
-                subscriptions,
-                receiver,
-            });
-        }
-        let subscriber = self.subscriber.as_ref().expect("created above");
-        let counts = subscriber.subscriptions.change(change, args.to_vec());
-        if adding {
-            subscriber.subscriptions.settled().await;
-        }
-        let mut replies: Vec<Reply> = counts
-            .into_iter()
-            .map(|(channel, channels, patterns)| {
-                Reply::Push(vec![
-                    Reply::bulk(name),
-                    Reply::bulk(channel),
-                    Reply::Integer((channels + patterns) as i64),
-                ])
-            })
-            .collect();
-        let (channels, patterns) = subscriber.subscriptions.counts();
-        if replies.is_empty() {
-            replies.push(Reply::Push(vec![
-                Reply::bulk(name),
-                Reply::Nil,
-                Reply::Integer((channels + patterns) as i64),
-            ]));
-        }
-        if channels + patterns == 0 {
-            self.subscriber = None;
-        }
-        replies
-    }
-
-    fn pubsub(&self, args: &[Vec<u8>]) -> Reply {
-        let hub = &self.shared.hub;
-        let sub = args[0].to_ascii_uppercase();
-        match (sub.as_slice(), &args[1..]) {
-            (b"CHANNELS", [] | [_]) => Reply::Array(
-                hub.channels(args.get(1).map(Vec::as_slice))
-                    .into_iter()
-                    .map(Reply::Bulk)
-                    .collect(),
-            ),
-            (b"NUMSUB", channels) => Reply::Array(
-                channels
-                    .iter()
-                    .flat_map(|c| {
-                        [
-                            Reply::bulk(c.clone()),
-                            Reply::Integer(hub.subscriber_count(c) as i64),
-                        ]
-                    })
-                    .collect(),
-            ),
-            (b"NUMPAT", []) => Reply::Integer(hub.pattern_count() as i64),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
-                String::from_utf8_lossy(&args[0])
-            )),
-        }
-    }
 }
 
 /// Checks commands against the store's limits as the one entry they will be sent as.
@@ -1055,15 +701,6 @@ fn query_all(machine: &Machine, commands: &[Command], now: u64) -> Vec<Outcome> 
         .collect()
 }
 
-/// The part of a glob pattern before its first special character.
-fn literal_prefix(pattern: &[u8]) -> &[u8] {
-    let end = pattern
-        .iter()
-        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
-        .unwrap_or(pattern.len());
-    &pattern[..end]
-}
-
 fn unknown_command(request: &Request) -> Reply {
     let mut text = format!(
         "ERR unknown command '{}', with args beginning with: ",
@@ -1083,50 +720,5 @@ pub(crate) fn node_error(error: NodeError) -> Reply {
         NodeError::Unavailable(reason) => Reply::error(format!("TRYAGAIN {reason}")),
         NodeError::Indeterminate(reason) => Reply::error(format!("{UNCERTAIN} {reason}")),
         NodeError::Rejected(reason) => Reply::error(format!("ERR {reason}")),
-    }
-}
-
-/// A waker that does nothing: for taking already-queued items without waiting.
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
-}
-
-/// SCAN cursors of the node: a cursor names the last key a scan returned, so a scan resumes
-/// after it whatever was inserted or deleted meanwhile (every key present for the whole scan
-/// is returned). Shared by the node's connections (a client may continue a scan on another
-/// pooled connection) and bounded: the oldest cursors are forgotten first.
-#[derive(Default)]
-pub(crate) struct Cursors {
-    inner: Mutex<CursorTable>,
-}
-
-#[derive(Default)]
-struct CursorTable {
-    next: u64,
-    positions: HashMap<u64, Vec<u8>>,
-    order: VecDeque<u64>,
-}
-
-const MAX_CURSORS: usize = 10_000;
-
-impl Cursors {
-    fn put(&self, last_key: Vec<u8>) -> u64 {
-        let mut table = self.inner.lock().expect("poisoned");
-        table.next += 1;
-        let cursor = table.next;
-        table.positions.insert(cursor, last_key);
-        table.order.push_back(cursor);
-        while table.order.len() > MAX_CURSORS {
-            if let Some(old) = table.order.pop_front() {
-                table.positions.remove(&old);
-            }
-        }
-        cursor
-    }
-
-    fn position(&self, cursor: u64) -> Option<Vec<u8>> {
-        let table = self.inner.lock().expect("poisoned");
-        // Kept (not removed) so a client retrying the same cursor gets the same page.
-        table.positions.get(&cursor).cloned()
     }
 }
