@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 /// The user every connection starts as (Redis's name).
 pub const DEFAULT_USER: &str = "default";
@@ -194,7 +193,21 @@ impl Users {
             tokens: HashMap::new(),
         };
         if let Some(text) = file {
-            let parsed: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
+            // toml's own message quotes the line, which may hold a password: only the line
+            // number and what is wrong.
+            let parsed: UsersFile = toml::from_str(text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+                match line {
+                    Some(line) => format!("line {line}: {}", e.message()),
+                    None => e.message().to_string(),
+                }
+            })?;
+            if parsed.user.is_empty() {
+                // As likely a file caught mid-write as a wish to lock everyone out.
+                return Err("the users file holds no [[user]]".into());
+            }
             for entry in parsed.user {
                 users.add(entry)?;
             }
@@ -235,9 +248,13 @@ impl Users {
     fn add(&mut self, entry: UserEntry) -> Result<(), String> {
         let name = entry.name;
         let fail = |what: String| Err(format!("user {name:?}: {what}"));
-        if name.is_empty() || name.len() > 128 || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        if name.is_empty()
+            || name.len() > 128
+            || name.bytes().any(|b| b <= b' ' || b == 0x7f || b == b':')
+        {
             return fail(
-                "a name is 1 to 128 characters, without spaces or control characters".into(),
+                "a name is 1 to 128 characters, without spaces, colons or control characters"
+                    .into(),
             );
         }
         if self.users.contains_key(&name) {
@@ -298,12 +315,19 @@ impl Users {
             Some(u) if user.is_none() && matches!(u.password, Password::Any) => {
                 Err(AuthError::DefaultHasNoPassword)
             }
-            Some(u) => match &u.password {
-                Password::Any => Ok(u),
-                Password::Sha256(expected) if same(expected, &sha256(password)) => Ok(u),
-                _ => Err(AuthError::WrongPass),
-            },
-            None => Err(AuthError::WrongPass),
+            Some(u) => {
+                // Hashed whoever asks: the time taken does not tell which users exist.
+                let given = sha256(password);
+                match &u.password {
+                    Password::Any => Ok(u),
+                    Password::Sha256(expected) if same(expected, &given) => Ok(u),
+                    _ => Err(AuthError::WrongPass),
+                }
+            }
+            None => {
+                let _ = sha256(password);
+                Err(AuthError::WrongPass)
+            }
         }
     }
 
@@ -330,19 +354,32 @@ impl Users {
 }
 
 /// A node's users, following its users file: [`Directory::reload_if_changed`] reads the file
-/// again when its modification time changes, and a file that cannot be used keeps the users in
-/// use.
-#[derive(Debug)]
+/// again and takes it when its content changed (so a copy that keeps the old modification time
+/// is seen too); a file that cannot be used keeps the users in use. Replace the file by writing
+/// a new one and renaming it over the old: a file caught half-written may parse.
 pub struct Directory {
     file: Option<PathBuf>,
+    /// `--resp-password`, needed again at every reload.
     default_password: Option<String>,
-    current: RwLock<(Arc<Users>, Option<SystemTime>)>,
+    /// The users, and the digest of the file content they were read from (or last tried).
+    current: RwLock<(Arc<Users>, Option<Digest>)>,
     /// Bumped at every reload: connections that remember who they are check it cheaply.
     generation: AtomicU64,
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the default password.
+        f.debug_struct("Directory")
+            .field("file", &self.file)
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the users file {}: {e}", path.display()))
 }
 
 impl Directory {
@@ -351,12 +388,16 @@ impl Directory {
         file: Option<PathBuf>,
         default_password: Option<String>,
     ) -> Result<Directory, String> {
-        let stamp = file.as_deref().and_then(modified);
-        let users = Self::read(file.as_deref(), default_password.as_deref())?;
+        let text = file.as_deref().map(read_file).transpose()?;
+        let users = Self::build(
+            file.as_deref(),
+            text.as_deref(),
+            default_password.as_deref(),
+        )?;
         Ok(Directory {
+            current: RwLock::new((Arc::new(users), text.map(|t| sha256(t.as_bytes())))),
             file,
             default_password,
-            current: RwLock::new((Arc::new(users), stamp)),
             generation: AtomicU64::new(0),
         })
     }
@@ -371,15 +412,12 @@ impl Directory {
         }
     }
 
-    fn read(file: Option<&Path>, default_password: Option<&str>) -> Result<Users, String> {
-        let text = match file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the users file {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
-        Users::build(text.as_deref(), default_password).map_err(|e| match file {
+    fn build(
+        file: Option<&Path>,
+        text: Option<&str>,
+        default_password: Option<&str>,
+    ) -> Result<Users, String> {
+        Users::build(text, default_password).map_err(|e| match file {
             Some(path) => format!("{}: {e}", path.display()),
             None => e,
         })
@@ -398,20 +436,22 @@ impl Directory {
         self.file.as_deref()
     }
 
-    /// Reads the users file again if it changed; Ok(true) if it did and was taken.
+    /// Reads the users file again; Ok(true) if its content changed and was taken. A content
+    /// that does not load is reported once (Err), not at every call; a file that cannot be
+    /// read at all is reported at every call until it can.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
         let Some(path) = &self.file else {
             return Ok(false);
         };
-        let stamp = modified(path);
-        if stamp == self.current.read().expect("users lock").1 {
+        let text = read_file(path)?;
+        let digest = sha256(text.as_bytes());
+        if Some(digest) == self.current.read().expect("users lock").1 {
             return Ok(false);
         }
-        let read = Self::read(Some(path), self.default_password.as_deref());
+        let built = Self::build(Some(path), Some(&text), self.default_password.as_deref());
         let mut current = self.current.write().expect("users lock");
-        // Tried once per change: a bad file is reported once, not every poll.
-        current.1 = stamp;
-        current.0 = Arc::new(read?);
+        current.1 = Some(digest);
+        current.0 = Arc::new(built?);
         drop(current);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(true)
@@ -523,6 +563,8 @@ mod tests {
         let cases = [
             ("[[user]]\nname = \"a\"\nrole = \"root\"\n", "unknown role"),
             ("[[user]]\nname = \"a b\"\nrole = \"admin\"\n", "without spaces"),
+            ("[[user]]\nname = \"a:b\"\nrole = \"admin\"\n", "colons"),
+            ("", "holds no [[user]]"),
             ("[[user]]\nname = \"a\"\nrole = \"admin\"\npasword = \"x\"\n", "unknown field"),
             ("[[user]]\nname = \"a\"\nrole = \"admin\"\npassword = \"x\"\nnopass = true\n", "one of"),
             ("[[user]]\nname = \"a\"\nrole = \"admin\"\ntokens = [\"short\"]\n", "at least 16"),
@@ -547,25 +589,44 @@ mod tests {
         std::fs::write(&path, FILE).unwrap();
         let directory = Directory::load(Some(path.clone()), None).unwrap();
         assert!(!directory.reload_if_changed().unwrap());
-        let bump = |text: &str, secs: u64| {
+        // Taken by content: a copy that kept the old modification time is seen too.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let rewrite = |text: &str| {
             std::fs::write(&path, text).unwrap();
             let file = std::fs::File::options().write(true).open(&path).unwrap();
-            file.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-                .unwrap();
+            file.set_modified(modified).unwrap();
         };
-        bump(
-            "[[user]]\nname = \"ops\"\nrole = \"read-only\"\npassword = \"p\"\n",
-            1_000,
-        );
+        rewrite("[[user]]\nname = \"ops\"\nrole = \"read-only\"\npassword = \"p\"\n");
         assert!(directory.reload_if_changed().unwrap());
         assert_eq!(directory.generation(), 1);
         assert_eq!(directory.current().get("ops").unwrap().role, Role::ReadOnly);
         assert!(directory.current().get("livekit").is_none());
-        bump("[[user]\n", 2_000);
+        rewrite("[[user]\n");
         assert!(directory.reload_if_changed().is_err());
         assert_eq!(directory.current().get("ops").unwrap().role, Role::ReadOnly);
         // Reported once, not at every poll.
         assert!(!directory.reload_if_changed().unwrap());
+        // An empty file (one caught mid-write) is refused too.
+        rewrite("");
+        assert!(directory.reload_if_changed().is_err());
+        assert!(directory.current().get("ops").is_some());
+        // An unreadable file is reported, and read again once it can be.
+        std::fs::remove_file(&path).unwrap();
+        assert!(directory.reload_if_changed().is_err());
+        rewrite(FILE);
+        assert!(directory.reload_if_changed().unwrap());
+        assert_eq!(directory.current().get("ops").unwrap().role, Role::Admin);
+    }
+
+    #[test]
+    fn errors_in_the_file_never_quote_it() {
+        let text = "[[user]]\nname = \"a\"\nrole = \"admin\"\npasword = \"hunter2-secret\"\n";
+        let error = Users::build(Some(text), None).unwrap_err();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("line 4"), "{error}");
+        let text = "[[user]]\nname = \"a\"\nrole = \"admin\"\npassword = hunter2-secret\n";
+        let error = Users::build(Some(text), None).unwrap_err();
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[test]

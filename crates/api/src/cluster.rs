@@ -20,7 +20,7 @@ impl ClusterService {
 
     /// The tonic service to mount on the node's listener.
     pub fn into_server(self) -> ClusterServer<Self> {
-        ClusterServer::new(self)
+        ClusterServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 
     async fn change<T>(

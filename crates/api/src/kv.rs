@@ -32,7 +32,7 @@ impl KvService {
 
     /// The tonic service to mount on the node's listener.
     pub fn into_server(self) -> KvServer<Self> {
-        KvServer::new(self)
+        KvServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 
     async fn write(

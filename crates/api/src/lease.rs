@@ -24,7 +24,7 @@ impl LeaseService {
     }
 
     pub fn into_server(self) -> LeaseServer<Self> {
-        LeaseServer::new(self)
+        LeaseServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 
     /// Restarts lease `id`'s TTL; the answer has ttl_ms 0 when the lease no longer exists.

@@ -26,3 +26,9 @@ pub use lock::{lock_key, LockService};
 pub use pubsub::PubSubService;
 pub use rooms::{participants_key, RoomsService, MEDIA_NODES_KEY, ROOMS_KEY};
 pub use watch::WatchService;
+
+/// Largest request message a client service decodes: the command limit and room for the
+/// message's own framing, so a request within the command limit is judged by the node (and
+/// refused with the limit named), never cut off by the transport's 4 MiB default.
+pub const MAX_REQUEST_BYTES: usize =
+    conclave_state::Limits::DEFAULT.max_command_bytes + 1024 * 1024;

@@ -46,7 +46,7 @@ impl LockService {
     }
 
     pub fn into_server(self) -> LockServer<Self> {
-        LockServer::new(self)
+        LockServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 
     /// The holder of `key` once this replica has applied `revision`.

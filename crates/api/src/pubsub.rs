@@ -20,7 +20,7 @@ impl PubSubService {
     }
 
     pub fn into_server(self) -> PubSubServer<Self> {
-        PubSubServer::new(self)
+        PubSubServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 }
 

@@ -155,7 +155,7 @@ impl RoomsService {
     }
 
     pub fn into_server(self) -> RoomsServer<Self> {
-        RoomsServer::new(self)
+        RoomsServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 
     /// Reads at `fresh`.

@@ -44,7 +44,7 @@ impl WatchService {
     }
 
     pub fn into_server(self) -> WatchServer<Self> {
-        WatchServer::new(self)
+        WatchServer::new(self).max_decoding_message_size(crate::MAX_REQUEST_BYTES)
     }
 
     /// Feeds `out` until the watcher goes away or falls behind the history.

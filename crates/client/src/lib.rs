@@ -95,9 +95,11 @@ impl Authorization {
                 format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
             }
         };
-        text.parse()
-            .map(|value| Authorization(Some(value)))
-            .map_err(|_| Error::BadCredentials)
+        let mut value: tonic::metadata::AsciiMetadataValue =
+            text.parse().map_err(|_| Error::BadCredentials)?;
+        // Kept out of HTTP/2 header compression tables.
+        value.set_sensitive(true);
+        Ok(Authorization(Some(value)))
     }
 }
 
@@ -383,7 +385,7 @@ impl Client {
 
     /// The raw `Kv` client of the endpoint in use, for calls this client does not wrap.
     pub fn kv(&self) -> KvClient<Transport> {
-        KvClient::new(self.channel().1)
+        KvClient::new(self.channel().1).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The raw `Cluster` client of the endpoint in use.

@@ -31,6 +31,11 @@ name = "viewer"
 role = "read-only"
 password = "view-pass-1"
 tokens = ["viewer-token-0123456789"]
+
+[[user]]
+name = "writer"
+role = "read-write"
+password = "writer-pass-1"
 "#;
 
 /// Every secret of `USERS`: none may appear in a log.
@@ -41,6 +46,7 @@ const SECRETS: &[&str] = &[
     "livekit-token-0123456789",
     "view-pass-1",
     "viewer-token-0123456789",
+    "writer-pass-1",
 ];
 
 fn repo() -> PathBuf {
@@ -153,7 +159,7 @@ async fn resp_users_get_what_their_role_allows() {
         "import redis\n\
          r = redis.Redis(host='{host}', port={port}, username='ops', password='ops-pass-1', decode_responses=True)\n\
          assert r.acl_whoami() == 'ops', r.acl_whoami()\n\
-         assert sorted(r.acl_users()) == ['livekit', 'ops', 'viewer'], r.acl_users()\n\
+         assert sorted(r.acl_users()) == ['livekit', 'ops', 'viewer', 'writer'], r.acl_users()\n\
          assert r.config_get('maxclients')\n\
          # requirepass never shows a secret\n\
          assert r.config_get('requirepass')['requirepass'] in ('', '<redacted>')\n\
@@ -192,9 +198,20 @@ async fn a_changed_users_file_applies_to_open_connections() {
     );
     assert!(matches!(subscriber.cmd("SUBSCRIBE ch"), Frame::Array(_)));
 
-    // viewer becomes read-write; livekit is removed.
+    // writer, with a transaction queued, and a pipeline of writes behind.
+    let mut writer = RespConnection::connect(&address);
+    assert_eq!(writer.cmd("AUTH writer writer-pass-1"), Frame::status("OK"));
+    assert_eq!(writer.cmd("SET w 1"), Frame::status("OK"));
+    assert_eq!(writer.cmd("MULTI"), Frame::status("OK"));
+    assert_eq!(writer.cmd("SET w 2"), Frame::status("QUEUED"));
+
+    // viewer becomes read-write, writer read-only; livekit is removed.
     let changed = USERS
         .replace("role = \"read-only\"", "role = \"read-write\"")
+        .replace(
+            "name = \"writer\"\nrole = \"read-write\"",
+            "name = \"writer\"\nrole = \"read-only\"",
+        )
         .replace(
             "[[user]]\nname = \"livekit\"\nrole = \"read-write\"\npassword = \"lk-pass-1\"\ntokens = [\"livekit-token-0123456789\"]\n",
             "",
@@ -213,9 +230,17 @@ async fn a_changed_users_file_applies_to_open_connections() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The removed user's connections end: one at its next command, the subscriber at its
-    // next message.
-    assert!(error(livekit.cmd("GET k")).starts_with("NOAUTH"));
+    // The downgraded user's queued transaction and its plain writes, pipelined or not, are
+    // refused from now on.
+    assert!(error(writer.cmd("EXEC")).starts_with("NOPERM"));
+    writer.send(&[b"SET", b"w", b"3"]);
+    writer.send(&[b"INCR", b"n"]);
+    assert!(error(writer.read()).starts_with("NOPERM"));
+    assert!(error(writer.read()).starts_with("NOPERM"));
+    assert_eq!(writer.cmd("GET w"), Frame::bulk("1"));
+    // The removed user's connections end: one at its next command (a plain write, which
+    // takes the pipeline's path), the subscriber at its next message.
+    assert!(error(livekit.cmd("SET k x")).starts_with("NOAUTH"));
     assert!(livekit.is_closed());
     let mut publisher = RespConnection::connect(&address);
     assert_eq!(publisher.cmd("AUTH ops ops-pass-1"), Frame::status("OK"));

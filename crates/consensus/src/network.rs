@@ -27,10 +27,11 @@ use crate::codec::{decode, encode};
 use crate::leader::{LeaderReply, LeaderRequest, LeaderResult};
 use crate::{NodeId, TypeConfig};
 
-/// Largest node-to-node message accepted, either way. Client requests are capped at gRPC's 4 MiB
-/// default, AppendEntries batches at [`MAX_APPEND_BYTES`] plus one entry, snapshot chunks at
-/// openraft's 3 MiB: this leaves room and still bounds what a peer can make a node allocate.
-pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest node-to-node message accepted, either way. A log entry holds at most one command
+/// (16 MiB, [`conclave_state::Limits`]), AppendEntries batches stop at [`MAX_APPEND_BYTES`]
+/// plus one entry, snapshot chunks at openraft's 3 MiB: four commands' worth leaves room and
+/// still bounds what a peer can make a node allocate.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 4 * conclave_state::Limits::DEFAULT.max_command_bytes;
 
 /// Largest AppendEntries batch sent in one RPC, in bytes of application data.
 const MAX_APPEND_BYTES: u64 = 4 * 1024 * 1024;
@@ -273,23 +274,65 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerNetwork {
-            target,
-            address: node.addr.clone(),
-            peers: self.peers.clone(),
+            link: Link {
+                target,
+                address: node.addr.clone(),
+                peers: self.peers.clone(),
+            },
+            in_flight: None,
         }
     }
 }
 
 /// openraft's connection to one peer.
 pub struct PeerNetwork {
+    link: Link,
+    /// A large AppendEntries still on its way (see [`PeerNetwork::append_entries`]).
+    in_flight: Option<InFlight>,
+}
+
+/// Where one peer is, and the node's connections to it.
+#[derive(Clone)]
+struct Link {
     target: NodeId,
     address: String,
     peers: Peers,
 }
 
+/// An AppendEntries sent on a task of its own: openraft cuts every attempt at one heartbeat
+/// interval, far less than a large entry takes to move, and asks again with the same entries;
+/// the asks wait for this one send instead of starting over.
+struct InFlight {
+    vote: openraft::Vote<NodeId>,
+    prev: Option<openraft::LogId<NodeId>>,
+    last: Option<openraft::LogId<NodeId>>,
+    entries: u64,
+    task: tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, Infallible>>,
+}
+
+impl Drop for PeerNetwork {
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.task.abort();
+        }
+    }
+}
+
+/// AppendEntries carrying at least this many bytes are sent on a task of their own.
+const DETACH_FROM_BYTES: u64 = 256 * 1024;
+/// The slowest rate a peer link is given to move an AppendEntries (bytes per second), on top
+/// of [`APPEND_BASE_TIMEOUT`]: 16 MiB get 2.5 s.
+const APPEND_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
+const APPEND_BASE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long an AppendEntries of `bytes` may take.
+fn append_timeout(bytes: u64) -> Duration {
+    APPEND_BASE_TIMEOUT + Duration::from_millis(bytes * 1000 / APPEND_BYTES_PER_SECOND)
+}
+
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-impl PeerNetwork {
+impl Link {
     /// Classifies a transport failure the way openraft expects: unreachable peers back off,
     /// other failures are retried.
     fn transport_error<E: std::error::Error>(
@@ -305,7 +348,7 @@ impl PeerNetwork {
     async fn call<Req, Resp, E>(
         &self,
         request: &Req,
-        option: &RPCOption,
+        timeout: Duration,
         send: impl AsyncFnOnce(
             PeerClient<Channel>,
             Request<RaftMessage>,
@@ -323,9 +366,7 @@ impl PeerNetwork {
         let message = RaftMessage {
             payload: encode(request),
         };
-        let request = self
-            .peers
-            .request_to(self.target, message, option.hard_ttl());
+        let request = self.peers.request_to(self.target, message, timeout);
         let response = send(client, request).await;
         let unreachable = matches!(&response, Err(status) if status.code() == Code::Unavailable);
         self.peers.noted(
@@ -349,17 +390,74 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         // A batch that would take longer to send than the heartbeat-long RPC timeout is split:
         // openraft retries with at most the hinted number of entries.
         let entries = rpc.entries.len() as u64;
-        if entries > 1 {
-            let bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
-            if bytes > MAX_APPEND_BYTES {
-                let hint = (entries * MAX_APPEND_BYTES / bytes).clamp(1, entries - 1);
+        let bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
+        if entries > 1 && bytes > MAX_APPEND_BYTES {
+            let hint = (entries * MAX_APPEND_BYTES / bytes).clamp(1, entries - 1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        let last = rpc.entries.last().map(|entry| entry.log_id);
+        if let Some(in_flight) = &self.in_flight {
+            let same_start = in_flight.vote == rpc.vote && in_flight.prev == rpc.prev_log_id;
+            let same = same_start && in_flight.last == last;
+            // Asked again with more entries behind the ones on their way: asked for exactly
+            // those, openraft gets the answer of the send already under way.
+            let extends = same_start
+                && entries > in_flight.entries
+                && rpc.entries[in_flight.entries as usize - 1].log_id == in_flight.last.unwrap();
+            if extends {
                 return Err(RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(hint),
+                    PayloadTooLarge::new_entries_hint(in_flight.entries),
                 ));
             }
+            if !same && bytes >= DETACH_FROM_BYTES {
+                // Another large send replaces it (its answer could no longer be used).
+                if let Some(stale) = self.in_flight.take() {
+                    stale.task.abort();
+                }
+            }
         }
-        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
-            .await
+        let awaited = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.vote == rpc.vote && f.prev == rpc.prev_log_id && f.last == last);
+        if !awaited && bytes < DETACH_FROM_BYTES {
+            // Small (a heartbeat among them): sent at once, beside any large send under way.
+            return self
+                .link
+                .call(&rpc, option.hard_ttl(), async |mut c, r| {
+                    c.append_entries(r).await
+                })
+                .await;
+        }
+        if self.in_flight.is_none() {
+            let link = self.link.clone();
+            let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+            let task = tokio::spawn(async move {
+                link.call(&rpc, append_timeout(bytes), async |mut c, r| {
+                    c.append_entries(r).await
+                })
+                .await
+            });
+            self.in_flight = Some(InFlight {
+                vote,
+                prev,
+                last,
+                entries,
+                task,
+            });
+        }
+        // Cancelled by openraft's timeout, this leaves the send under way for its next ask.
+        let in_flight = self.in_flight.as_mut().expect("set above");
+        let answer = (&mut in_flight.task).await;
+        self.in_flight = None;
+        match answer {
+            Ok(answer) => answer,
+            Err(failed) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(format!("the AppendEntries task failed: {failed}")),
+            ))),
+        }
     }
 
     async fn install_snapshot(
@@ -367,7 +465,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await)
+        self.link
+            .call(&rpc, option.hard_ttl(), async |mut c, r| {
+                c.install_snapshot(r).await
+            })
             .await
     }
 
@@ -376,7 +477,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, Infallible> {
-        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
+        self.link
+            .call(&rpc, option.hard_ttl(), async |mut c, r| c.vote(r).await)
             .await
     }
 

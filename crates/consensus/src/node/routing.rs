@@ -34,6 +34,15 @@ impl Node {
         mut request: WriteRequest,
         deadline: Instant,
     ) -> Result<WriteReply, NodeError> {
+        // One log entry per write: bounded here for every front end (batches merged by one
+        // included), so that every entry can replicate (see `network::append_timeout`).
+        let bytes = request.command.payload_bytes();
+        let max = conclave_state::Limits::DEFAULT.max_command_bytes;
+        if bytes > max {
+            return Err(NodeError::Rejected(format!(
+                "a write holds at most {max} bytes of keys and values; this one holds {bytes}"
+            )));
+        }
         if request.id.is_none() {
             request.id = Some(self.next_request_id());
         }

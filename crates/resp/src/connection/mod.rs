@@ -471,10 +471,13 @@ impl Connection {
     /// way one at a time (no MULTI, no pub/sub mode, nothing refused), so they may be sent to
     /// the leader together.
     /// Each plan comes with its command's name (for the latency figures).
-    fn write_group(&self, requests: &[Request]) -> Vec<(&'static str, Plan)> {
+    fn write_group(&mut self, requests: &[Request]) -> Vec<(&'static str, Plan)> {
         let mut group = Vec::new();
         let mut commands = 0;
-        if self.multi.is_some() || !self.may_write() || self.subscribed() {
+        // The user's current role (the users file may have changed it); a removed user's
+        // requests go one by one, to be refused.
+        let current = self.follow_users();
+        if !current || self.multi.is_some() || !self.may_write() || self.subscribed() {
             return group;
         }
         for request in requests {
@@ -616,8 +619,14 @@ impl Connection {
         if multi.failed {
             return Reply::error("EXECABORT Transaction discarded because of previous errors.");
         }
-        let version = self.version;
+        // The role may have changed since the commands were queued (as Redis, checked again).
         let plans = multi.queued;
+        if plans.iter().any(|plan| !plan.is_read()) && !self.may_write() {
+            return Reply::error(
+                "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call",
+            );
+        }
+        let version = self.version;
         let commands: Vec<Command> = plans.iter().flat_map(|p| p.commands.clone()).collect();
         let outcomes = if watched.is_empty() && plans.iter().all(Plan::is_read) {
             // Only reads: the replica answers them all at one revision.

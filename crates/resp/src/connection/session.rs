@@ -119,11 +119,10 @@ impl Connection {
             Err(AuthError::DefaultHasNoPassword) => Err(Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
             Err(AuthError::WrongPass) => {
                 // The user's name, never the password.
-                tracing::info!(
-                    peer = %self.peer,
-                    user = %String::from_utf8_lossy(user.unwrap_or(b"default")),
-                    "RESP authentication failed"
-                );
+                // Escaped and cut short: the name is the client's, unchecked.
+                let name = user.unwrap_or(b"default");
+                let name = String::from_utf8_lossy(&name[..name.len().min(64)]).into_owned();
+                tracing::info!(peer = %self.peer, user = ?name, "RESP authentication failed");
                 Err(Reply::error(
                     "WRONGPASS invalid username-password pair or user is disabled.",
                 ))
@@ -183,15 +182,15 @@ impl Connection {
         }
         let mut options = args.iter().skip(1);
         let mut name = None;
+        // Every option is read before the login is tried (a bad option changes nothing).
+        let mut credentials = None;
         while let Some(option) = options.next() {
             match option.to_ascii_uppercase().as_slice() {
                 b"AUTH" => {
                     let (Some(user), Some(password)) = (options.next(), options.next()) else {
                         return Reply::error("ERR Syntax error in HELLO option 'auth'");
                     };
-                    if let Err(error) = self.log_in(Some(user), password) {
-                        return error;
-                    }
+                    credentials = Some((user, password));
                 }
                 b"SETNAME" => match options.next() {
                     Some(n) => name = Some(n.clone()),
@@ -203,6 +202,11 @@ impl Connection {
                         String::from_utf8_lossy(option)
                     ))
                 }
+            }
+        }
+        if let Some((user, password)) = credentials {
+            if let Err(error) = self.log_in(Some(user), password) {
+                return error;
             }
         }
         if self.login.is_none() {
