@@ -387,20 +387,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
-        // A batch that would take longer to send than the heartbeat-long RPC timeout is split:
-        // openraft retries with at most the hinted number of entries.
         let entries = rpc.entries.len() as u64;
         let bytes: u64 = rpc.entries.iter().map(entry_bytes).sum();
-        if entries > 1 && bytes > MAX_APPEND_BYTES {
-            let hint = (entries * MAX_APPEND_BYTES / bytes).clamp(1, entries - 1);
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(hint),
-            ));
-        }
         let last = rpc.entries.last().map(|entry| entry.log_id);
+        let mut awaited = false;
         if let Some(in_flight) = &self.in_flight {
             let same_start = in_flight.vote == rpc.vote && in_flight.prev == rpc.prev_log_id;
-            let same = same_start && in_flight.last == last;
+            awaited = same_start && in_flight.last == last;
             // Asked again with more entries behind the ones on their way: asked for exactly
             // those, openraft gets the answer of the send already under way.
             let extends = same_start
@@ -411,17 +404,23 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                     PayloadTooLarge::new_entries_hint(in_flight.entries),
                 ));
             }
-            if !same && bytes >= DETACH_FROM_BYTES {
-                // Another large send replaces it (its answer could no longer be used).
+            // Kept across heartbeats of the same leadership only: any other request means
+            // openraft moved on, and the send's answer could no longer be used.
+            let heartbeat = entries == 0 && in_flight.vote == rpc.vote;
+            if !awaited && !heartbeat {
                 if let Some(stale) = self.in_flight.take() {
                     stale.task.abort();
                 }
             }
         }
-        let awaited = self
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| f.vote == rpc.vote && f.prev == rpc.prev_log_id && f.last == last);
+        // A batch that would take longer to send than the heartbeat-long RPC timeout is split:
+        // openraft retries with at most the hinted number of entries.
+        if entries > 1 && bytes > MAX_APPEND_BYTES {
+            let hint = (entries * MAX_APPEND_BYTES / bytes).clamp(1, entries - 1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         if !awaited && bytes < DETACH_FROM_BYTES {
             // Small (a heartbeat among them): sent at once, beside any large send under way.
             return self
@@ -431,7 +430,25 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                 })
                 .await;
         }
-        if self.in_flight.is_none() {
+        if awaited {
+            // openraft asks again every heartbeat interval and sends no heartbeat of its own
+            // meanwhile: one goes beside the send, or the follower would start an election
+            // before a large entry arrives. Its answer is not needed (the send's is).
+            let heartbeat = AppendEntriesRequest::<TypeConfig> {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                leader_commit: rpc.leader_commit,
+                entries: Vec::new(),
+            };
+            drop(rpc);
+            let link = self.link.clone();
+            let ttl = option.hard_ttl();
+            tokio::spawn(async move {
+                let _: RpcResult<AppendEntriesResponse<NodeId>, Infallible> = link
+                    .call(&heartbeat, ttl, async |mut c, r| c.append_entries(r).await)
+                    .await;
+            });
+        } else {
             let link = self.link.clone();
             let (vote, prev) = (rpc.vote, rpc.prev_log_id);
             let task = tokio::spawn(async move {
