@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::compose::repo;
 use common::resp::{Frame, RespConnection};
 use common::{binary, serial, Cluster};
 use conclave_client::{Client, ConnectOptions, Credentials};
@@ -49,10 +50,6 @@ const SECRETS: &[&str] = &[
     "writer-pass-1",
 ];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// A 3-node cluster serving RESP, with `users` as its users file; the harness authenticates
 /// as ops.
 async fn cluster_with_users(users: &str) -> (Cluster, tempfile::TempDir, PathBuf) {
@@ -80,11 +77,6 @@ fn assert_no_secrets(cluster: &Cluster) {
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret} is in the logs:\n{logs}");
     }
-}
-
-/// Rewrites the users file with a new modification time (the node polls it every 2 s).
-fn rewrite(file: &Path, text: &str) {
-    std::fs::write(file, text).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +209,7 @@ async fn a_changed_users_file_applies_to_open_connections() {
             "",
         );
     assert!(!changed.contains("livekit"));
-    rewrite(&file, &changed);
+    std::fs::write(&file, &changed).unwrap(); // the node reads the file every 2 s
     let started = Instant::now();
     loop {
         match viewer.cmd("SET k v") {
@@ -251,7 +243,7 @@ async fn a_changed_users_file_applies_to_open_connections() {
     assert!(error(again.cmd("AUTH livekit lk-pass-1")).starts_with("WRONGPASS"));
 
     // A broken file keeps the users in use.
-    rewrite(&file, "[[user]\n");
+    std::fs::write(&file, "[[user]\n").unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let mut ops = RespConnection::connect(&address);
     assert_eq!(ops.cmd("AUTH ops ops-pass-1"), Frame::status("OK"));

@@ -18,6 +18,18 @@ fn values(count: usize, size: usize) -> Vec<Vec<u8>> {
     (0..count).map(|i| vec![b'a' + i as u8; size]).collect()
 }
 
+/// `count` hash fields named `prefix0`, `prefix1`... with values of `size` bytes.
+fn hash_fields(prefix: &str, count: usize, size: usize) -> Vec<v1::HashField> {
+    values(count, size)
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| v1::HashField {
+            field: format!("{prefix}{i}").into_bytes(),
+            value,
+        })
+        .collect()
+}
+
 /// 17 values of 1 MiB less a little: over the 16 MiB command limit together.
 fn super_values() -> Vec<Vec<u8>> {
     values(17, MIB - 64)
@@ -105,14 +117,7 @@ async fn a_grpc_request_within_the_command_limit_is_never_cut_off_by_the_transpo
     let mut kv = client.kv();
 
     // 6 MiB: more than gRPC's default 4 MiB message limit, within the 16 MiB command limit.
-    let fields: Vec<v1::HashField> = values(6, MIB - 64)
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| v1::HashField {
-            field: format!("f{i}").into_bytes(),
-            value,
-        })
-        .collect();
+    let fields = hash_fields("f", 6, MIB - 64);
     kv.h_set(v1::HSetRequest {
         key: b"room".to_vec(),
         fields: fields.clone(),
@@ -133,14 +138,7 @@ async fn a_grpc_request_within_the_command_limit_is_never_cut_off_by_the_transpo
 
     // 16 fields of 1 MiB and their names: just over the command limit, refused by the node
     // with the limit named (not cut off by the transport).
-    let fields: Vec<v1::HashField> = values(16, MIB)
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| v1::HashField {
-            field: format!("g{i}").into_bytes(),
-            value,
-        })
-        .collect();
+    let fields = hash_fields("g", 16, MIB);
     let status = kv
         .h_set(v1::HSetRequest {
             key: b"room2".to_vec(),
