@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use conclave_consensus::{Consistency, Node};
 use conclave_proto::v1::{ResponseHeader, WriteOptions};
-use conclave_state::{Command, Machine, Outcome, Revision, WriteReply, WriteRequest};
+use conclave_state::{
+    Command, Machine, Outcome, Revision, WriteReply, WriteRequest, FORGOTTEN_REPLY,
+};
 use tonic::{Request, Status};
 
 use crate::convert::{self, checked, node_error, request_id};
@@ -52,7 +54,18 @@ impl Gateway {
             stamp: 0,
             command,
         })?;
-        self.node.write(request, deadline).await.map_err(node_error)
+        let reply = self
+            .node
+            .write(request, deadline)
+            .await
+            .map_err(node_error)?;
+        if reply.outcome == Outcome::Forgotten {
+            return Err(Status::failed_precondition(format!(
+                "{FORGOTTEN_REPLY}; it was applied at revision {}",
+                reply.revision
+            )));
+        }
+        Ok(reply)
     }
 
     /// Waits for the read barrier, then runs `read` on the replica at its replicated clock (the

@@ -150,8 +150,9 @@ pub enum Error {
     /// revision read.
     #[error("the history was compacted up to revision {compacted}")]
     Compacted { compacted: u64 },
-    /// A subscriber fell too far behind and the node disconnected it.
-    #[error("subscriber disconnected: {0}")]
+    /// The subscriber ended: the node disconnected it (it fell too far behind, or asked for
+    /// more subscriptions than a subscriber may hold), with the node's reason.
+    #[error("{0}")]
     Disconnected(String),
     /// The lease ended (it expired or was revoked).
     #[error("lease {0} no longer exists")]

@@ -9,6 +9,7 @@ use crate::guard::GuardLayer;
 use crate::metrics::{self, grpc::GrpcMetrics, grpc::TimingLayer};
 use crate::tls::{Tls, TlsFiles};
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::Args;
 use conclave_access::Directory;
 use conclave_api::{
@@ -108,6 +109,30 @@ pub struct ServerArgs {
           default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub resp_deadline_ms: u64,
+    /// Most RESP connections open at once; one more is answered `-ERR max number of clients
+    /// reached` and closed (Redis's maxclients).
+    #[arg(long, env = "CONCLAVE_RESP_MAX_CLIENTS",
+          default_value_t = conclave_resp::RespOptions::default().max_clients,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub resp_max_clients: usize,
+    /// Most gRPC connections open at once, other nodes' included; one more is sent an HTTP/2
+    /// GOAWAY (ENHANCE_YOUR_CALM, which gRPC clients report as RESOURCE_EXHAUSTED, with "too
+    /// many connections") and closed.
+    #[arg(long, env = "CONCLAVE_GRPC_MAX_CONNECTIONS", default_value_t = GRPC_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub grpc_max_connections: usize,
+    /// How much a subscriber (RESP or gRPC) may leave unread: `<hard> <soft> <seconds>`, as
+    /// Redis's `client-output-buffer-limit pubsub`. Past the hard limit, or past the soft limit
+    /// for that many seconds, it is disconnected. 0 turns a limit off.
+    #[arg(long, env = "CONCLAVE_PUBSUB_OUTPUT_BUFFER_LIMIT", default_value = "32mb 8mb 60",
+          value_parser = parse_output_buffer_limit)]
+    pub pubsub_output_buffer_limit: conclave_pubsub::Limits,
+    /// Most channels and patterns one subscriber holds together; a SUBSCRIBE past it is refused
+    /// (RESP), a gRPC Subscribe stream ends with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONCLAVE_MAX_SUBSCRIPTIONS",
+          default_value_t = conclave_pubsub::Limits::default().max_subscriptions,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_subscriptions: usize,
     /// This node's TLS certificate (PEM; `conclave certs node`). With --tls-key and --tls-ca,
     /// the gRPC listener and the connections to peers use TLS, and node-to-node calls need a
     /// node certificate from the CA. The files are read again when they change.
@@ -126,6 +151,14 @@ pub struct ServerArgs {
     /// clock (re-read as it changes; missing or empty is 0), to step or skew one node's clock.
     #[arg(long, env = "CONCLAVE_CLOCK_OFFSET_FILE", hide = true)]
     pub clock_offset_file: Option<PathBuf>,
+}
+
+/// Default of `--grpc-max-connections`.
+const GRPC_MAX_CONNECTIONS: usize = 10_000;
+
+/// The pub/sub output-buffer limits of `--pubsub-output-buffer-limit`.
+fn parse_output_buffer_limit(text: &str) -> Result<conclave_pubsub::Limits, String> {
+    conclave_pubsub::Limits::default().with_output_buffer(text)
 }
 
 /// The node id given by `--id`, or derived from the host name.
@@ -247,7 +280,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // Through the log (not println), so `--log-format json` gives one JSON object per line.
     tracing::info!(id, listen = %args.listen, "node serving gRPC (clients and peers)");
 
-    let pubsub = conclave_pubsub::PubSub::start(node.clone(), conclave_pubsub::Limits::default());
+    let pubsub_limits = conclave_pubsub::Limits {
+        max_subscriptions: args.max_subscriptions,
+        ..args.pubsub_output_buffer_limit
+    };
+    let pubsub = conclave_pubsub::PubSub::start(node.clone(), pubsub_limits);
     let grpc_metrics = Arc::new(GrpcMetrics::default());
     let resp_metrics = Arc::new(conclave_resp::RespMetrics::default());
     // Turned true on SIGTERM: the RESP listener stops accepting and its connections close once
@@ -259,6 +296,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             consistency: args.resp_consistency,
             users: users.clone(),
             write_deadline: Duration::from_millis(args.resp_deadline_ms),
+            max_clients: args.resp_max_clients,
             metrics: resp_metrics.clone(),
             tls: match (&tls, args.resp_tls) {
                 (Some(tls), true) => Some(tls.server_config(&[])?),
@@ -305,7 +343,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     if users.file().is_some() {
         tokio::spawn(follow_users(users.clone()));
     }
-    let incoming = crate::tls::incoming(listener, tls, grpc_metrics.clone())?;
+    let incoming = crate::tls::incoming(
+        listener,
+        tls,
+        grpc_metrics.clone(),
+        args.grpc_max_connections,
+    )?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
     let stopping_node = node.clone();

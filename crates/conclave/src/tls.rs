@@ -394,11 +394,13 @@ impl AsyncWrite for Connection {
 }
 
 /// The gRPC listener's connections: plain, or TLS with each handshake on a task of its own (a
-/// slow or silent client holds up nobody), counted in `metrics`.
+/// slow or silent client holds up nobody), counted in `metrics`. Past `max_connections` open
+/// at once, a connection is refused in HTTP/2's own terms (see [`refuse`]).
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
     metrics: Arc<GrpcMetrics>,
+    max_connections: usize,
 ) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<Connection>>> {
     let acceptor = match &tls {
         Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
@@ -424,6 +426,24 @@ pub fn incoming(
                 }
             };
             let _ = socket.set_nodelay(true);
+            if metrics.open_connections() >= max_connections {
+                metrics.count_refused();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(acceptor) => {
+                            let handshake = acceptor.accept(socket);
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await
+                            {
+                                refuse(stream, max_connections).await;
+                            }
+                        }
+                        None => refuse(socket, max_connections).await,
+                    }
+                });
+                continue;
+            }
             let socket = metrics.track(socket);
             let Some(acceptor) = &acceptor else {
                 let peer = Peer {
@@ -463,4 +483,40 @@ pub fn incoming(
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+/// How long a refused connection is given to read the GOAWAY before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Refuses an HTTP/2 connection: the server's SETTINGS, then a GOAWAY that processed no stream,
+/// with ENHANCE_YOUR_CALM and a reason the client can show. What the client sent is read (not
+/// answered) for a moment, so the close does not reset the connection before it reads that.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, max_connections: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let reason = format!(
+        "too many connections: this node serves at most {max_connections} gRPC connections at once"
+    );
+    let mut frames = Vec::with_capacity(32 + reason.len());
+    let mut frame = |kind: u8, payload: &[u8]| {
+        frames.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        frames.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+        frames.extend_from_slice(payload);
+    };
+    frame(SETTINGS, &[]);
+    let mut goaway = vec![0; 4]; // the last stream processed: none
+    goaway.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    goaway.extend_from_slice(reason.as_bytes());
+    frame(GOAWAY, &goaway);
+    if io.write_all(&frames).await.is_err() || io.flush().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut sink = [0u8; 4096];
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let _ = io.shutdown().await;
 }

@@ -156,3 +156,140 @@ async fn a_grpc_request_within_the_command_limit_is_never_cut_off_by_the_transpo
     );
     client.set("still", "serving").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_first_reply_was_too_large_to_keep_is_refused_as_applied() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let client = cluster.client(follower).await;
+    let mut kv = client.kv();
+    let set_get = |value: Vec<u8>, write: Option<v1::WriteOptions>| v1::SetRequest {
+        key: b"k".to_vec(),
+        value,
+        return_previous: true,
+        write,
+        ..Default::default()
+    };
+    let id = |sequence| {
+        Some(v1::WriteOptions {
+            client_id: 77,
+            sequence,
+            min_revision: 0,
+        })
+    };
+    let large = conclave_state::MAX_KEPT_REPLY_BYTES + 1;
+
+    // A small reply is kept: the retry gets it again, nothing applied twice.
+    kv.set(set_get(b"small".to_vec(), None)).await.unwrap();
+    let first = kv.set(set_get(vec![b'a'; large], id(1))).await.unwrap();
+    let retry = kv.set(set_get(vec![b'a'; large], id(1))).await.unwrap();
+    assert_eq!(retry.get_ref(), first.get_ref(), "the first reply, again");
+
+    // A SET ... GET that answers with more than the limit: its retry is refused with an error
+    // that says it was applied, and at which revision; the write is not applied again.
+    let first = kv
+        .set(set_get(b"x".to_vec(), id(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.previous.map(|p| p.len()), Some(large));
+    client.set("k", "later").await.unwrap();
+    let status = kv
+        .set(set_get(b"x".to_vec(), id(2)))
+        .await
+        .expect_err("a retry of a write whose reply was not kept");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let revision = first.header.unwrap().revision;
+    assert!(
+        status.message().contains("applied once before")
+            && status.message().contains(&format!("revision {revision}")),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        client.get("k").await.unwrap().as_deref(),
+        Some(&b"later"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_size_limit_is_answered_with_the_limit_named_over_both_protocols() {
+    let _serial = serial().await;
+    let cluster = Cluster::start_with_resp(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut connection = RespConnection::connect(&cluster.resp(follower));
+    let refused = |reply: Frame, expected: &str| {
+        assert!(
+            reply.error_text().starts_with("ERR") && reply.error_text().contains(expected),
+            "expected an ERR naming {expected:?}, got {reply:?}"
+        );
+    };
+
+    let key = vec![b'k'; 64 * 1024 + 1];
+    refused(
+        connection.call(&[b"SET", &key, b"v"]),
+        "key is 65537 bytes; the limit is 65536",
+    );
+    let value = vec![b'v'; MIB + 1];
+    refused(
+        connection.call(&[b"SET", b"k", &value]),
+        "value is 1048577 bytes; the limit is 1048576",
+    );
+    let members: Vec<Vec<u8>> = (0..10_001).map(|i| format!("m{i}").into_bytes()).collect();
+    let mut sadd: Vec<&[u8]> = vec![b"SADD", b"set"];
+    sadd.extend(members.iter().map(Vec::as_slice));
+    refused(
+        connection.call(&sadd),
+        "the command names 10001 items; the limit is 10000",
+    );
+    // MSET is one transaction of one SET per pair.
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    for member in &members[..1001] {
+        mset.extend([member.as_slice(), b"v"]);
+    }
+    refused(
+        connection.call(&mset),
+        "the command names 1001 items; the limit is 1000",
+    );
+    assert_eq!(connection.cmd("EXISTS set m0"), Frame::Integer(0));
+
+    let client = cluster.client(follower).await;
+    let mut kv = client.kv();
+    let status = kv
+        .s_add(v1::SAddRequest {
+            key: b"set".to_vec(),
+            members: members.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("the limit is 10000"),
+        "{status:?}"
+    );
+    let op = v1::TxnOp {
+        op: Some(v1::txn_op::Op::Delete(v1::DeleteRequest {
+            keys: vec![b"k".to_vec()],
+            write: None,
+        })),
+    };
+    let status = kv
+        .txn(v1::TxnRequest {
+            success: vec![op; 1001],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("the limit is 1000"), "{status:?}");
+
+    assert_eq!(connection.cmd("SET after limits"), Frame::status("OK"));
+    assert_eq!(
+        client.get("after").await.unwrap().as_deref(),
+        Some(&b"limits"[..])
+    );
+}

@@ -1,7 +1,8 @@
 //! Cluster-wide publish/subscribe for a Conclave node.
 //!
 //! Owns: the node's local subscribers (channels and glob patterns), the per-subscriber output
-//! buffers and the disconnection of subscribers that fall behind, causal delivery, and the mesh:
+//! buffers and the disconnection of subscribers that fall behind (the `subscriber` module),
+//! causal delivery, and the mesh:
 //! one `Mesh.Relay` stream from this node to every other member carrying the messages published
 //! here that the member has subscribers for ([`MeshService`] receives them), and this node's own
 //! interest (see the `interest` module).
@@ -24,11 +25,11 @@
 mod glob;
 mod interest;
 mod mesh;
+mod subscriber;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use conclave_consensus::Node;
@@ -37,6 +38,8 @@ use tokio::sync::mpsc;
 pub use glob::matches as glob_matches;
 pub use interest::SETTLE_WAIT;
 pub use mesh::MeshService;
+use subscriber::Sink;
+pub use subscriber::{Change, Disconnected, Limits, Receiver, Subscriptions, TooManySubscriptions};
 
 /// Longest a message waits for its publisher's revision to be applied here before it is dropped.
 pub const CAUSAL_WAIT: Duration = Duration::from_secs(2);
@@ -79,35 +82,6 @@ pub enum Item {
     },
 }
 
-/// How far a subscriber may fall behind before it is disconnected (Redis's pub/sub output
-/// buffer limit).
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_pending_messages: usize,
-    pub max_pending_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_pending_messages: 100_000,
-            max_pending_bytes: 32 * 1024 * 1024,
-        }
-    }
-}
-
-/// Why a subscriber was disconnected.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Disconnected {
-    pub reason: String,
-}
-
-impl std::fmt::Display for Disconnected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
 /// Counters of the node's pub/sub traffic.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -147,40 +121,6 @@ struct Registry {
     next_id: u64,
     channels: HashMap<Vec<u8>, HashMap<u64, Arc<Sink>>>,
     patterns: HashMap<Arc<[u8]>, HashMap<u64, Arc<Sink>>>,
-}
-
-/// The sending side of one subscriber's buffer.
-struct Sink {
-    tx: mpsc::UnboundedSender<Item>,
-    pending_messages: AtomicUsize,
-    pending_bytes: AtomicUsize,
-    kicked: AtomicBool,
-    limits: Limits,
-}
-
-impl Sink {
-    /// Queues a delivery unless the subscriber is too far behind, in which case it is marked
-    /// disconnected. Never waits.
-    fn offer(&self, delivery: Delivery, stats: &Stats) -> bool {
-        if self.kicked.load(Ordering::Relaxed) {
-            return false;
-        }
-        let weight = delivery.message.weight();
-        let messages = self.pending_messages.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.pending_bytes.fetch_add(weight, Ordering::Relaxed) + weight;
-        if messages > self.limits.max_pending_messages || bytes > self.limits.max_pending_bytes {
-            if !self.kicked.swap(true, Ordering::Relaxed) {
-                stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-                // Wake the reader so it notices at once.
-                let _ = self.tx.send(Item::Subscriptions {
-                    channels: 0,
-                    patterns: 0,
-                });
-            }
-            return false;
-        }
-        self.tx.send(Item::Message(delivery)).is_ok()
-    }
 }
 
 impl PubSub {
@@ -230,36 +170,17 @@ impl PubSub {
 
     /// A new subscriber with no subscriptions: a control half and a receiving half.
     pub fn subscriber(&self) -> (Subscriptions, Receiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sink = Arc::new(Sink {
-            tx,
-            pending_messages: AtomicUsize::new(0),
-            pending_bytes: AtomicUsize::new(0),
-            kicked: AtomicBool::new(false),
-            limits: self.hub.limits,
-        });
         let id = {
             let mut registry = self.hub.registry.lock().expect("registry poisoned");
             registry.next_id += 1;
             registry.next_id
         };
-        let control = Arc::new(Control {
-            hub: self.hub.clone(),
-            id,
-            sink: sink.clone(),
-            subscribed: Mutex::default(),
-        });
-        (
-            Subscriptions {
-                control: control.clone(),
-            },
-            Receiver {
-                _control: control,
-                sink,
-                rx,
-                reported: false,
-            },
-        )
+        subscriber::new(self.hub.clone(), id)
+    }
+
+    /// The limits every subscriber of this node is held to.
+    pub fn limits(&self) -> Limits {
+        self.hub.limits
     }
 
     /// Channels with at least one local subscriber, optionally filtered by a glob pattern.
@@ -414,213 +335,5 @@ impl Hub {
         }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
         true
-    }
-}
-
-/// What one subscriber is subscribed to; removed from the hub when both halves are dropped.
-struct Control {
-    hub: Arc<Hub>,
-    id: u64,
-    sink: Arc<Sink>,
-    subscribed: Mutex<Subscribed>,
-}
-
-#[derive(Default)]
-struct Subscribed {
-    channels: BTreeSet<Vec<u8>>,
-    patterns: BTreeSet<Arc<[u8]>>,
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let subscribed = std::mem::take(&mut *self.subscribed.lock().expect("poisoned"));
-        let mut registry = self.hub.registry.lock().expect("registry poisoned");
-        for channel in subscribed.channels {
-            remove_from(&mut registry.channels, &channel, self.id);
-            self.hub.announce(&registry, false, &channel);
-        }
-        for pattern in subscribed.patterns {
-            remove_from(&mut registry.patterns, &pattern, self.id);
-            self.hub.announce(&registry, true, &pattern);
-        }
-    }
-}
-
-fn remove_from<K, Q>(map: &mut HashMap<K, HashMap<u64, Arc<Sink>>>, key: &Q, id: u64)
-where
-    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
-    Q: std::hash::Hash + Eq + ?Sized,
-{
-    if let Some(subscribers) = map.get_mut(key) {
-        subscribers.remove(&id);
-        if subscribers.is_empty() {
-            map.remove(key);
-        }
-    }
-}
-
-/// The control half of a subscriber: changes its subscriptions. Each change is acknowledged on
-/// the [`Receiver`] with [`Item::Subscriptions`], after every message delivered before it.
-#[derive(Clone)]
-pub struct Subscriptions {
-    control: Arc<Control>,
-}
-
-/// A subscription change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    Subscribe,
-    Unsubscribe,
-    PSubscribe,
-    PUnsubscribe,
-}
-
-impl Subscriptions {
-    /// Applies one change to each of `names` (channels or patterns) and returns the resulting
-    /// (channels, patterns) counts after each name, as Redis replies once per name. An
-    /// unsubscribe with no names removes every channel (or pattern). A new subscription takes
-    /// effect here at once and on the other members once they learn of it: await
-    /// [`Subscriptions::settled`] before answering the client.
-    pub fn change(&self, change: Change, names: Vec<Vec<u8>>) -> Vec<(Vec<u8>, usize, usize)> {
-        let control = &self.control;
-        let mut subscribed = control.subscribed.lock().expect("poisoned");
-        let names = match (change, names.is_empty()) {
-            (Change::Unsubscribe, true) => subscribed.channels.iter().cloned().collect(),
-            (Change::PUnsubscribe, true) => {
-                subscribed.patterns.iter().map(|p| p.to_vec()).collect()
-            }
-            _ => names,
-        };
-        let mut registry = control.hub.registry.lock().expect("registry poisoned");
-        let mut counts = Vec::with_capacity(names.len());
-        for name in names {
-            match change {
-                Change::Subscribe => {
-                    if subscribed.channels.insert(name.clone()) {
-                        registry
-                            .channels
-                            .entry(name.clone())
-                            .or_default()
-                            .insert(control.id, control.sink.clone());
-                        control.hub.announce(&registry, false, &name);
-                    }
-                }
-                Change::Unsubscribe => {
-                    if subscribed.channels.remove(&name) {
-                        remove_from(&mut registry.channels, &name, control.id);
-                        control.hub.announce(&registry, false, &name);
-                    }
-                }
-                Change::PSubscribe => {
-                    let pattern: Arc<[u8]> = name.clone().into();
-                    if subscribed.patterns.insert(pattern.clone()) {
-                        registry
-                            .patterns
-                            .entry(pattern)
-                            .or_default()
-                            .insert(control.id, control.sink.clone());
-                        control.hub.announce(&registry, true, &name);
-                    }
-                }
-                Change::PUnsubscribe => {
-                    if subscribed.patterns.remove(name.as_slice()) {
-                        remove_from(&mut registry.patterns, name.as_slice(), control.id);
-                        control.hub.announce(&registry, true, &name);
-                    }
-                }
-            }
-            counts.push((name, subscribed.channels.len(), subscribed.patterns.len()));
-        }
-        counts
-    }
-
-    /// Completes once every reachable member knows of the subscriptions made so far (or
-    /// [`SETTLE_WAIT`] passed), so that a message published anywhere after it reaches them.
-    pub async fn settled(&self) {
-        self.control.hub.relays.settled().await;
-    }
-
-    /// Applies a batch of changes and, once they are settled, acknowledges them on the receiver
-    /// with one [`Item::Subscriptions`] carrying the resulting counts.
-    pub async fn apply(&self, changes: Vec<(Change, Vec<Vec<u8>>)>) {
-        for (change, names) in changes {
-            if !names.is_empty() {
-                self.change(change, names);
-            }
-        }
-        self.settled().await;
-        let (channels, patterns) = self.counts();
-        let _ = self
-            .control
-            .sink
-            .tx
-            .send(Item::Subscriptions { channels, patterns });
-    }
-
-    /// (channels, patterns) subscribed.
-    pub fn counts(&self) -> (usize, usize) {
-        let subscribed = self.control.subscribed.lock().expect("poisoned");
-        (subscribed.channels.len(), subscribed.patterns.len())
-    }
-}
-
-/// The receiving half of a subscriber.
-pub struct Receiver {
-    _control: Arc<Control>,
-    sink: Arc<Sink>,
-    rx: mpsc::UnboundedReceiver<Item>,
-    reported: bool,
-}
-
-impl Receiver {
-    /// The next item; an error once the subscriber fell too far behind (then None).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Item, Disconnected>>> {
-        if self.sink.kicked.load(Ordering::Relaxed) {
-            if self.reported {
-                return Poll::Ready(None);
-            }
-            self.reported = true;
-            let limits = self.sink.limits;
-            return Poll::Ready(Some(Err(Disconnected {
-                reason: format!(
-                    "subscriber disconnected: more than {} messages or {} bytes were waiting to be read",
-                    limits.max_pending_messages, limits.max_pending_bytes
-                ),
-            })));
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
-                if let Item::Message(delivery) = &item {
-                    self.sink.pending_messages.fetch_sub(1, Ordering::Relaxed);
-                    self.sink
-                        .pending_bytes
-                        .fetch_sub(delivery.message.weight(), Ordering::Relaxed);
-                }
-                if self.sink.kicked.load(Ordering::Relaxed) {
-                    return self.poll_recv(cx);
-                }
-                Poll::Ready(Some(Ok(item)))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// Whether the hub disconnected this subscriber for falling behind.
-    pub fn is_disconnected(&self) -> bool {
-        self.sink.kicked.load(Ordering::Relaxed)
-    }
-
-    /// The next item; see [`Receiver::poll_recv`].
-    pub async fn recv(&mut self) -> Option<Result<Item, Disconnected>> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-}
-
-impl tokio_stream::Stream for Receiver {
-    type Item = Result<Item, Disconnected>;
-
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_recv(cx)
     }
 }

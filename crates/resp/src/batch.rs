@@ -213,9 +213,15 @@ impl Write {
                     Outcome::Txn { outcomes, .. } if self.wrapped => outcomes,
                     other => vec![other],
                 };
+                let forgotten = outcomes == [Outcome::Forgotten];
                 let mut outcomes = outcomes.into_iter();
                 for (size, member) in self.members {
-                    let mine: Vec<Outcome> = outcomes.by_ref().take(size).collect();
+                    let mine: Vec<Outcome> = if forgotten {
+                        // A retry of the whole batch: every member was applied, none answered.
+                        vec![Outcome::Forgotten; size]
+                    } else {
+                        outcomes.by_ref().take(size).collect()
+                    };
                     if let Some(submission) = member {
                         let _ = submission.done.send(Ok((reply.revision, mine)));
                     }

@@ -220,17 +220,12 @@ const SETTINGS: &[(&str, &str)] = &[
     ("timeout", "0"),
     ("notify-keyspace-events", ""),
     ("cluster-enabled", "no"),
-    ("proto-max-bulk-len", "16777216"),
-    (
-        "client-output-buffer-limit",
-        "normal 0 0 0 replica 0 0 0 pubsub 33554432 0 0",
-    ),
     ("lua-time-limit", "5000"),
     ("busy-reply-threshold", "5000"),
 ];
 
-/// CONFIG GET pattern... (glob patterns, as in Redis 7); `maxclients` and `requirepass` are
-/// this node's.
+/// CONFIG GET pattern... (glob patterns, as in Redis 7); `maxclients`, `requirepass`, the
+/// frame and output-buffer limits are this node's.
 pub(crate) fn config(shared: &Shared, args: &[Vec<u8>]) -> Reply {
     let sub = args[0].to_ascii_uppercase();
     match sub.as_slice() {
@@ -242,7 +237,14 @@ pub(crate) fn config(shared: &Shared, args: &[Vec<u8>]) -> Reply {
                 None => "<redacted>",
             };
             let mut settings: Vec<(&str, &str)> = SETTINGS.to_vec();
+            let max_bulk = shared.options.frame_limits.max_bulk.to_string();
+            let output_buffer = format!(
+                "normal 0 0 0 replica 0 0 0 pubsub {}",
+                shared.hub.limits().output_buffer()
+            );
             settings.push(("maxclients", &maxclients));
+            settings.push(("proto-max-bulk-len", &max_bulk));
+            settings.push(("client-output-buffer-limit", &output_buffer));
             settings.push(("requirepass", requirepass));
             let pairs = settings
                 .into_iter()

@@ -8,7 +8,7 @@
 //! the reply. So a command means the same thing alone, pipelined, or inside EXEC.
 
 use conclave_state::{
-    Answer, Bytes, Command, ExpireCondition, Expiry, Outcome, Query, SetCondition,
+    Answer, Bytes, Command, ExpireCondition, Expiry, Outcome, Query, SetCondition, FORGOTTEN_REPLY,
 };
 
 use crate::protocol::{Reply, Version};
@@ -416,6 +416,11 @@ impl Shape {
     }
 }
 
+/// The error reply for a retried write whose first reply was not kept.
+pub fn forgotten() -> Reply {
+    Reply::error(format!("ERR {FORGOTTEN_REPLY}"))
+}
+
 /// The error reply for an outcome that reports a failed command.
 fn outcome_error(outcome: &Outcome, shape: Shape) -> Option<Reply> {
     Some(Reply::error(match outcome {
@@ -429,6 +434,7 @@ fn outcome_error(outcome: &Outcome, shape: Shape) -> Option<Reply> {
             "ERR string exceeds maximum allowed size (values are limited to 1 MiB)"
         }
         Outcome::LeaseNotFound => "ERR the lease does not exist",
+        Outcome::Forgotten => return Some(forgotten()),
         _ => return None,
     }))
 }

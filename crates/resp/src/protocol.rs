@@ -24,7 +24,7 @@ impl Default for FrameLimits {
             max_args: 1024 * 1024,
             // A value is at most 1 MiB and a command at most 16 MiB (state limits); an argument
             // beyond the latter can never be accepted, so it is refused before it is read.
-            max_bulk: 16 * 1024 * 1024,
+            max_bulk: conclave_state::Limits::DEFAULT.max_command_bytes,
             max_inline: 64 * 1024,
         }
     }

@@ -418,4 +418,50 @@ pub enum Outcome {
     /// The reply to each write of a [`Command::Batch`], in order. A write applied before (a
     /// retry) has its first reply, with that reply's revision.
     Batch(Vec<WriteReply>),
+    /// A retry of a write applied before, whose reply carried too many values to be kept (see
+    /// [`crate::MAX_KEPT_REPLY_BYTES`]): the write was applied once, at the reply's revision,
+    /// and what it answered is no longer known. Front ends answer it with [`FORGOTTEN_REPLY`].
+    Forgotten,
+}
+
+/// What a client is told for an [`Outcome::Forgotten`]: an error, so that it is not taken for a
+/// fresh answer, that says the write took effect, so that it is not sent again.
+pub const FORGOTTEN_REPLY: &str = "the write was applied once before (this is a retry), but its \
+     reply carried too many values to be kept for retries";
+
+/// What one element of a reply counts, beyond its bytes, in [`Outcome::reply_bytes`].
+pub(crate) const REPLY_ITEM_BYTES: usize = 32;
+
+impl Outcome {
+    /// Bytes of values the outcome carries (previous values, transaction reads), each nested
+    /// element counting [`REPLY_ITEM_BYTES`] more: what keeping it costs the de-duplication
+    /// table. A fixed function of the outcome, the same on every replica.
+    pub fn reply_bytes(&self) -> usize {
+        match self {
+            Outcome::Set {
+                previous: Some(value),
+                ..
+            } => value.len(),
+            Outcome::Answer(answer) => answer.reply_bytes(),
+            Outcome::Txn { outcomes, .. } => outcomes
+                .iter()
+                .map(|o| REPLY_ITEM_BYTES + o.reply_bytes())
+                .sum(),
+            Outcome::Batch(replies) => replies
+                .iter()
+                .map(|r| REPLY_ITEM_BYTES + r.outcome.reply_bytes())
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+impl WriteReply {
+    /// The reply remembered in place of this one when it is too large to keep.
+    pub fn forgotten(&self) -> WriteReply {
+        WriteReply {
+            revision: self.revision,
+            outcome: Outcome::Forgotten,
+        }
+    }
 }

@@ -29,7 +29,8 @@ mod record;
 
 pub use command::{
     Check, CmpOp, Command, Compare, ExpireCondition, Expiry, LeaseId, Outcome, RequestId,
-    SetCondition, Transaction, WriteReply, WriteRequest, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS,
+    SetCondition, Transaction, WriteReply, WriteRequest, FORGOTTEN_REPLY, MAX_LEASE_TTL_MS,
+    MIN_LEASE_TTL_MS,
 };
 pub use history::{
     Compacted, Event, EventBatch, EventKind, History, KeyFilter, HISTORY_MAX_BYTES,
@@ -37,7 +38,8 @@ pub use history::{
 };
 pub use limits::{InvalidRequest, Limits};
 pub use machine::{
-    Lease, Machine, ReadError, DEDUP_WINDOW_MS, MAX_REPLIES_PER_CLIENT, MIN_REPLY_AGE_MS,
+    Lease, Machine, ReadError, DEDUP_WINDOW_MS, MAX_KEPT_REPLIES_BYTES, MAX_KEPT_REPLY_BYTES,
+    MAX_REPLIES_PER_CLIENT, MIN_REPLY_AGE_MS,
 };
 pub use query::{Answer, Query};
 pub use record::{Record, Value};

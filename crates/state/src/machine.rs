@@ -14,10 +14,16 @@ use crate::{
 };
 
 mod leases;
+mod sessions;
 mod strings;
 mod txn;
 
 pub use leases::Lease;
+use sessions::{Sessions, SESSION_SWEEP_EVERY};
+pub use sessions::{
+    DEDUP_WINDOW_MS, MAX_KEPT_REPLIES_BYTES, MAX_KEPT_REPLY_BYTES, MAX_REPLIES_PER_CLIENT,
+    MIN_REPLY_AGE_MS,
+};
 
 /// The options of a SET.
 #[derive(Clone, Copy)]
@@ -35,21 +41,6 @@ enum ItemKind {
     SetMember,
 }
 
-/// How long (by entry stamps) the reply to a de-duplicated write is kept. A retry arriving later
-/// than this is applied again.
-pub const DEDUP_WINDOW_MS: Millis = 5 * 60 * 1000;
-
-/// Most replies kept per client; the oldest sequence numbers are forgotten first, but never one
-/// younger than [`MIN_REPLY_AGE_MS`].
-pub const MAX_REPLIES_PER_CLIENT: usize = 4096;
-
-/// A reply is kept at least this long (by entry stamps), however many writes the client sends:
-/// far longer than any request deadline, within which retries happen.
-pub const MIN_REPLY_AGE_MS: Millis = 60 * 1000;
-
-/// Every this many revisions, clients idle for longer than [`DEDUP_WINDOW_MS`] are forgotten.
-const SESSION_SWEEP_EVERY: Revision = 1024;
-
 /// A read addressed a key that holds another type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadError;
@@ -62,15 +53,6 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// Replies remembered for one client.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct ClientSession {
-    /// The stamp of the client's latest write.
-    last_seen: Millis,
-    /// sequence -> (stamp, reply)
-    replies: BTreeMap<u64, (Millis, WriteReply)>,
-}
-
 /// The whole replicated state. Two machines fed the same requests at the same indexes are equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "MachineImage")]
@@ -78,9 +60,8 @@ pub struct Machine {
     /// Records behind an `Arc`, so the map's nodes stay small: a node copied on write (while a
     /// snapshot shares the map) copies pointers, and a record is copied only when it changes.
     keys: OrdMap<Bytes, Arc<Record>>,
-    /// Behind an `Arc` for the same reason: a client's remembered replies are copied only when
-    /// that client writes while a copy of the machine is alive.
-    sessions: OrdMap<u64, Arc<ClientSession>>,
+    /// The de-duplication table.
+    sessions: Sessions,
     /// node id -> incarnation of the data directory it runs on.
     incarnations: BTreeMap<u64, u64>,
     leases: OrdMap<LeaseId, Arc<Lease>>,
@@ -99,7 +80,7 @@ pub struct Machine {
 #[derive(Deserialize)]
 struct MachineImage {
     keys: OrdMap<Bytes, Arc<Record>>,
-    sessions: OrdMap<u64, Arc<ClientSession>>,
+    sessions: Sessions,
     incarnations: BTreeMap<u64, u64>,
     leases: OrdMap<LeaseId, Arc<Lease>>,
     history: History,
@@ -143,6 +124,12 @@ impl Machine {
         self.clock
     }
 
+    /// Bytes of values held in the replies remembered for retries (at most
+    /// [`MAX_KEPT_REPLIES_BYTES`]).
+    pub fn kept_reply_bytes(&self) -> usize {
+        self.sessions.kept_bytes()
+    }
+
     /// Number of keys held, expired ones included until they are reaped.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -174,15 +161,7 @@ impl Machine {
         let now = self.clock;
         let reply = self.apply_once(index, now, request.id, &request.command);
         if index.is_multiple_of(SESSION_SWEEP_EVERY) {
-            let expired: Vec<u64> = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.last_seen.saturating_add(DEDUP_WINDOW_MS) < now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                self.sessions.remove(&id);
-            }
+            self.sessions.forget_idle(now);
         }
         reply
     }
@@ -196,7 +175,7 @@ impl Machine {
         command: &Command,
     ) -> WriteReply {
         if let Some(id) = id {
-            if let Some(reply) = self.remembered_reply(id) {
+            if let Some(reply) = self.sessions.reply(id) {
                 return reply;
             }
         }
@@ -206,33 +185,9 @@ impl Machine {
             outcome,
         };
         if let Some(id) = id {
-            self.remember_reply(id, now, reply.clone());
+            self.sessions.remember(id, now, reply.clone());
         }
         reply
-    }
-
-    fn remembered_reply(&self, id: RequestId) -> Option<WriteReply> {
-        let session = self.sessions.get(&id.client_id)?;
-        session.replies.get(&id.sequence).map(|(_, r)| r.clone())
-    }
-
-    fn remember_reply(&mut self, id: RequestId, now: Millis, reply: WriteReply) {
-        let session = Arc::make_mut(self.sessions.entry(id.client_id).or_default());
-        session.last_seen = now;
-        session.replies.insert(id.sequence, (now, reply));
-        // Forget from the oldest sequence number on: replies older than the window, and replies
-        // beyond the cap that are old enough. Sequence numbers grow with time, so this stops at
-        // the first one to keep instead of scanning every remembered reply on each write.
-        let window = now.saturating_sub(DEDUP_WINDOW_MS);
-        let young = now.saturating_sub(MIN_REPLY_AGE_MS);
-        while let Some((_, (stamp, _))) = session.replies.first_key_value() {
-            let expired = *stamp < window;
-            let evictable = session.replies.len() > MAX_REPLIES_PER_CLIENT && *stamp < young;
-            if !expired && !evictable {
-                break;
-            }
-            session.replies.pop_first();
-        }
     }
 
     fn execute(&mut self, index: Revision, now: Millis, command: &Command) -> Outcome {
@@ -696,3 +651,6 @@ mod coordination_tests;
 
 #[cfg(test)]
 mod redis_tests;
+
+#[cfg(test)]
+mod dedup_tests;

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::REPLY_ITEM_BYTES;
 use crate::{Bytes, Machine, Millis, ReadError, Record, Value};
 
 /// A read of one or more keys.
@@ -53,6 +54,21 @@ pub enum Answer {
     /// A fixed word, such as a type name.
     Status(String),
     Array(Vec<Answer>),
+}
+
+impl Answer {
+    /// Bytes of values the answer carries, as [`crate::Outcome::reply_bytes`] counts them.
+    pub fn reply_bytes(&self) -> usize {
+        match self {
+            Answer::Nil | Answer::Integer(_) => 0,
+            Answer::Bytes(b) => b.len(),
+            Answer::Status(s) => s.len(),
+            Answer::Array(items) => items
+                .iter()
+                .map(|i| REPLY_ITEM_BYTES + i.reply_bytes())
+                .sum(),
+        }
+    }
 }
 
 impl Query {

@@ -22,6 +22,7 @@ pub struct GrpcMetrics {
     latency: HistogramFamily,
     connections: Gauge,
     connections_accepted: Counter,
+    connections_refused: Counter,
 }
 
 impl Default for GrpcMetrics {
@@ -30,6 +31,7 @@ impl Default for GrpcMetrics {
             latency: HistogramFamily::new(LATENCY_BUCKETS, MAX_METHODS),
             connections: Gauge::default(),
             connections_accepted: Counter::default(),
+            connections_refused: Counter::default(),
         }
     }
 }
@@ -48,11 +50,27 @@ impl GrpcMetrics {
             "gRPC connections accepted since the node started.",
             self.connections_accepted.get() as f64,
         );
+        out.single(
+            "conclave_grpc_connections_refused_total",
+            Kind::Counter,
+            "gRPC connections refused since the node started: --grpc-max-connections were open.",
+            self.connections_refused.get() as f64,
+        );
     }
 
     /// The samples of gRPC request latencies (under a header the caller wrote).
     pub fn encode_latencies(&self, out: &mut Exposition, family: &str) {
         out.histogram_samples(family, &[("api", "grpc")], "method", &self.latency);
+    }
+
+    /// gRPC connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.get().max(0) as usize
+    }
+
+    /// Counts a connection refused for `--grpc-max-connections`.
+    pub fn count_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Wraps an accepted connection so it is counted while open.

@@ -168,6 +168,15 @@ impl Node {
             "Keys in this node's replica.",
             status.keys as f64,
         );
+        out.single(
+            "conclave_retry_reply_bytes",
+            Kind::Gauge,
+            &format!(
+                "Bytes of values held in the replies remembered for retried writes (at most {}).",
+                conclave_state::MAX_KEPT_REPLIES_BYTES
+            ),
+            self.inner.view.read(|m| m.kept_reply_bytes()) as f64,
+        );
         let snapshots = &metrics.snapshots;
         let snapshot_gauges: [(&str, Kind, &str, f64); 6] = [
             (

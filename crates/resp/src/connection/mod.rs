@@ -209,11 +209,17 @@ impl Connection {
                 let receiver = &s.receiver;
                 tokio::select! {
                     written = writer.write_all(output) => written,
-                    _ = async {
-                        while !receiver.is_disconnected() {
+                    disconnected = async {
+                        loop {
+                            if let Some(disconnected) = receiver.disconnection() {
+                                break disconnected;
+                            }
                             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         }
-                    } => Err(std::io::Error::other("subscriber disconnected: output buffer limit")),
+                    } => {
+                        tracing::info!(peer = %self.peer, reason = %disconnected, "RESP subscriber disconnected");
+                        Err(std::io::Error::other(disconnected.reason))
+                    }
                 }
             }
         };
@@ -544,7 +550,10 @@ impl Connection {
             .await
             .map_err(node_error)?;
         self.acknowledged(reply.revision);
-        Ok(reply.outcome)
+        match reply.outcome {
+            Outcome::Forgotten => Err(plan::forgotten()),
+            outcome => Ok(outcome),
+        }
     }
 
     /// Runs one plan: reads on the replica, writes through the leader (several commands as one

@@ -98,7 +98,15 @@ impl Connection {
             });
         }
         let subscriber = self.subscriber.as_ref().expect("created above");
-        let counts = subscriber.subscriptions.change(change, args.to_vec());
+        let counts = match subscriber.subscriptions.change(change, args.to_vec()) {
+            Ok(counts) => counts,
+            Err(refused) => {
+                if subscriber.subscriptions.counts() == (0, 0) {
+                    self.subscriber = None;
+                }
+                return vec![Reply::error(format!("ERR {refused}"))];
+            }
+        };
         if adding {
             subscriber.subscriptions.settled().await;
         }

@@ -405,7 +405,7 @@ fn dedup_window_is_bounded() {
             },
         );
     }
-    assert_eq!(m.sessions[&1].replies.len(), over as usize);
+    assert_eq!(m.sessions.replies_of(1), over as usize);
     // Once they are older than the minimum age, the cap applies, oldest first.
     let later = MIN_REPLY_AGE_MS + 2;
     let id = Some(RequestId {
@@ -420,9 +420,19 @@ fn dedup_window_is_bounded() {
             command: set("k", "v"),
         },
     );
-    let session = &m.sessions[&1];
-    assert_eq!(session.replies.len(), MAX_REPLIES_PER_CLIENT);
-    assert_eq!(*session.replies.keys().next().unwrap(), 11);
+    assert_eq!(m.sessions.replies_of(1), MAX_REPLIES_PER_CLIENT);
+    let remembered = |sequence| {
+        m.sessions
+            .reply(RequestId {
+                client_id: 1,
+                sequence,
+            })
+            .is_some()
+    };
+    assert!(
+        !remembered(10) && remembered(11),
+        "the oldest are forgotten"
+    );
     // Idle clients are forgotten once the window has passed.
     let much_later = DEDUP_WINDOW_MS + MIN_REPLY_AGE_MS + 10;
     let mut index = m.revision();
@@ -430,7 +440,7 @@ fn dedup_window_is_bounded() {
         index += 1;
     }
     m.apply(index + 1, &write(much_later, set("x", "y")));
-    assert!(m.sessions.is_empty());
+    assert_eq!(m.sessions.clients(), 0);
 }
 
 #[test]
@@ -646,11 +656,7 @@ fn a_retry_after_the_dedup_window_is_applied_again() {
             command: set("x", "y"),
         },
     );
-    assert_eq!(
-        m.sessions[&3].replies.len(),
-        1,
-        "the old reply is forgotten"
-    );
+    assert_eq!(m.sessions.replies_of(3), 1, "the old reply is forgotten");
     let retry = m.apply(
         4,
         &WriteRequest {
