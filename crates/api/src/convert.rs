@@ -78,6 +78,7 @@ pub(crate) fn node_error(e: NodeError) -> Status {
         // retried by gRPC retry policies. The SDK retries it with the same write id.
         NodeError::Indeterminate(reason) => Status::deadline_exceeded(reason),
         NodeError::Rejected(reason) => Status::invalid_argument(reason),
+        NodeError::NoSpace(reason) => Status::resource_exhausted(reason),
     }
 }
 

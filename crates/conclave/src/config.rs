@@ -226,6 +226,48 @@ pub fn reference() -> String {
     out
 }
 
+/// A size as Redis's configuration writes it: bytes, or a number with k, kb, m, mb, g or gb
+/// (`32mb`).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: usize = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("not a size: {text:?}"))
+}
+
+/// The pub/sub output-buffer limits as Redis's `client-output-buffer-limit pubsub` takes them:
+/// `<hard> <soft> <seconds>` (`32mb 8mb 60`); the other limits keep their defaults.
+pub fn parse_output_buffer_limit(text: &str) -> Result<conclave_pubsub::Limits, String> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [hard, soft, seconds] = parts.as_slice() else {
+        return Err(format!(
+            "expected <hard> <soft> <seconds> (as Redis's \"32mb 8mb 60\"), got {text:?}"
+        ));
+    };
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| format!("the soft limit's seconds must be a whole number, got {seconds:?}"))?;
+    Ok(conclave_pubsub::Limits {
+        max_pending_bytes: parse_size(hard)?,
+        soft_pending_bytes: parse_size(soft)?,
+        soft_pending_for: std::time::Duration::from_secs(seconds),
+        ..conclave_pubsub::Limits::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +304,38 @@ mod tests {
         );
         let syntax = variables_of("listen = \n").unwrap_err();
         assert!(!syntax.is_empty());
+    }
+
+    #[test]
+    fn output_buffer_limits_read_as_redis_writes_them() {
+        let limits = parse_output_buffer_limit("32mb 8mb 60").unwrap();
+        assert_eq!(
+            limits,
+            conclave_pubsub::Limits::default(),
+            "the default is Redis's pubsub class"
+        );
+        assert_eq!(limits.output_buffer(), "33554432 8388608 60");
+        let limits = parse_output_buffer_limit("1gb 64kb 5").unwrap();
+        assert_eq!(
+            (limits.max_pending_bytes, limits.soft_pending_bytes),
+            (1 << 30, 64 * 1024)
+        );
+        assert_eq!(limits.soft_pending_for, std::time::Duration::from_secs(5));
+        assert_eq!(
+            parse_output_buffer_limit("0 0 0").unwrap().output_buffer(),
+            "0 0 0"
+        );
+        for bad in [
+            "32mb 8mb",
+            "32mb 8mb 60 1",
+            "32xb 8mb 60",
+            "32mb 8mb -1",
+            "mb 1 1",
+        ] {
+            assert!(parse_output_buffer_limit(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_size("128mb"), Ok(128 << 20));
+        assert_eq!(parse_size("5k"), Ok(5000));
+        assert_eq!(parse_size("77"), Ok(77));
     }
 }

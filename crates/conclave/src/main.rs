@@ -137,7 +137,7 @@ const NOISE: &[&str] = &[
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Run a local cluster on embedded defaults until Ctrl-C.
     Dev(dev::DevArgs),
     /// Talk to a running node.
@@ -170,7 +170,7 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(*args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -109,6 +109,12 @@ pub struct ServerArgs {
           default_value_t = conclave_resp::RespOptions::default().write_deadline.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_MS))]
     pub resp_deadline_ms: u64,
+    /// Room the data directory's filesystem must keep (bytes, or with kb, mb or gb). With less
+    /// available the node refuses writes (RESP `MISCONF`, gRPC RESOURCE_EXHAUSTED), takes no
+    /// entries from the leader and starts no elections, until space returns. 0 turns it off.
+    #[arg(long, env = "CONCLAVE_DISK_RESERVE", default_value = "128mb",
+          value_parser = crate::config::parse_size)]
+    pub disk_reserve: usize,
     /// Most RESP connections open at once; one more is answered `-ERR max number of clients
     /// reached` and closed (Redis's maxclients).
     #[arg(long, env = "CONCLAVE_RESP_MAX_CLIENTS",
@@ -125,7 +131,7 @@ pub struct ServerArgs {
     /// Redis's `client-output-buffer-limit pubsub`. Past the hard limit, or past the soft limit
     /// for that many seconds, it is disconnected. 0 turns a limit off.
     #[arg(long, env = "CONCLAVE_PUBSUB_OUTPUT_BUFFER_LIMIT", default_value = "32mb 8mb 60",
-          value_parser = parse_output_buffer_limit)]
+          value_parser = crate::config::parse_output_buffer_limit)]
     pub pubsub_output_buffer_limit: conclave_pubsub::Limits,
     /// Most channels and patterns one subscriber holds together; a SUBSCRIBE past it is refused
     /// (RESP), a gRPC Subscribe stream ends with RESOURCE_EXHAUSTED.
@@ -155,11 +161,6 @@ pub struct ServerArgs {
 
 /// Default of `--grpc-max-connections`.
 const GRPC_MAX_CONNECTIONS: usize = 10_000;
-
-/// The pub/sub output-buffer limits of `--pubsub-output-buffer-limit`.
-fn parse_output_buffer_limit(text: &str) -> Result<conclave_pubsub::Limits, String> {
-    conclave_pubsub::Limits::default().with_output_buffer(text)
-}
 
 /// The node id given by `--id`, or derived from the host name.
 fn node_id(args: &ServerArgs) -> anyhow::Result<u64> {
@@ -227,6 +228,7 @@ fn node_options(args: &ServerArgs) -> anyhow::Result<Prepared> {
         clock_offset_file: args.clock_offset_file.clone(),
         source_ip: Some(address.ip()),
         peer_tls: tls.as_ref().map(|tls| tls.peer_client()),
+        disk_reserve: args.disk_reserve as u64,
     };
     options.check()?;
     Ok(Prepared {

@@ -428,8 +428,14 @@ pub fn incoming(
             let _ = socket.set_nodelay(true);
             if metrics.open_connections() >= max_connections {
                 metrics.count_refused();
+                // Refusals share the handshakes' turns: a flood past the limit costs no more
+                // than one under it. Without a turn free, the connection is just closed.
+                let Ok(turn) = handshakes.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _turn = turn;
                     match acceptor {
                         Some(acceptor) => {
                             let handshake = acceptor.accept(socket);

@@ -62,6 +62,8 @@ pub(crate) enum LeaderError {
     Unavailable(String),
     /// The request is wrong and will stay wrong (e.g. removing an unknown node).
     Rejected(String),
+    /// The leader is low on disk: the write was not proposed (see `node/disk.rs`).
+    NoSpace(String),
 }
 
 pub(crate) type LeaderResult = Result<LeaderReply, LeaderError>;

@@ -48,6 +48,20 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// Refuses entries and snapshots while this node is low on disk; UNAVAILABLE, so that the
+    /// leader backs off and tries again later.
+    fn refuse_if_low_on_disk(&self) -> Result<(), Status> {
+        match self.node.disk_refusal() {
+            Some(reason) => Err(Status::unavailable(format!(
+                "node {}: {reason}",
+                self.node.id()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage {
         payload: encode(value),
@@ -63,7 +77,13 @@ impl Peer for PeerService {
         self.admit_raft(&request).await?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)?;
         self.node.heard_from_leader();
-        reply(&self.node.raft().append_entries(rpc).await)
+        // Heartbeats are answered: the leader stays in place while this node falls behind.
+        if !rpc.entries.is_empty() {
+            self.refuse_if_low_on_disk()?;
+        }
+        let answer = self.node.raft().append_entries(rpc).await;
+        self.node.handled_leader_append();
+        reply(&answer)
     }
 
     async fn install_snapshot(
@@ -71,6 +91,7 @@ impl Peer for PeerService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit_raft(&request).await?;
+        self.refuse_if_low_on_disk()?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.into_inner().payload)?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }

@@ -57,45 +57,6 @@ impl Limits {
             self.soft_pending_for.as_secs()
         )
     }
-
-    /// Reads `<hard> <soft> <seconds>`, sizes in bytes or with a unit as Redis takes them
-    /// (`32mb`, `8mb`, `64kb`, `1gb`), and sets the output-buffer limits from them.
-    pub fn with_output_buffer(mut self, text: &str) -> Result<Limits, String> {
-        let parts: Vec<&str> = text.split_whitespace().collect();
-        let [hard, soft, seconds] = parts.as_slice() else {
-            return Err(format!(
-                "expected <hard> <soft> <seconds> (as Redis's \"32mb 8mb 60\"), got {text:?}"
-            ));
-        };
-        self.max_pending_bytes = parse_size(hard)?;
-        self.soft_pending_bytes = parse_size(soft)?;
-        let seconds: u64 = seconds
-            .parse()
-            .map_err(|_| format!("soft limit seconds must be a whole number, got {seconds:?}"))?;
-        self.soft_pending_for = Duration::from_secs(seconds);
-        Ok(self)
-    }
-}
-
-/// A size as Redis's configuration takes it: bytes, or a number with k, kb, m, mb, g or gb.
-fn parse_size(text: &str) -> Result<usize, String> {
-    let lower = text.to_ascii_lowercase();
-    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit: usize = match &lower[digits.len()..] {
-        "" | "b" => 1,
-        "k" => 1000,
-        "kb" => 1024,
-        "m" => 1000 * 1000,
-        "mb" => 1024 * 1024,
-        "g" => 1000 * 1000 * 1000,
-        "gb" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| format!("not a size: {text:?}"))
 }
 
 /// Why a subscriber was disconnected.
@@ -530,40 +491,6 @@ mod tests {
     }
 
     #[test]
-    fn output_buffer_limits_read_as_redis_writes_them() {
-        let limits = Limits::default().with_output_buffer("32mb 8mb 60").unwrap();
-        assert_eq!(
-            limits,
-            Limits::default(),
-            "the default is Redis's pubsub class"
-        );
-        assert_eq!(limits.output_buffer(), "33554432 8388608 60");
-        let limits = Limits::default().with_output_buffer("1gb 64kb 5").unwrap();
-        assert_eq!(
-            (limits.max_pending_bytes, limits.soft_pending_bytes),
-            (1 << 30, 64 * 1024)
-        );
-        assert_eq!(limits.soft_pending_for, Duration::from_secs(5));
-        assert_eq!(
-            Limits::default()
-                .with_output_buffer("0 0 0")
-                .unwrap()
-                .output_buffer(),
-            "0 0 0"
-        );
-        for bad in [
-            "32mb 8mb",
-            "32mb 8mb 60 1",
-            "32xb 8mb 60",
-            "32mb 8mb -1",
-            "mb 1 1",
-        ] {
-            let error = Limits::default().with_output_buffer(bad).unwrap_err();
-            assert!(!error.is_empty(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn a_buffer_over_the_soft_limit_for_its_time_disconnects() {
         let limits = Limits {
             soft_pending_bytes: 1000,
@@ -624,7 +551,11 @@ mod tests {
         assert!(!sink.offer(delivery(600), &stats));
         assert!(sink.kicked.get().unwrap().contains("1000 bytes"));
 
-        let (sink, _rx) = new_sink(Limits::default().with_output_buffer("0 0 0").unwrap());
+        let (sink, _rx) = new_sink(Limits {
+            max_pending_bytes: 0,
+            soft_pending_bytes: 0,
+            ..Limits::default()
+        });
         for _ in 0..100 {
             assert!(sink.offer(delivery(1024 * 1024), &stats), "no byte limits");
         }

@@ -40,6 +40,7 @@ async fn start_hub() -> Hub {
         clock_offset_file: None,
         source_ip: None,
         peer_tls: None,
+        disk_reserve: 0,
     })
     .await
     .unwrap();

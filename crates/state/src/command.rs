@@ -429,13 +429,15 @@ pub enum Outcome {
 pub const FORGOTTEN_REPLY: &str = "the write was applied once before (this is a retry), but its \
      reply carried too many values to be kept for retries";
 
-/// What one element of a reply counts, beyond its bytes, in [`Outcome::reply_bytes`].
+/// What one element of a read's answer counts, beyond its bytes, in [`Outcome::reply_bytes`].
 pub(crate) const REPLY_ITEM_BYTES: usize = 32;
 
 impl Outcome {
-    /// Bytes of values the outcome carries (previous values, transaction reads), each nested
-    /// element counting [`REPLY_ITEM_BYTES`] more: what keeping it costs the de-duplication
-    /// table. A fixed function of the outcome, the same on every replica.
+    /// Bytes of values the outcome carries (previous values, the reads of a transaction, each
+    /// element of a read counting [`REPLY_ITEM_BYTES`] more): what keeping it costs the
+    /// de-duplication table beyond a fixed size. 0 for an outcome without values, however many
+    /// commands it answers (a batch of SETs). A fixed function of the outcome, the same on every
+    /// replica.
     pub fn reply_bytes(&self) -> usize {
         match self {
             Outcome::Set {
@@ -443,14 +445,8 @@ impl Outcome {
                 ..
             } => value.len(),
             Outcome::Answer(answer) => answer.reply_bytes(),
-            Outcome::Txn { outcomes, .. } => outcomes
-                .iter()
-                .map(|o| REPLY_ITEM_BYTES + o.reply_bytes())
-                .sum(),
-            Outcome::Batch(replies) => replies
-                .iter()
-                .map(|r| REPLY_ITEM_BYTES + r.outcome.reply_bytes())
-                .sum(),
+            Outcome::Txn { outcomes, .. } => outcomes.iter().map(Outcome::reply_bytes).sum(),
+            Outcome::Batch(replies) => replies.iter().map(|r| r.outcome.reply_bytes()).sum(),
             _ => 0,
         }
     }

@@ -34,6 +34,7 @@ mod identity;
 mod log_store;
 mod segments;
 mod snapshot_file;
+mod space;
 mod state_machine;
 
 use std::io::Cursor;
@@ -44,6 +45,7 @@ use openraft::{Entry, RaftTypeConfig};
 
 pub use identity::{Identity, IdentityError};
 pub use log_store::{LogStats, LogStore};
+pub use space::available_bytes;
 pub use state_machine::SnapshotStats;
 pub use state_machine::{StateMachineStore, StateView};
 

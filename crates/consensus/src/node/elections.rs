@@ -1,9 +1,10 @@
 //! Elections on and off. A node opens with elections off; one with Raft state turns them on once
 //! a leader reaches it or a grace passes, a fresh one at once (see `Node::open`), and a stopping
-//! node turns them off for good.
+//! node turns them off for good. A node low on disk has them off while it is (`disk.rs`).
 //!
 //! Does not own: the stopping flag itself (`lifecycle.rs`), leadership handover (`handover.rs`).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Node;
@@ -16,13 +17,29 @@ impl Node {
     pub(super) async fn enable_elections(self) {
         let grace = Duration::from_millis((4 * self.inner.timing.election_max_ms).max(1000));
         let _ = tokio::time::timeout(grace, self.inner.leader_heard.notified()).await;
-        // A node told to stop during its grace never turns elections back on (the second check
-        // covers a stop that lands between the first and `elect(true)`).
-        if !self.inner.lifecycle.stopping() {
-            self.inner.raft.runtime_config().elect(true);
-            if self.inner.lifecycle.stopping() {
-                self.inner.raft.runtime_config().elect(false);
-            }
+        self.open_elections();
+    }
+
+    /// Lets this node start elections from now on (unless it stops, or while it is low on
+    /// disk).
+    pub(super) fn open_elections(&self) {
+        self.inner.elections_open.store(true, Ordering::Relaxed);
+        self.refresh_elections();
+    }
+
+    /// Turns elections on or off as the node's state asks: on once opened, unless it is
+    /// stopping or low on disk.
+    pub(super) fn refresh_elections(&self) {
+        let on = || {
+            self.inner.elections_open.load(Ordering::Relaxed)
+                && !self.inner.lifecycle.stopping()
+                && !self.disk_low()
+        };
+        self.inner.raft.runtime_config().elect(on());
+        // A stop (or a change of room) that lands between the check and `elect` is caught by
+        // the second look.
+        if !on() {
+            self.inner.raft.runtime_config().elect(false);
         }
     }
 
@@ -37,5 +54,26 @@ impl Node {
     /// Records that a leader reached this node.
     pub(crate) fn heard_from_leader(&self) {
         self.inner.leader_heard.notify_one();
+    }
+
+    /// Records that openraft has handled an AppendEntries from a leader (and so restarted its
+    /// election timer).
+    pub(crate) fn handled_leader_append(&self) {
+        self.inner.leader_appends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Turns elections back on once the leader is heard again (or a grace passes): after a
+    /// while with elections off and no entries taken, openraft's election timer ran out long
+    /// ago, and an election started at once would depose a healthy leader.
+    pub(super) async fn refresh_elections_once_led(self) {
+        let seen = self.inner.leader_appends.load(Ordering::Relaxed);
+        let grace = Duration::from_millis((4 * self.inner.timing.election_max_ms).max(1000));
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.leader_appends.load(Ordering::Relaxed) == seen
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.refresh_elections();
     }
 }

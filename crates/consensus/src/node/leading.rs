@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use conclave_state::{Command, Millis, WriteRequest};
 
-use super::Node;
+use super::{Node, NodeError};
 use crate::leader::{self, LeaderError, LeaderReply, LeaderRequest};
 
 /// A linearizable read commits a `Tick` first when the replicated clock lags the leader's time
@@ -51,7 +51,12 @@ impl Node {
         };
         match request {
             LeaderRequest::ReadIndex => self.read_index_as_leader().await,
-            LeaderRequest::Write(write) => self.propose_write(write).await.map(LeaderReply::Write),
+            LeaderRequest::Write(write) => {
+                if let Err(NodeError::NoSpace(reason)) = self.check_room_for(&write.command) {
+                    return Err(LeaderError::NoSpace(reason));
+                }
+                self.propose_write(write).await.map(LeaderReply::Write)
+            }
             request => leader::execute(&self.inner.raft, request, 0).await,
         }
     }

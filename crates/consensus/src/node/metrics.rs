@@ -169,6 +169,18 @@ impl Node {
             status.keys as f64,
         );
         out.single(
+            "conclave_disk_available_bytes",
+            Kind::Gauge,
+            "Bytes available on the data directory's filesystem, as last measured.",
+            self.disk_available() as f64,
+        );
+        out.single(
+            "conclave_disk_low",
+            Kind::Gauge,
+            "1 while less than --disk-reserve is available: writes are refused and the node takes no entries.",
+            f64::from(u8::from(self.disk_low())),
+        );
+        out.single(
             "conclave_retry_reply_bytes",
             Kind::Gauge,
             &format!(

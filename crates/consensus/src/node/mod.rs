@@ -31,6 +31,7 @@
 //! [`Node::shutdown`] stops Raft. The flags behind this live in `lifecycle.rs`, with a diagram.
 
 mod admission;
+mod disk;
 mod elections;
 mod forming;
 mod handover;
@@ -111,6 +112,9 @@ pub struct NodeOptions {
     /// How this node's connections to peers authenticate: the cluster's CA and this node's
     /// certificate (None: plaintext). Changed later with [`Node::set_peer_tls`].
     pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Bytes the data directory's filesystem must keep available; below it the node is low on
+    /// disk and refuses writes (see `disk.rs`). 0: never.
+    pub disk_reserve: u64,
 }
 
 impl NodeOptions {
@@ -165,6 +169,10 @@ pub enum NodeError {
     /// The request is invalid for the cluster as it is (e.g. removing an unknown member).
     #[error("{0}")]
     Rejected(String),
+    /// A node's disk is nearly full (this one's, or the leader's): the write was refused before
+    /// it was proposed, so it was not applied. Retrying succeeds once space returns.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// A handle on the running node; cheap to clone.
@@ -190,6 +198,13 @@ struct Inner {
     sequence: AtomicU64,
     /// Signalled by each AppendEntries received (see `enable_elections`).
     leader_heard: tokio::sync::Notify,
+    /// Whether this node may start elections once it is not stopping or low on disk (see
+    /// `elections.rs`).
+    elections_open: std::sync::atomic::AtomicBool,
+    /// AppendEntries from a leader that openraft has handled (see `elections.rs`).
+    leader_appends: AtomicU64,
+    /// The room on the data directory's disk (see `disk.rs`).
+    disk: disk::DiskWatch,
     /// Forming or taking part, stopping or not, handing over or not (see `lifecycle.rs`).
     lifecycle: Lifecycle,
     /// The term this node last led in and when it was first seen leading in it (by the
@@ -315,6 +330,9 @@ impl Node {
                 client_id: random_client_id(id),
                 sequence: AtomicU64::new(1),
                 leader_heard: tokio::sync::Notify::new(),
+                elections_open: std::sync::atomic::AtomicBool::new(false),
+                leader_appends: AtomicU64::new(0),
+                disk: disk::DiskWatch::new(options.data_dir.clone(), options.disk_reserve),
                 lifecycle: Lifecycle::new(),
                 led_since: std::sync::Mutex::new(None),
                 time: LeaderTime::new(WallClock::new(options.clock_offset_file.clone())),
@@ -339,9 +357,10 @@ impl Node {
             node.inner.lifecycle.take_part();
             tokio::spawn(node.clone().enable_elections());
         } else {
-            node.inner.raft.runtime_config().elect(true);
+            node.open_elections();
         }
         tokio::spawn(node.clone().leader_housekeeping());
+        tokio::spawn(node.clone().watch_disk());
         tokio::spawn(node.clone().register_incarnation());
         tokio::spawn(node.clone().learn_startup_floor());
         Ok(node)

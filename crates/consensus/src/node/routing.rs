@@ -43,6 +43,7 @@ impl Node {
                 "a write holds at most {max} bytes of keys and values; this one holds {bytes}"
             )));
         }
+        self.check_room_for(&request.command)?;
         if request.id.is_none() {
             request.id = Some(self.next_request_id());
         }
@@ -149,6 +150,7 @@ impl Node {
             match outcome {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(LeaderError::Rejected(reason))) => return Err(NodeError::Rejected(reason)),
+                Ok(Err(LeaderError::NoSpace(reason))) => return Err(NodeError::NoSpace(reason)),
                 Ok(Err(LeaderError::NotLeader)) => problem = "leadership moved".into(),
                 Ok(Err(LeaderError::Unavailable(reason))) => problem = reason,
                 Err(reason) => problem = reason,

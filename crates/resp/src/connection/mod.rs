@@ -738,5 +738,7 @@ pub(crate) fn node_error(error: NodeError) -> Reply {
         NodeError::Unavailable(reason) => Reply::error(format!("TRYAGAIN {reason}")),
         NodeError::Indeterminate(reason) => Reply::error(format!("{UNCERTAIN} {reason}")),
         NodeError::Rejected(reason) => Reply::error(format!("ERR {reason}")),
+        // Redis's error for writes it cannot persist; clients do not retry it by themselves.
+        NodeError::NoSpace(reason) => Reply::error(format!("MISCONF {reason}")),
     }
 }

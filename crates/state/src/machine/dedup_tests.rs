@@ -161,3 +161,32 @@ fn a_loaded_snapshot_bounds_replies_as_the_replica_that_wrote_it() {
     assert_eq!(a, b);
     assert!(a.kept_reply_bytes() <= MAX_KEPT_REPLIES_BYTES);
 }
+
+#[test]
+fn replies_without_values_never_count_against_the_budget() {
+    let mut m = Machine::new();
+    // A batch of plain SETs, as a RESP pipeline sends them: one transaction of many commands.
+    let sets = Command::Txn(Box::new(Transaction {
+        compares: vec![],
+        success: (0..256)
+            .map(|i| Command::Set {
+                key: b(&format!("k{i}")),
+                value: b("v"),
+                condition: SetCondition::Always,
+                expiry: Expiry::Never,
+                return_previous: false,
+                lease: None,
+            })
+            .collect(),
+        failure: vec![],
+    }));
+    let writes = 2 * MAX_KEPT_REPLIES_BYTES as u64 / (256 * 32);
+    let mut first = None;
+    for n in 0..writes {
+        let reply = m.apply(n + 1, &request(id(1, n), n + 1, sets.clone()));
+        first.get_or_insert(reply);
+    }
+    assert_eq!(m.kept_reply_bytes(), 0);
+    let retry = m.apply(writes + 1, &request(id(1, 0), writes + 1, sets));
+    assert_eq!(Some(retry), first, "the oldest batch's reply, whole");
+}
