@@ -335,16 +335,27 @@ impl Client {
     {
         let started = Instant::now();
         let mut attempts = 0;
+        // The first failure after which a write may have been applied (its node may have handed
+        // it to a leader before the call broke or its deadline passed).
+        let mut uncertain: Option<Status> = None;
         loop {
             let (index, channel) = self.channel();
             match call(channel).await {
                 Ok(value) => return Ok(value),
                 Err(status) if node_unreachable(&status) && started.elapsed() < FAILOVER_BUDGET => {
+                    if uncertain.is_none() && may_have_been_applied(&status) {
+                        uncertain = Some(status);
+                    }
                     attempts += 1;
                     self.fail_over_from(index);
                     if attempts % self.channels.len() == 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                }
+                // A node low on disk refuses a write before proposing it: true of this attempt,
+                // not of an earlier one that may have been applied.
+                Err(status) if status.code() == Code::ResourceExhausted && uncertain.is_some() => {
+                    return Err(uncertain.expect("checked").into())
                 }
                 Err(status) => return Err(status.into()),
             }
@@ -481,6 +492,13 @@ fn node_unreachable(status: &Status) -> bool {
     // this client carries its write id, so sending it again applies it at most once.
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
         || std::error::Error::source(status).is_some()
+}
+
+/// Whether a failed call may still have its write applied: the node answered that the outcome
+/// is unknown (DEADLINE_EXCEEDED), or the call broke in the transport after it was sent. A node's
+/// own UNAVAILABLE means the write was never handed to a leader.
+fn may_have_been_applied(status: &Status) -> bool {
+    status.code() == Code::DeadlineExceeded || std::error::Error::source(status).is_some()
 }
 
 /// Replies that carry a [`v1::ResponseHeader`].

@@ -206,13 +206,16 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_return
         cluster.logs()
     );
 
-    // Nothing acknowledged was lost, on any node.
+    // What was refused was not applied, and nothing acknowledged was lost, on any node.
     let revision = cluster.status(leader).await.unwrap().applied;
     for id in 1..=3 {
         cluster
             .wait_applied(id, revision, Duration::from_secs(15))
             .await;
         let connection = &mut connections[id as usize - 1];
+        for refused in ["on-leader", "grpc"] {
+            assert_eq!(connection.call(&[b"GET", refused.as_bytes()]), Frame::Nil);
+        }
         for key in &acknowledged {
             assert_eq!(
                 connection.call(&[b"GET", key.as_bytes()]),

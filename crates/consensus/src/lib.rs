@@ -26,6 +26,7 @@ mod formation;
 mod leader;
 pub mod network;
 mod node;
+mod restore;
 mod service;
 
 use std::io::Cursor;
@@ -34,6 +35,7 @@ pub use cluster::{ClusterSpec, SpecError};
 pub use leader::{AdminRequest, MemberView, MembershipView};
 pub use network::MAX_PEER_MESSAGE_BYTES;
 pub use node::{Consistency, Node, NodeError, NodeOptions, NodeStatus, StartError, Timing};
+pub use restore::seed_from_backup;
 pub use service::PeerService;
 
 /// Node ids are small integers chosen by the operator.

@@ -5,7 +5,9 @@ use conclave_proto::peer::{
     ForwardRequest, ForwardResponse, IdentifyRequest, IdentifyResponse, RaftMessage,
     TimeoutNowRequest, TimeoutNowResponse,
 };
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, encode};
@@ -82,7 +84,16 @@ impl Peer for PeerService {
             self.refuse_if_low_on_disk()?;
         }
         let answer = self.node.raft().append_entries(rpc).await;
-        self.node.handled_leader_append();
+        // Only an AppendEntries openraft took from its current leader restarted its election
+        // timer (one from a deposed leader is answered HigherVote).
+        if matches!(
+            answer,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.node.handled_leader_append();
+        }
         reply(&answer)
     }
 

@@ -124,6 +124,23 @@ impl Machine {
         self.clock
     }
 
+    /// The reply remembered for the write `id`, if it was applied within the de-duplication
+    /// window.
+    pub fn remembered_reply(&self, id: RequestId) -> Option<WriteReply> {
+        self.sessions.reply(id)
+    }
+
+    /// This machine as a new cluster starts from it (restoring a backup): the keys, leases,
+    /// history, clock and revision, without what belonged to the old cluster's processes (their
+    /// data directories' incarnations, their remembered replies).
+    pub fn restored(&self) -> Machine {
+        Machine {
+            sessions: Sessions::default(),
+            incarnations: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
     /// Bytes of values held in the replies remembered for retries (at most
     /// [`MAX_KEPT_REPLIES_BYTES`]).
     pub fn kept_reply_bytes(&self) -> usize {

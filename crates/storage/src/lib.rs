@@ -3,8 +3,9 @@
 //!
 //! Owns: the data directory's layout, the Raft log and vote ([`LogStore`], openraft's
 //! `RaftLogStorage`; entries in `segments.rs`), the state machine with its snapshots
-//! ([`StateMachineStore`], openraft's `RaftStateMachine`), and the node's identity record
-//! ([`Identity`]). sled and the segment files are used only here, so that the engines can change
+//! ([`StateMachineStore`], openraft's `RaftStateMachine`), the node's identity record
+//! ([`Identity`]), and the backup file format with the seeding of a data directory from one
+//! (`backup.rs`). sled and the segment files are used only here, so that the engines can change
 //! without touching consensus or API code.
 //!
 //! Does not own: the openraft type configuration (the consensus crate declares it; these stores
@@ -28,6 +29,7 @@
 // openraft's StorageError is large, and its traits dictate that our helpers return it.
 #![allow(clippy::result_large_err)]
 
+mod backup;
 mod coverage;
 mod durable;
 mod identity;
@@ -43,6 +45,9 @@ use std::path::Path;
 use conclave_state::{WriteReply, WriteRequest};
 use openraft::{Entry, RaftTypeConfig};
 
+pub use backup::{
+    read_backup, seed_snapshot, write_backup, Backup, BackupError, BackupHeader, BACKUP_VERSION,
+};
 pub use identity::{Identity, IdentityError};
 pub use log_store::{LogStats, LogStore};
 pub use space::available_bytes;

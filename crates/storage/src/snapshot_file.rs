@@ -67,6 +67,14 @@ impl SnapshotFile {
         Ok(file)
     }
 
+    /// The snapshot file of a data directory no node has opened yet (no earlier version's
+    /// snapshot to move), for seeding it.
+    pub(crate) fn at(dir: &Path) -> Self {
+        SnapshotFile {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
     }

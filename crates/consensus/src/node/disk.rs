@@ -29,6 +29,8 @@ pub(super) struct DiskWatch {
     reserve: u64,
     available: AtomicU64,
     low: AtomicBool,
+    /// Times the node stopped being low: only the latest recovery turns elections back on.
+    pub(super) recoveries: AtomicU64,
 }
 
 impl DiskWatch {
@@ -38,6 +40,7 @@ impl DiskWatch {
             reserve,
             available: AtomicU64::new(u64::MAX),
             low: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
         };
         watch.measure();
         watch
@@ -53,7 +56,15 @@ impl DiskWatch {
             }
         };
         self.available.store(available, Ordering::Relaxed);
-        let low = self.reserve > 0 && available < self.reserve;
+        // Once low, the node stays so until a sixteenth of the reserve more is free, so that
+        // space hovering at the reserve does not turn writes and elections on and off.
+        let was_low = self.low.load(Ordering::Relaxed);
+        let threshold = if was_low {
+            self.reserve.saturating_add(self.reserve / 16)
+        } else {
+            self.reserve
+        };
+        let low = self.reserve > 0 && available < threshold;
         (self.low.swap(low, Ordering::Relaxed) != low).then_some(low)
     }
 
@@ -90,7 +101,8 @@ impl Node {
                         available = disk.available.load(Ordering::Relaxed),
                         "room on the data directory's disk again: taking writes"
                     );
-                    tokio::spawn(self.clone().refresh_elections_once_led());
+                    let recovery = disk.recoveries.fetch_add(1, Ordering::Relaxed) + 1;
+                    tokio::spawn(self.clone().refresh_elections_once_led(recovery));
                 }
                 None => {}
             }

@@ -65,7 +65,9 @@ impl Node {
     /// Turns elections back on once the leader is heard again (or a grace passes): after a
     /// while with elections off and no entries taken, openraft's election timer ran out long
     /// ago, and an election started at once would depose a healthy leader.
-    pub(super) async fn refresh_elections_once_led(self) {
+    /// Only the task of the latest `recovery` acts: after a later one, its own task waits for
+    /// an AppendEntries handled since.
+    pub(super) async fn refresh_elections_once_led(self, recovery: u64) {
         let seen = self.inner.leader_appends.load(Ordering::Relaxed);
         let grace = Duration::from_millis((4 * self.inner.timing.election_max_ms).max(1000));
         let deadline = tokio::time::Instant::now() + grace;
@@ -74,6 +76,8 @@ impl Node {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.refresh_elections();
+        if self.inner.disk.recoveries.load(Ordering::Relaxed) == recovery {
+            self.refresh_elections();
+        }
     }
 }

@@ -43,7 +43,17 @@ impl Node {
                 "a write holds at most {max} bytes of keys and values; this one holds {bytes}"
             )));
         }
-        self.check_room_for(&request.command)?;
+        if self.disk_low() {
+            // A retry of a write applied before is answered as any replica would; any other
+            // write that adds data is refused.
+            if let Some(reply) = request
+                .id
+                .and_then(|id| self.view().read(|m| m.remembered_reply(id)))
+            {
+                return Ok(reply);
+            }
+            self.check_room_for(&request.command)?;
+        }
         if request.id.is_none() {
             request.id = Some(self.next_request_id());
         }
@@ -114,6 +124,8 @@ impl Node {
                     NodeError::Unavailable(format!("no leader answered in time: {problem}"))
                 });
             }
+            // Whether an earlier attempt may have reached a leader, which may still commit it.
+            let maybe_proposed = handed_over;
             let outcome = match self.leader() {
                 Some((leader, _)) if leader == self.inner.id => {
                     handed_over = true;
@@ -150,6 +162,10 @@ impl Node {
             match outcome {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(LeaderError::Rejected(reason))) => return Err(NodeError::Rejected(reason)),
+                // A refusal for disk says this attempt was not proposed; after an earlier one
+                // that may have been, the outcome stays unknown: retried until the deadline,
+                // then answered as indeterminate.
+                Ok(Err(LeaderError::NoSpace(reason))) if maybe_proposed => problem = reason,
                 Ok(Err(LeaderError::NoSpace(reason))) => return Err(NodeError::NoSpace(reason)),
                 Ok(Err(LeaderError::NotLeader)) => problem = "leadership moved".into(),
                 Ok(Err(LeaderError::Unavailable(reason))) => problem = reason,
