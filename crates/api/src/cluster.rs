@@ -1,4 +1,4 @@
-//! The `Cluster` service: status, membership and leadership transfer.
+//! The `Cluster` service: status, membership, leadership transfer and backups.
 
 use conclave_consensus::{AdminRequest, MemberView, MembershipView, Node};
 use conclave_proto::v1::cluster_server::{Cluster, ClusterServer};
@@ -52,8 +52,47 @@ fn members(members: Vec<MemberView>) -> Vec<Member> {
         .collect()
 }
 
+/// Bytes of a backup per streamed chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type SnapshotStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<SnapshotChunk, Status>> + Send + 'static>,
+    >;
+
+    /// A backup of this node's replica as it is now: a copy taken under the replica's lock (its
+    /// maps are shared, copied on write), encoded off the runtime's threads.
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let machine = self.node.view().read(|m| m.clone());
+        let (node, cluster_id) = (self.node.id(), self.node.peers().cluster_id().unwrap_or(0));
+        let taken_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let revision = machine.revision();
+        let file = tokio::task::spawn_blocking(move || {
+            conclave_storage::write_backup(&machine, node, cluster_id, taken_at_ms)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("encoding the backup failed: {e}")))?;
+        let total_bytes = file.len() as u64;
+        let chunks: Vec<SnapshotChunk> = file
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, data)| SnapshotChunk {
+                data: data.to_vec(),
+                revision: if i == 0 { revision } else { 0 },
+                total_bytes: if i == 0 { total_bytes } else { 0 },
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = self.node.status();
         Ok(Response::new(StatusResponse {

@@ -471,6 +471,26 @@ impl Client {
         Ok(response)
     }
 
+    /// A backup of the node in use's replica (no failover: a backup is of one node): the
+    /// backup file's bytes, as `conclave ctl snapshot save` writes them, and their revision.
+    pub async fn snapshot(&self) -> Result<(u64, Vec<u8>), Error> {
+        let mut chunks = self
+            .cluster()
+            .snapshot(v1::SnapshotRequest {})
+            .await?
+            .into_inner();
+        let mut file = Vec::new();
+        let mut revision = 0;
+        while let Some(chunk) = chunks.message().await? {
+            if file.is_empty() {
+                revision = chunk.revision;
+                file.reserve(chunk.total_bytes as usize);
+            }
+            file.extend_from_slice(&chunk.data);
+        }
+        Ok((revision, file))
+    }
+
     /// The status of the node in use (no failover: status is per node).
     pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
         Ok(self

@@ -53,6 +53,8 @@ pub const METHODS: &[(&str, &str, Permission)] = {
         ("Cluster", "PromoteMember", Admin),
         ("Cluster", "RemoveMember", Admin),
         ("Cluster", "TransferLeadership", Admin),
+        // A backup holds every key: an operator's call, not a reader's.
+        ("Cluster", "Snapshot", Admin),
         ("Lease", "Grant", Write),
         ("Lease", "Revoke", Write),
         ("Lease", "KeepAlive", Write),

@@ -4,6 +4,7 @@
 //! It only parses flags and ties the crates together: the node lives in `conclave-consensus`,
 //! its client-facing services in `conclave-api`, the client in `conclave-client`.
 
+mod backup;
 mod bench;
 mod certs;
 mod config;

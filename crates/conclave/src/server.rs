@@ -153,6 +153,11 @@ pub struct ServerArgs {
     /// HOST:PORT to serve Prometheus metrics on (`GET /metrics`); off when absent.
     #[arg(long, env = "CONCLAVE_METRICS")]
     pub metrics: Option<String>,
+    /// Seed this node's empty data directory from a backup (`ctl snapshot save`) before it
+    /// starts: give every node of the new cluster the same file and --initial-cluster. A data
+    /// directory this backup seeded before starts as usual; one holding other data is refused.
+    #[arg(long, env = "CONCLAVE_RESTORE")]
+    pub restore: Option<PathBuf>,
     /// For tests: a file holding a signed number of milliseconds added to this node's wall
     /// clock (re-read as it changes; missing or empty is 0), to step or skew one node's clock.
     #[arg(long, env = "CONCLAVE_CLOCK_OFFSET_FILE", hide = true)]
@@ -258,6 +263,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     } = node_options(&args)?;
     let id = options.id;
     warn_about_exposure(&args, &users, tls.is_some());
+    if let Some(backup) = &args.restore {
+        crate::backup::restore(backup, &options.data_dir, &options.cluster)?;
+    }
     // Every listener is bound before the node opens: a port in use fails the start at once.
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
