@@ -42,8 +42,17 @@ pub async fn save(client: &conclave_client::Client, path: &Path) -> anyhow::Resu
     let (_, bytes) = client.snapshot().await?;
     let backup = conclave_storage::read_backup(&bytes).context("the node sent a damaged backup")?;
     let partial = PathBuf::from(format!("{}.part", path.display()));
-    let mut file =
-        File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    // Readable by its owner only: it holds every key.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?
+    };
     file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);
@@ -66,22 +75,30 @@ pub fn status(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `server --restore FILE`: seeds `data_dir` from the backup, with `cluster`'s members as the
-/// voters, unless this backup already did (a restarted node keeps its flags). A data directory
-/// holding anything else is refused: a restore only ever starts a new node.
-pub fn restore(path: &Path, data_dir: &Path, cluster: &ClusterSpec) -> anyhow::Result<()> {
+/// The checksum of the backup `data_dir` was restored from, if it was.
+pub fn restored_from(data_dir: &Path) -> Option<String> {
+    fs::read_to_string(data_dir.join(RESTORED_FROM))
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|checksum| !checksum.is_empty())
+}
+
+/// `server --restore FILE`: seeds the empty `data_dir` of node `id` from the backup, with
+/// `cluster`'s members as the voters, and records which backup did (the restored cluster's id
+/// derives from it). Once only: a data directory holding anything is refused, this backup's
+/// seeding included, so that a node whose disk is lost later is never seeded again by a flag
+/// left in place (it would vote as a member holding the backup's state, not what it had).
+pub fn restore(path: &Path, data_dir: &Path, id: u64, cluster: &ClusterSpec) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cluster.address(id).is_some(),
+        "--restore seeds a member of --initial-cluster, which does not list node {id}"
+    );
     let (backup, bytes) = read(path)?;
-    let marker = data_dir.join(RESTORED_FROM);
-    if let Ok(recorded) = fs::read_to_string(&marker) {
-        anyhow::ensure!(
-            recorded.trim() == backup.checksum_hex(),
-            "{} was restored from another backup (sha256 {}); --restore seeds an empty data \
-             directory only",
-            data_dir.display(),
-            recorded.trim()
+    if let Some(checksum) = restored_from(data_dir) {
+        anyhow::bail!(
+            "{} was restored from a backup (sha256 {checksum}) before: start it without --restore",
+            data_dir.display()
         );
-        tracing::info!(backup = %path.display(), "the data directory was restored from this backup before: starting as usual");
-        return Ok(());
     }
     let empty = match fs::read_dir(data_dir) {
         Ok(mut entries) => entries.next().is_none(),
@@ -95,6 +112,9 @@ pub fn restore(path: &Path, data_dir: &Path, cluster: &ClusterSpec) -> anyhow::R
     );
     conclave_consensus::seed_from_backup(data_dir, cluster, &backup.machine)
         .with_context(|| format!("cannot seed {}", data_dir.display()))?;
+    // Last: a directory with the snapshot but not this record is refused by the next attempt
+    // (as holding data), never started as a fresh node.
+    let marker = data_dir.join(RESTORED_FROM);
     let mut file = File::create(&marker)?;
     writeln!(file, "{}", backup.checksum_hex())?;
     file.sync_all()?;

@@ -208,7 +208,10 @@ fn node_options(args: &ServerArgs) -> anyhow::Result<Prepared> {
         _ => None,
     };
     let id = node_id(args)?;
-    let cluster = ClusterSpec::parse(&args.initial_cluster)?;
+    let mut cluster = ClusterSpec::parse(&args.initial_cluster)?;
+    if let Some(checksum) = crate::backup::restored_from(&args.data_dir) {
+        cluster = cluster.restored_from(&checksum);
+    }
     let address: std::net::SocketAddr = args
         .listen
         .parse()
@@ -256,6 +259,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         return Ok(crate::config::check(&args, node_options(&args)));
     }
     crate::memory::start_trimming();
+    if let Some(backup) = &args.restore {
+        anyhow::ensure!(
+            !args.join,
+            "--restore seeds a listed member: not with --join"
+        );
+        let cluster = ClusterSpec::parse(&args.initial_cluster)?;
+        crate::backup::restore(backup, &args.data_dir, node_id(&args)?, &cluster)?;
+    }
     let Prepared {
         options,
         tls,
@@ -263,9 +274,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     } = node_options(&args)?;
     let id = options.id;
     warn_about_exposure(&args, &users, tls.is_some());
-    if let Some(backup) = &args.restore {
-        crate::backup::restore(backup, &options.data_dir, &options.cluster)?;
-    }
     // Every listener is bound before the node opens: a port in use fails the start at once.
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -1,7 +1,9 @@
 //! Backup and restore, as after every disk of a cluster is lost: `ctl snapshot save` from a
 //! follower, then a new cluster started with `--restore` on every node serves every key the
-//! backup held (strings, hashes, sets, TTLs), nothing written after it, and takes writes; a
-//! damaged backup and a data directory holding other data are refused with the reason.
+//! backup held (strings, hashes, sets, TTLs), nothing written after it, and takes writes at
+//! revisions past any the old cluster gave out. `--restore` acts once; a node started empty
+//! beside restored ones is not taken for a member of their cluster; a damaged backup and a data
+//! directory holding other data are refused with the reason.
 
 mod common;
 
@@ -84,16 +86,25 @@ async fn a_saved_backup_restores_a_new_cluster_with_every_key() {
     }
     drop(old);
 
+    // Node 4 is listed but started empty, as if its operator forgot --restore.
     let restore = ["--restore", file_arg];
-    let mut new = Cluster::start_with_resp(3, &restore);
-    let new_leader = new.wait_leader(Duration::from_secs(20)).await;
+    let mut new = Cluster::define(4, &restore, true);
+    new.nodes.get_mut(&4).unwrap().extra_args.clear();
+    for id in 1..=4 {
+        new.restart(id);
+    }
+    let new_leader = restored_leader(&new).await;
+    let mut writer = RespConnection::connect(&new.resp(1));
+    assert_eq!(writer.cmd("INCRBY counter 1"), Frame::Integer(42));
+    let bump = conclave_consensus::RESTORE_REVISION_BUMP;
     let status = new.status(new_leader).await.unwrap();
     assert!(
-        status.applied >= revision,
-        "revisions go on from the backup's"
+        status.applied > revision + bump,
+        "revisions go on {bump} past the backup's {revision}: {}",
+        status.applied
     );
     for id in 1..=3 {
-        new.wait_applied(id, revision, Duration::from_secs(10))
+        new.wait_applied(id, status.applied, Duration::from_secs(10))
             .await;
         let mut reader = RespConnection::connect(&new.resp(id));
         for i in 0..300 {
@@ -110,6 +121,7 @@ async fn a_saved_backup_restores_a_new_cluster_with_every_key() {
             panic!("TTL answers an integer");
         };
         assert!((3000..=3600).contains(&ttl), "the TTL survives: {ttl}");
+        assert_eq!(reader.cmd("GET counter"), Frame::bulk("42"));
         assert_eq!(
             reader.cmd("GET later"),
             Frame::Nil,
@@ -117,14 +129,29 @@ async fn a_saved_backup_restores_a_new_cluster_with_every_key() {
         );
     }
 
-    // The new cluster takes writes, and a node restarted with --restore still given starts as
-    // usual, keeping them.
-    let mut writer = RespConnection::connect(&new.resp(1));
-    assert_eq!(writer.cmd("INCRBY counter 1"), Frame::Integer(42));
+    // The node started empty never joined the restored cluster: it holds none of it.
+    let fourth = new.status(4).await.unwrap();
+    assert_ne!(fourth.cluster_id, status.cluster_id);
+    assert_eq!(
+        (fourth.keys, fourth.leader),
+        (0, None),
+        "the empty node took nothing from the restored ones, nor they from it"
+    );
+
+    // --restore acts once: a restart with it still given is refused, one without it keeps the
+    // writes made since.
     assert_eq!(writer.cmd("SET after-restore yes"), Frame::status("OK"));
     let written = new.status(new_leader).await.unwrap().applied;
     let restarted = (1..=3).find(|id| *id != new_leader).unwrap();
     new.kill(restarted);
+    let refused = run_to_exit(new.command(restarted), Duration::from_secs(20));
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("was restored from a backup (sha256 "),
+        "{}",
+        text(&refused.stderr)
+    );
+    new.nodes.get_mut(&restarted).unwrap().extra_args.clear();
     new.restart(restarted);
     new.wait_applied(restarted, written, Duration::from_secs(20))
         .await;
@@ -132,10 +159,9 @@ async fn a_saved_backup_restores_a_new_cluster_with_every_key() {
     assert_eq!(reader.cmd("GET after-restore"), Frame::bulk("yes"));
 
     // A data directory that holds another node's data is never overwritten by a restore.
-    let other = new.nodes[&restarted].data_dir.clone();
-    new.kill(restarted);
-    std::fs::remove_file(other.join("restored-from")).unwrap();
-    let refused = run_to_exit(new.command(restarted), Duration::from_secs(20));
+    new.kill(4);
+    new.nodes.get_mut(&4).unwrap().extra_args = restore.iter().map(|s| s.to_string()).collect();
+    let refused = run_to_exit(new.command(4), Duration::from_secs(20));
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("already holds a node's data"),
@@ -143,6 +169,26 @@ async fn a_saved_backup_restores_a_new_cluster_with_every_key() {
         text(&refused.stderr)
     );
     damaged_backups_are_refused(&file, dir.path());
+}
+
+/// The leader nodes 1 to 3 agree on (node 4, started empty, is not of their cluster).
+async fn restored_leader(cluster: &Cluster) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut leaders = Vec::new();
+        for id in 1..=3 {
+            leaders.push(cluster.status(id).await.and_then(|s| s.leader));
+        }
+        if let Some(Some(leader)) = leaders.first().filter(|l| leaders.iter().all(|o| o == *l)) {
+            return *leader;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agreed leader among the restored nodes: {leaders:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A backup with one byte changed: `status` and `--restore` refuse it, naming the checksum.

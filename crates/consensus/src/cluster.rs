@@ -9,6 +9,10 @@ use crate::NodeId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSpec {
     members: BTreeMap<NodeId, String>,
+    /// The checksum of the backup the cluster was restored from, if it was: a restored cluster
+    /// has an id of its own, so its nodes and nodes started empty with the same list (or
+    /// restored from another backup) never take each other for members of one cluster.
+    restored_from: Option<String>,
 }
 
 /// A malformed `--initial-cluster` value.
@@ -54,7 +58,10 @@ impl ClusterSpec {
         if members.is_empty() {
             return Err(SpecError("no members listed".into()));
         }
-        Ok(ClusterSpec { members })
+        Ok(ClusterSpec {
+            members,
+            restored_from: None,
+        })
     }
 
     /// The listed members.
@@ -67,15 +74,27 @@ impl ClusterSpec {
         self.members.get(&id).map(String::as_str)
     }
 
-    /// A stable id for the cluster created from this list (FNV-1a over the sorted members), the
-    /// same on every node and every build.
+    /// This list as a cluster restored from the backup whose checksum is `checksum`.
+    pub fn restored_from(mut self, checksum: &str) -> ClusterSpec {
+        self.restored_from = Some(checksum.to_string());
+        self
+    }
+
+    /// A stable id for the cluster created from this list (FNV-1a over the sorted members, and
+    /// the backup's checksum for a restored cluster), the same on every node and every build.
     pub fn cluster_id(&self) -> u64 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for (id, address) in &self.members {
-            for byte in format!("{id}={address};").bytes() {
+        let mut add = |text: String| {
+            for byte in text.bytes() {
                 hash ^= u64::from(byte);
                 hash = hash.wrapping_mul(0x0100_0000_01b3);
             }
+        };
+        for (id, address) in &self.members {
+            add(format!("{id}={address};"));
+        }
+        if let Some(checksum) = &self.restored_from {
+            add(format!("restored-from={checksum};"));
         }
         hash
     }

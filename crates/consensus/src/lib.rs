@@ -35,7 +35,7 @@ pub use cluster::{ClusterSpec, SpecError};
 pub use leader::{AdminRequest, MemberView, MembershipView};
 pub use network::MAX_PEER_MESSAGE_BYTES;
 pub use node::{Consistency, Node, NodeError, NodeOptions, NodeStatus, StartError, Timing};
-pub use restore::seed_from_backup;
+pub use restore::{seed_from_backup, RESTORE_REVISION_BUMP};
 pub use service::PeerService;
 
 /// Node ids are small integers chosen by the operator.

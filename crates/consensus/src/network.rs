@@ -9,7 +9,7 @@ use conclave_proto::peer::peer_client::PeerClient;
 use conclave_proto::peer::{
     ForwardRequest, IdentifyRequest, IdentifyResponse, RaftMessage, TimeoutNowRequest,
 };
-use conclave_proto::{CLUSTER_ID_HEADER, TARGET_NODE_HEADER};
+use conclave_proto::{CLUSTER_ID_HEADER, TARGET_NODE_HEADER, WIRE_VERSION, WIRE_VERSION_HEADER};
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
     RemoteError, Unreachable,
@@ -158,8 +158,15 @@ impl Peers {
         self.connect(address)
     }
 
-    /// Adds the cluster id header to a request of any node-to-node service.
+    /// Adds the cluster id and format version headers to a request of any node-to-node service.
     pub fn stamp<T>(&self, mut request: Request<T>) -> Request<T> {
+        request.metadata_mut().insert(
+            WIRE_VERSION_HEADER,
+            WIRE_VERSION
+                .to_string()
+                .parse()
+                .expect("digits are valid metadata"),
+        );
         if let Some(id) = self.cluster_id() {
             request.metadata_mut().insert(
                 CLUSTER_ID_HEADER,

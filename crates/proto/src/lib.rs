@@ -20,6 +20,18 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// The metadata header carrying the sender's cluster id on every node-to-node call.
 pub const CLUSTER_ID_HEADER: &str = "conclave-cluster-id";
 
+/// The metadata header carrying the sender's node-to-node format version ([`WIRE_VERSION`]) on
+/// every node-to-node call; a call without it comes from a build before version 2.
+pub const WIRE_VERSION_HEADER: &str = "conclave-wire-version";
+
+/// The version of the node-to-node format this build speaks: the Peer and Mesh messages and the
+/// encoded Raft messages, forwarded requests and replies inside them. A node reads every
+/// version up to its own and refuses a call in a later one, naming both.
+/// - 1: before versions were announced.
+/// - 2: replies may say a retried write's reply was not kept (`Outcome::Forgotten`), and a
+///   leader may refuse a write for its disk (`LeaderError::NoSpace`).
+pub const WIRE_VERSION: u32 = 2;
+
 /// The metadata header naming the node a node-to-node call is meant for, where the sender knows
 /// it: a node refuses a call meant for another (two members listed at one address, or an address
 /// that moved), which would otherwise have it take its own messages for a peer's.

@@ -123,6 +123,15 @@ impl History {
         }
     }
 
+    /// An empty history that holds nothing at or before `revision` (a watch from before it
+    /// is told so).
+    pub(crate) fn starting_after(revision: Revision) -> History {
+        History {
+            compacted: revision,
+            ..History::default()
+        }
+    }
+
     /// The revision after which every event is kept.
     pub fn compacted(&self) -> Revision {
         self.compacted

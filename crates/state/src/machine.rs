@@ -130,13 +130,18 @@ impl Machine {
         self.sessions.reply(id)
     }
 
-    /// This machine as a new cluster starts from it (restoring a backup): the keys, leases,
-    /// history, clock and revision, without what belonged to the old cluster's processes (their
-    /// data directories' incarnations, their remembered replies).
-    pub fn restored(&self) -> Machine {
+    /// This machine as a new cluster starts from it (restoring a backup): the keys, leases and
+    /// clock, at a revision `bump` later, so that no revision the old cluster may have given
+    /// out after the backup (a lock's fencing token, a lease id, a watch position) is given out
+    /// again; the history holds nothing before it. Without what belonged to the old cluster's
+    /// processes: their data directories' incarnations, their remembered replies.
+    pub fn restored(&self, bump: Revision) -> Machine {
+        let revision = self.revision.saturating_add(bump);
         Machine {
             sessions: Sessions::default(),
             incarnations: BTreeMap::new(),
+            history: History::starting_after(revision),
+            revision,
             ..self.clone()
         }
     }

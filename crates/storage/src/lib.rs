@@ -108,10 +108,54 @@ pub enum OpenError {
     File(#[from] std::io::Error),
     #[error("the data directory's snapshot is unreadable: {0}")]
     Snapshot(String),
+    #[error(
+        "the data directory is in format {found}, written by a later Conclave; this build reads \
+         formats up to {DATA_FORMAT}: run the later build, or restore a backup into a new directory"
+    )]
+    LaterFormat { found: u32 },
+    #[error("the data directory's {FORMAT_FILE} file is unreadable: {0:?}")]
+    BadFormatFile(String),
+}
+
+/// The file naming the format of the data directory's layout: its log segments and their
+/// records, the encoding of log entries, and sled's trees (the snapshot file has a version of
+/// its own).
+pub const FORMAT_FILE: &str = "FORMAT";
+
+/// The data directory format this build writes; it reads every earlier one.
+/// - 1: 64 MiB log segments of (length, CRC32, index) records holding bincode entries; votes,
+///   purge points and the identity in sled. A directory from before the file existed is 1.
+pub const DATA_FORMAT: u32 = 1;
+
+/// Refuses a data directory of a later format; records this build's in a new one.
+fn check_format(dir: &Path) -> Result<(), OpenError> {
+    let path = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: u32 = text
+                .trim()
+                .parse()
+                .map_err(|_| OpenError::BadFormatFile(text.clone()))?;
+            if found > DATA_FORMAT {
+                return Err(OpenError::LaterFormat { found });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            let mut file = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut file, format!("{DATA_FORMAT}\n").as_bytes())?;
+            file.sync_all()?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens (or creates) the data directory at `dir`.
 pub fn open<C: StoreConfig>(dir: &Path, options: StorageOptions) -> Result<Storage<C>, OpenError> {
+    check_format(dir)?;
     let db = sled::Config::new()
         .path(dir)
         .cache_capacity(options.cache_bytes)
@@ -134,4 +178,32 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a stored value.
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     bincode::deserialize(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_records_its_format_and_a_later_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node");
+        check_format(&path).unwrap();
+        let recorded = std::fs::read_to_string(path.join(FORMAT_FILE)).unwrap();
+        assert_eq!(recorded.trim(), DATA_FORMAT.to_string());
+        check_format(&path).expect("its own format, again");
+
+        std::fs::write(path.join(FORMAT_FILE), format!("{}\n", DATA_FORMAT + 1)).unwrap();
+        let error = check_format(&path).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("format {}", DATA_FORMAT + 1))
+                && error.contains(&format!("up to {DATA_FORMAT}")),
+            "{error}"
+        );
+        std::fs::write(path.join(FORMAT_FILE), "one").unwrap();
+        assert!(matches!(
+            check_format(&path),
+            Err(OpenError::BadFormatFile(_))
+        ));
+    }
 }

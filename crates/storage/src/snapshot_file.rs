@@ -22,8 +22,12 @@ use sled::Tree;
 /// The snapshot's file name in the data directory.
 pub const FILE_NAME: &str = "state.snapshot";
 const MAGIC: &[u8; 4] = b"CSNP";
-/// The format version this build writes and reads.
-const VERSION: u32 = 1;
+/// The format version this build writes; it reads every one from [`OLDEST_VERSION`] on.
+/// - 1: the first.
+/// - 2: the machine's remembered replies may hold `Outcome::Forgotten` (a build reading only
+///   version 1 would fail to decode it, so it refuses the file instead).
+const VERSION: u32 = 2;
+const OLDEST_VERSION: u32 = 1;
 /// sled's keys of an earlier version's snapshot.
 const LEGACY_META: &[u8] = b"meta";
 const LEGACY_DATA: &[u8] = b"data";
@@ -143,9 +147,9 @@ fn decode(mut bytes: Vec<u8>) -> io::Result<Stored> {
     }
     // The version first: another version may lay out the rest (the checksum too) otherwise.
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(invalid(&format!(
-            "format version {version}; this build reads version {VERSION}"
+            "format version {version}; this build reads versions {OLDEST_VERSION} to {VERSION}"
         )));
     }
     let body = bytes.len() - 4;
@@ -219,19 +223,32 @@ mod tests {
             .to_string();
         assert!(error.contains("checksum"), "{error}");
 
-        let mut future = Vec::new();
-        write(&mut future, &stored("meta", "data")).unwrap();
-        future[4..8].copy_from_slice(&2u32.to_le_bytes());
-        let body = future.len() - 4;
-        let crc = crc32fast::hash(&future[..body]);
-        future[body..].copy_from_slice(&crc.to_le_bytes());
-        fs::write(&path, &future).unwrap();
+        // The file as another version wrote it: the same layout, another version number.
+        let as_version = |version: u32| {
+            let mut bytes = Vec::new();
+            write(&mut bytes, &stored("meta", "data")).unwrap();
+            bytes[4..8].copy_from_slice(&version.to_le_bytes());
+            let body = bytes.len() - 4;
+            let crc = crc32fast::hash(&bytes[..body]);
+            bytes[body..].copy_from_slice(&crc.to_le_bytes());
+            fs::write(&path, &bytes).unwrap();
+        };
+        as_version(VERSION + 1);
         let error = file
             .load()
             .err()
-            .expect("an unknown version is refused")
+            .expect("a later version is refused")
             .to_string();
-        assert!(error.contains("format version 2"), "{error}");
+        assert!(
+            error.contains(&format!(
+                "format version {}; this build reads versions 1 to {VERSION}",
+                VERSION + 1
+            )),
+            "{error}"
+        );
+        as_version(OLDEST_VERSION);
+        let read = file.load().unwrap().expect("an earlier version is read");
+        assert_eq!((read.meta, read.data), (b"meta".to_vec(), b"data".to_vec()));
     }
 
     /// A crash while a save was writing its temporary file leaves the previous snapshot whole

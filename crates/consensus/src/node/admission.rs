@@ -16,6 +16,7 @@ impl Node {
     /// does not know its cluster yet (it was started with `--join`) adopts the first cluster id
     /// it hears.
     pub async fn admit<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        self.admit_version(request)?;
         if let Some(target) = addressed_to(request)? {
             if target != self.inner.id {
                 return Err(Status::failed_precondition(format!(
@@ -37,10 +38,33 @@ impl Node {
     /// Admits an identity probe: like [`Node::admit`], except that one without the header is
     /// answered (a `--join` node probes before it knows its cluster; the answer is read-only).
     pub async fn admit_probe<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        self.admit_version(request)?;
         match announced_cluster(request)? {
             Some(theirs) => self.admit_cluster(theirs).await,
             None => Ok(()),
         }
+    }
+
+    /// Refuses a call in a node-to-node format later than this build's (FAILED_PRECONDITION,
+    /// naming both): its messages may hold what this node cannot read.
+    fn admit_version<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let version = match request.metadata().get(conclave_proto::WIRE_VERSION_HEADER) {
+            None => 1,
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| Status::invalid_argument("malformed wire version header"))?,
+        };
+        if version > conclave_proto::WIRE_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the caller speaks node-to-node format {version}; node {} (format {}) cannot \
+                 read it: upgrade this node",
+                self.inner.id,
+                conclave_proto::WIRE_VERSION
+            )));
+        }
+        Ok(())
     }
 
     /// Admits a call from a node announcing `cluster_id`.
