@@ -4,8 +4,10 @@
 {"name": ..., "labels": {...}, "value": ...}. Exits non-zero if the text does not parse.
 
     scrape_metrics.py http://127.0.0.1:9100/metrics
+    scrape_metrics.py https://127.0.0.1:9100/metrics CA.pem    (checks the node's certificate)
 """
 import json
+import ssl
 import sys
 import urllib.request
 
@@ -14,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 def main():
     url = sys.argv[1]
-    with urllib.request.urlopen(url, timeout=10) as response:
+    context = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith("text/plain"):
             sys.exit(f"unexpected content type {content_type!r}")

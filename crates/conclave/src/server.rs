@@ -153,6 +153,10 @@ pub struct ServerArgs {
     /// HOST:PORT to serve Prometheus metrics on (`GET /metrics`); off when absent.
     #[arg(long, env = "CONCLAVE_METRICS")]
     pub metrics: Option<String>,
+    /// Serve the metrics over HTTPS, with the node's --tls-cert and --tls-key (Prometheus:
+    /// `scheme: https` and `tls_config.ca_file` set to --tls-ca).
+    #[arg(long, env = "CONCLAVE_METRICS_TLS", requires_all = ["metrics", "tls_cert"])]
+    pub metrics_tls: bool,
     /// Seed this node's empty data directory from a backup (`ctl snapshot save`) before it
     /// starts: give every node of the new cluster the same file and --initial-cluster. A data
     /// directory this backup seeded before starts as usual; one holding other data is refused.
@@ -339,7 +343,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             grpc: grpc_metrics.clone(),
             resp: args.resp.is_some().then(|| resp_metrics.clone()),
         };
-        tokio::spawn(metrics::serve(listener, sources, stop_resp.subscribe()));
+        let metrics_tls = match (&tls, args.metrics_tls) {
+            (Some(tls), true) => Some(tls.server_config(&[b"http/1.1"])?),
+            _ => None,
+        };
+        tokio::spawn(metrics::serve(
+            listener,
+            sources,
+            metrics_tls,
+            stop_resp.subscribe(),
+        ));
         tracing::info!(id, metrics = %format!("http://{address}/metrics"), "node serving metrics");
     }
     let (health, health_service) = tonic_health::server::health_reporter();

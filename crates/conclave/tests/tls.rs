@@ -331,3 +331,55 @@ fn over_tls(tls: conclave_client::ClientTlsConfig) -> conclave_client::ConnectOp
         credentials: None,
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_served_over_https_with_the_node_certificate() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs(&certs_dir, &["ca"]);
+    certs(&certs_dir, &["node", "n1", "--host", "127.0.0.1"]);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut cluster = Cluster::define(1, &[], false);
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    for (flag, value) in [
+        ("--tls-cert", certs_dir.join("n1.pem").display().to_string()),
+        (
+            "--tls-key",
+            certs_dir.join("n1-key.pem").display().to_string(),
+        ),
+        ("--tls-ca", certs_dir.join("ca.pem").display().to_string()),
+        ("--metrics", metrics.clone()),
+    ] {
+        node.extra_args.extend([flag.to_string(), value]);
+    }
+    node.extra_args.push("--metrics-tls".into());
+    cluster.restart(1);
+    wait_leader(&cluster, 1, &tls_config(&certs_dir, None)).await;
+
+    let scrape = |url: String, ca: Option<&Path>| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut command = Command::new(repo.join(".test-env/bin/python"));
+        command
+            .arg(repo.join("cluster-tests/scrape_metrics.py"))
+            .arg(url);
+        if let Some(ca) = ca {
+            command.arg(ca);
+        }
+        command.output().expect("run scrape_metrics.py")
+    };
+    let scraped = scrape(
+        format!("https://{metrics}/metrics"),
+        Some(&certs_dir.join("ca.pem")),
+    );
+    let stdout = String::from_utf8_lossy(&scraped.stdout);
+    assert!(
+        scraped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scraped.stderr)
+    );
+    assert!(stdout.contains("\"conclave_raft_term\""), "{stdout}");
+    // Plain HTTP gets no metrics from it.
+    let plain = scrape(format!("http://{metrics}/metrics"), None);
+    assert!(!plain.status.success(), "plain HTTP was answered");
+}

@@ -4,7 +4,8 @@
 //! Each part counts its own figures (the node in `conclave-consensus`, RESP in `conclave-resp`,
 //! pub/sub in `conclave-pubsub`); this module names pub/sub's, times gRPC calls ([`grpc`]),
 //! reads the process's own figures ([`process`]) and serves the text over a minimal HTTP/1.1
-//! (one request per connection, as Prometheus scrapes).
+//! (one request per connection, as Prometheus scrapes), plain or over TLS (`--metrics-tls`,
+//! the node's certificate).
 
 pub mod grpc;
 pub mod process;
@@ -17,8 +18,8 @@ use conclave_consensus::Node;
 use conclave_metrics::{Exposition, Kind, CONTENT_TYPE};
 use conclave_pubsub::PubSub;
 use conclave_resp::RespMetrics;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// The family every request latency goes under, labelled by `api` and `method`.
 const REQUEST_DURATION: &str = "conclave_request_duration_seconds";
@@ -125,12 +126,14 @@ fn encode_pubsub(pubsub: &PubSub, out: &mut Exposition) {
     );
 }
 
-/// Serves the endpoint until `stopping` turns true.
+/// Serves the endpoint until `stopping` turns true, over TLS with `tls` if given.
 pub async fn serve(
     listener: TcpListener,
     sources: Sources,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let accepted = tokio::select! {
@@ -140,6 +143,9 @@ pub async fn serve(
         match accepted {
             Ok((mut socket, _)) => {
                 let Ok(permit) = scrapes.clone().try_acquire_owned() else {
+                    if acceptor.is_some() {
+                        continue; // no turn for a handshake either
+                    }
                     tokio::spawn(async move {
                         let busy = "too many scrapes at once\n";
                         let _ = respond(
@@ -153,9 +159,22 @@ pub async fn serve(
                     });
                     continue;
                 };
-                let sources = sources.clone();
+                let (sources, acceptor) = (sources.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(socket, &sources)).await;
+                    // The handshake and the request share the scrape's time.
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                        match acceptor {
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(socket).await {
+                                    let _ = answer(stream, &sources).await;
+                                }
+                            }
+                            None => {
+                                let _ = answer(socket, &sources).await;
+                            }
+                        }
+                    })
+                    .await;
                     drop(permit);
                 });
             }
@@ -168,7 +187,10 @@ pub async fn serve(
 }
 
 /// Reads one request head and answers it.
-async fn answer(mut socket: TcpStream, sources: &Sources) -> std::io::Result<()> {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
+    sources: &Sources,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -231,8 +253,8 @@ async fn answer(mut socket: TcpStream, sources: &Sources) -> std::io::Result<()>
     }
 }
 
-async fn respond(
-    socket: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    socket: &mut S,
     status: &str,
     content_type: &str,
     body: &str,
