@@ -8,10 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::resp::{Frame, RespConnection};
-use common::{serial, Cluster};
+use common::{eventually, serial, Cluster};
 use tonic::Code;
 
 const MIB: u64 = 1024 * 1024;
@@ -66,18 +66,6 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     ballast
 }
 
-/// Retries `attempt` until it gives Some, for up to `within`.
-fn eventually<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = attempt() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_returns() {
     let _serial = serial().await;
@@ -111,10 +99,11 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_return
     let leader_dir = cluster.nodes[&leader].data_dir.clone();
     let ballast = fill(&leader_dir, 32 * MIB);
     let follower = followers[0];
-    let refused = eventually(Duration::from_secs(5), "a write refused", || {
+    let refused = eventually(Duration::from_secs(5), "a write refused", async || {
         let reply = write(&mut connections[follower as usize - 1], "probe".into());
         (reply != Frame::status("OK")).then_some(reply)
-    });
+    })
+    .await;
     assert!(
         refused
             .error_text()
@@ -139,14 +128,15 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_return
     eventually(
         Duration::from_secs(5),
         "writes after the leader's disk",
-        || {
+        async || {
             (write(
                 &mut connections[follower as usize - 1],
                 "after-leader".into(),
             ) == Frame::status("OK"))
             .then_some(())
         },
-    );
+    )
+    .await;
     for i in 0..9 {
         let connection = &mut connections[i % 3];
         assert_eq!(
@@ -160,10 +150,15 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_return
     let full = followers[1];
     let full_dir = cluster.nodes[&full].data_dir.clone();
     let ballast = fill(&full_dir, 32 * MIB);
-    eventually(Duration::from_secs(5), "the full follower refusing", || {
-        let reply = write(&mut connections[full as usize - 1], "on-full".into());
-        matches!(reply, Frame::Error(e) if e.starts_with("MISCONF")).then_some(())
-    });
+    eventually(
+        Duration::from_secs(5),
+        "the full follower refusing",
+        async || {
+            let reply = write(&mut connections[full as usize - 1], "on-full".into());
+            matches!(reply, Frame::Error(e) if e.starts_with("MISCONF")).then_some(())
+        },
+    )
+    .await;
     let behind_at = cluster.status(full).await.unwrap().applied;
     for i in 0..20 {
         let id = [leader, followers[0]][i % 2];
@@ -192,12 +187,13 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers_when_space_return
     eventually(
         Duration::from_secs(5),
         "writes on the recovered follower",
-        || {
+        async || {
             (write(&mut connections[full as usize - 1], "after-follower".into())
                 == Frame::status("OK"))
             .then_some(())
         },
-    );
+    )
+    .await;
     let after = cluster.status(leader).await.unwrap();
     assert_eq!(
         (after.leader, after.term),

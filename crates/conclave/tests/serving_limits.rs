@@ -8,19 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::resp::{Frame, RespConnection};
-use common::{serial, Cluster};
-
-/// Retries `attempt` until it gives Some, for up to `within`.
-async fn eventually<T>(within: Duration, mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::{eventually, serial, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_each_protocols_limit_are_refused_and_the_node_keeps_serving() {
@@ -45,10 +33,14 @@ async fn connections_past_each_protocols_limit_are_refused_and_the_node_keeps_se
         Frame::Array(vec![Frame::bulk("maxclients"), Frame::bulk("2")])
     );
     drop(second);
-    let mut again = eventually(Duration::from_secs(5), async || {
-        let mut connection = RespConnection::connect(&cluster.resp(1));
-        (connection.cmd("PING") == Frame::status("PONG")).then_some(connection)
-    })
+    let mut again = eventually(
+        Duration::from_secs(5),
+        "a RESP client taken again",
+        async || {
+            let mut connection = RespConnection::connect(&cluster.resp(1));
+            (connection.cmd("PING") == Frame::status("PONG")).then_some(connection)
+        },
+    )
     .await;
     assert_eq!(again.cmd("SET k v"), Frame::status("OK"));
 
@@ -86,10 +78,14 @@ async fn connections_past_each_protocols_limit_are_refused_and_the_node_keeps_se
     // What the refused connection sent was never applied.
     let served = open.len();
     drop(open);
-    let client = eventually(Duration::from_secs(5), async || {
-        let client = cluster.client(1).await;
-        client.get("k").await.ok().map(|_| client)
-    })
+    let client = eventually(
+        Duration::from_secs(5),
+        "a gRPC client served again",
+        async || {
+            let client = cluster.client(1).await;
+            client.get("k").await.ok().map(|_| client)
+        },
+    )
     .await;
     assert_eq!(
         client.get(format!("conn{served}")).await.unwrap(),
@@ -205,10 +201,14 @@ async fn a_subscriber_over_the_soft_limit_for_its_time_is_disconnected() {
 
     // Once it has been over the soft limit for 2 s, the next message disconnects it.
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    eventually(Duration::from_secs(5), async || {
-        let receivers = publisher.call(&[b"PUBLISH", b"flood", b"more"]);
-        (receivers == Frame::Integer(0)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the slow subscriber disconnected",
+        async || {
+            let receivers = publisher.call(&[b"PUBLISH", b"flood", b"more"]);
+            (receivers == Frame::Integer(0)).then_some(())
+        },
+    )
     .await;
     assert!(slow.is_closed());
     let logs = cluster.logs();
