@@ -128,11 +128,14 @@ impl tracing::field::Visit for UnreachablePeer {
 }
 
 /// How openraft 0.9.25 words the reports [`PeerNoise`] leaves out: an `RPCError::Unreachable`,
-/// replication backing off from an unreachable peer, a late vote response.
+/// replication backing off from an unreachable peer, a late vote response, and a leader's
+/// replication ending because another candidate of the same race won (two nodes of a forming
+/// cluster both elected in term 1: the higher id wins, as openraft orders leaders).
 const NOISE: &[&str] = &[
     "Unreachable node",
     "backoff mode: drain events",
     "will be ignored because vote changed",
+    "seen a higher vote",
 ];
 
 #[derive(Subcommand)]
