@@ -13,6 +13,7 @@ mod dev;
 mod guard;
 mod memory;
 mod metrics;
+mod refusal;
 mod server;
 mod tls;
 

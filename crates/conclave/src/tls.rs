@@ -395,7 +395,7 @@ impl AsyncWrite for Connection {
 
 /// The gRPC listener's connections: plain, or TLS with each handshake on a task of its own (a
 /// slow or silent client holds up nobody), counted in `metrics`. Past `max_connections` open
-/// at once, a connection is refused in HTTP/2's own terms (see [`refuse`]).
+/// at once, a connection is refused in HTTP/2's own terms (see [`crate::refusal::refuse`]).
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -442,10 +442,10 @@ pub fn incoming(
                             if let Ok(Ok(stream)) =
                                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await
                             {
-                                refuse(stream, max_connections).await;
+                                crate::refusal::refuse(stream, max_connections).await;
                             }
                         }
-                        None => refuse(socket, max_connections).await,
+                        None => crate::refusal::refuse(socket, max_connections).await,
                     }
                 });
                 continue;
@@ -489,40 +489,4 @@ pub fn incoming(
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
-}
-
-/// How long a refused connection is given to read the GOAWAY before it is closed.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
-/// Refuses an HTTP/2 connection: the server's SETTINGS, then a GOAWAY that processed no stream,
-/// with ENHANCE_YOUR_CALM and a reason the client can show. What the client sent is read (not
-/// answered) for a moment, so the close does not reset the connection before it reads that.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, max_connections: usize) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SETTINGS: u8 = 0x4;
-    const GOAWAY: u8 = 0x7;
-    const ENHANCE_YOUR_CALM: u32 = 0xb;
-    let reason = format!(
-        "too many connections: this node serves at most {max_connections} gRPC connections at once"
-    );
-    let mut frames = Vec::with_capacity(32 + reason.len());
-    let mut frame = |kind: u8, payload: &[u8]| {
-        frames.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        frames.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
-        frames.extend_from_slice(payload);
-    };
-    frame(SETTINGS, &[]);
-    let mut goaway = vec![0; 4]; // the last stream processed: none
-    goaway.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
-    goaway.extend_from_slice(reason.as_bytes());
-    frame(GOAWAY, &goaway);
-    if io.write_all(&frames).await.is_err() || io.flush().await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-        let mut sink = [0u8; 4096];
-        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
-    let _ = io.shutdown().await;
 }
