@@ -23,6 +23,7 @@ mod clock;
 mod cluster;
 mod codec;
 mod formation;
+pub mod fuzzing;
 mod leader;
 pub mod network;
 mod node;

@@ -30,6 +30,7 @@
 
 mod batch;
 mod connection;
+pub mod fuzzing;
 mod introspection;
 mod metrics;
 mod plan;

@@ -117,7 +117,7 @@ pub enum Command {
     /// replay the same.
     ForgetNode { node: u64 },
     /// Check every comparison, then run `success` if all hold, else `failure`, as one entry.
-    Txn(Box<Transaction>),
+    Txn(#[serde(deserialize_with = "crate::nesting::bounded")] Box<Transaction>),
     /// Start a lease that lives `ttl_ms` (at least [`MIN_LEASE_TTL_MS`]) unless kept alive.
     /// Its id is the revision of this entry.
     LeaseGrant { ttl_ms: u64 },
@@ -140,7 +140,7 @@ pub enum Command {
     /// request id, so each is de-duplicated on its own, and gets its own reply in
     /// [`Outcome::Batch`]; their own stamps are ignored. New variants go last: the variants
     /// before keep their encoding, so logs written before still decode.
-    Batch(Vec<WriteRequest>),
+    Batch(#[serde(deserialize_with = "crate::nesting::bounded")] Vec<WriteRequest>),
 }
 
 /// When an [`Command::Expire`] applies (Redis's EXPIRE options).
@@ -399,6 +399,7 @@ pub enum Outcome {
     /// A transaction: which branch ran, and the outcome of each of its commands.
     Txn {
         succeeded: bool,
+        #[serde(deserialize_with = "crate::nesting::bounded")]
         outcomes: Vec<Outcome>,
     },
     /// A lease granted or kept alive, with the time to live it now has.
@@ -417,7 +418,7 @@ pub enum Outcome {
     Answer(Answer),
     /// The reply to each write of a [`Command::Batch`], in order. A write applied before (a
     /// retry) has its first reply, with that reply's revision.
-    Batch(Vec<WriteReply>),
+    Batch(#[serde(deserialize_with = "crate::nesting::bounded")] Vec<WriteReply>),
     /// A retry of a write applied before, whose reply carried too many values to be kept (see
     /// [`crate::MAX_KEPT_REPLY_BYTES`]): the write was applied once, at the reply's revision,
     /// and what it answered is no longer known. Front ends answer it with [`FORGOTTEN_REPLY`].

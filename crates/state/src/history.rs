@@ -99,6 +99,7 @@ impl std::error::Error for Compacted {}
 /// The most recent events, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
+    #[serde(deserialize_with = "crate::cautious::vector")]
     events: Vector<Event>,
     bytes: usize,
     /// Every event after this revision is kept.

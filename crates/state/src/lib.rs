@@ -20,10 +20,12 @@
 //! absent, with a TTL or lease, whose creation revision is its fencing token).
 //!
 
+mod cautious;
 mod command;
 mod history;
 mod limits;
 mod machine;
+mod nesting;
 mod query;
 mod record;
 

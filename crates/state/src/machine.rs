@@ -79,9 +79,11 @@ pub struct Machine {
 /// The serialized form of a [`Machine`]: everything but derived indexes.
 #[derive(Deserialize)]
 struct MachineImage {
+    #[serde(deserialize_with = "crate::cautious::ord_map")]
     keys: OrdMap<Bytes, Arc<Record>>,
     sessions: Sessions,
     incarnations: BTreeMap<u64, u64>,
+    #[serde(deserialize_with = "crate::cautious::ord_map")]
     leases: OrdMap<LeaseId, Arc<Lease>>,
     history: History,
     clock: Millis,

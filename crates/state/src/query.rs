@@ -53,7 +53,7 @@ pub enum Answer {
     Integer(i64),
     /// A fixed word, such as a type name.
     Status(String),
-    Array(Vec<Answer>),
+    Array(#[serde(deserialize_with = "crate::nesting::bounded")] Vec<Answer>),
 }
 
 impl Answer {

@@ -32,6 +32,7 @@
 mod backup;
 mod coverage;
 mod durable;
+pub mod fuzzing;
 mod identity;
 mod log_store;
 mod segments;

@@ -139,7 +139,7 @@ fn write(out: &mut impl Write, stored: &Stored) -> io::Result<()> {
 }
 
 /// Reads the file format, keeping the data in the buffer it was read into.
-fn decode(mut bytes: Vec<u8>) -> io::Result<Stored> {
+pub(crate) fn decode(mut bytes: Vec<u8>) -> io::Result<Stored> {
     let invalid =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot file: {what}"));
     if bytes.len() < 4 + 4 + 8 + 8 + 4 || &bytes[..4] != MAGIC {

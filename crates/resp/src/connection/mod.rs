@@ -686,7 +686,7 @@ impl Connection {
 }
 
 /// Checks commands against the store's limits as the one entry they will be sent as.
-fn check_limits(commands: &[Command]) -> Result<(), Reply> {
+pub(crate) fn check_limits(commands: &[Command]) -> Result<(), Reply> {
     let command = match commands {
         [one] => one.clone(),
         many => Command::Txn(Box::new(Transaction {
@@ -706,7 +706,7 @@ fn check_limits(commands: &[Command]) -> Result<(), Reply> {
 }
 
 /// Answers every command of a read-only plan from one replica state.
-fn query_all(machine: &Machine, commands: &[Command], now: u64) -> Vec<Outcome> {
+pub(crate) fn query_all(machine: &Machine, commands: &[Command], now: u64) -> Vec<Outcome> {
     commands
         .iter()
         .map(|command| match command {

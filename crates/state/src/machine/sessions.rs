@@ -198,6 +198,6 @@ impl Serialize for Sessions {
 
 impl<'de> Deserialize<'de> for Sessions {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        OrdMap::deserialize(deserializer).map(Sessions::from_clients)
+        crate::cautious::ord_map(deserializer).map(Sessions::from_clients)
     }
 }
