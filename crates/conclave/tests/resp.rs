@@ -53,6 +53,11 @@ async fn malformed_requests_get_an_error_and_a_closed_connection() {
             "ERR Protocol error: invalid bulk length 99999999999",
         ),
         (
+            // One argument past the limit of 1,048,576 (Redis's), refused before any is read.
+            b"*1048577\r\n",
+            "ERR Protocol error: invalid multibulk length",
+        ),
+        (
             b"*1\r\n$16777217\r\n",
             "ERR Protocol error: invalid bulk length 16777217",
         ),
