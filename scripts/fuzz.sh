@@ -13,23 +13,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds="${1:-60}"
-shift || true
+seconds=60
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
+    seconds="$1"
+    shift
+fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(resp_requests peer_messages replicas_agree snapshot_file)
 fi
 
-if ! rustup toolchain list | grep -q '^nightly'; then
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     echo "fuzz.sh: cargo-fuzz needs a nightly toolchain (rustup toolchain install nightly)" >&2
     exit 1
 fi
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked
 fi
-# The fuzz crate is a workspace of its own; it starts from the project's lock file so it
-# builds the same dependency versions the project tests.
-[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+# The fuzz crate is a workspace of its own, with its own lock file (fuzz/Cargo.lock, started
+# from the project's; refresh it with `cp Cargo.lock fuzz/` when the project's changes).
 
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"
@@ -40,7 +42,7 @@ for target in "${targets[@]}"; do
     log="fuzz/artifacts/$target.log"
     set +e
     cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "fuzz/regressions/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=131072 -print_final_stats=1 \
         >"$log" 2>&1
     status=$?
     set -e

@@ -63,21 +63,27 @@ mod h2 {
     const PREFACE: usize = 24;
     const FRAME_HEADER: usize = 9;
 
-    /// Bytes read so far, parsed as the preface and then frame headers (payloads are skipped).
+    /// What the client has sent, parsed as the preface and then frame headers. Payloads are
+    /// counted off as they arrive, never kept: at most a frame header is buffered.
     #[derive(Default)]
     pub struct FrameReader {
+        /// Bytes of the preface or of a frame header not yet complete.
         buffered: Vec<u8>,
         skipped_preface: bool,
+        /// Bytes of the current frame's payload still to come.
+        skipping: usize,
     }
 
     impl FrameReader {
         /// Reads until a HEADERS frame (a request) has arrived, or the client stops sending.
         pub async fn until_stream_opens<S: AsyncRead + Unpin>(&mut self, io: &mut S) {
+            let mut chunk = [0u8; 4096];
             loop {
-                if self.take_frames() {
-                    return;
-                }
-                if !self.read_more(io).await {
+                let n = match io.read(&mut chunk).await {
+                    Ok(n) if n > 0 => n,
+                    _ => return,
+                };
+                if self.take(&chunk[..n]) {
                     return;
                 }
             }
@@ -85,42 +91,41 @@ mod h2 {
 
         /// Reads and drops whatever comes, until the client closes.
         pub async fn drain<S: AsyncRead + Unpin>(&mut self, io: &mut S) {
-            while self.read_more(io).await {
-                self.buffered.clear();
-            }
-        }
-
-        async fn read_more<S: AsyncRead + Unpin>(&mut self, io: &mut S) -> bool {
             let mut chunk = [0u8; 4096];
-            match io.read(&mut chunk).await {
-                Ok(n) if n > 0 => {
-                    self.buffered.extend_from_slice(&chunk[..n]);
-                    true
-                }
-                _ => false,
-            }
+            while matches!(io.read(&mut chunk).await, Ok(n) if n > 0) {}
         }
 
-        /// Consumes the whole frames buffered; true once one of them was HEADERS.
-        fn take_frames(&mut self) -> bool {
-            if !self.skipped_preface {
-                if self.buffered.len() < PREFACE {
+        /// Parses `bytes`; true once a HEADERS frame has begun.
+        fn take(&mut self, mut bytes: &[u8]) -> bool {
+            while !bytes.is_empty() {
+                if self.skipping > 0 {
+                    let skipped = self.skipping.min(bytes.len());
+                    self.skipping -= skipped;
+                    bytes = &bytes[skipped..];
+                    continue;
+                }
+                let wanted = if self.skipped_preface {
+                    FRAME_HEADER
+                } else {
+                    PREFACE
+                };
+                let taken = (wanted - self.buffered.len()).min(bytes.len());
+                self.buffered.extend_from_slice(&bytes[..taken]);
+                bytes = &bytes[taken..];
+                if self.buffered.len() < wanted {
                     return false;
                 }
-                self.buffered.drain(..PREFACE);
-                self.skipped_preface = true;
-            }
-            while self.buffered.len() >= FRAME_HEADER {
-                let length =
-                    u32::from_be_bytes([0, self.buffered[0], self.buffered[1], self.buffered[2]])
-                        as usize;
-                if self.buffered[3] == HEADERS {
-                    return true;
+                if !self.skipped_preface {
+                    self.skipped_preface = true;
+                } else {
+                    if self.buffered[3] == HEADERS {
+                        return true;
+                    }
+                    let header = &self.buffered;
+                    self.skipping =
+                        u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
                 }
-                if self.buffered.len() < FRAME_HEADER + length {
-                    return false;
-                }
-                self.buffered.drain(..FRAME_HEADER + length);
+                self.buffered.clear();
             }
             false
         }
@@ -170,6 +175,23 @@ mod h2 {
             assert!(
                 reader.buffered.is_empty(),
                 "the SETTINGS frame was consumed"
+            );
+        }
+
+        #[test]
+        fn a_huge_frame_is_counted_off_not_buffered() {
+            let mut reader = FrameReader::default();
+            let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            sent.extend_from_slice(&[0xff, 0xff, 0xff, 0x0, 0, 0, 0, 0, 1]); // DATA, 16 MiB
+            assert!(!reader.take(&sent));
+            for _ in 0..(0xff_ffff / 4096) {
+                assert!(!reader.take(&[0; 4096]));
+                assert!(reader.buffered.is_empty(), "payload bytes are not kept");
+            }
+            assert!(!reader.take(&vec![0; 0xff_ffff % 4096]));
+            assert!(
+                reader.take(&frame(HEADERS, &[0; 8])),
+                "the HEADERS after it is seen"
             );
         }
     }

@@ -112,7 +112,6 @@ async fn connections_past_each_protocols_limit_are_refused_and_the_node_keeps_se
     assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
 
-/// The subscription count a RESP2 (P)SUBSCRIBE reply carries.
 /// A call on a new connection to `url`, which the node must refuse.
 async fn refused_call(url: &str, key: &str) -> tonic::Status {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
@@ -130,6 +129,7 @@ async fn refused_call(url: &str, key: &str) -> tonic::Status {
     .expect_err("the connection is refused")
 }
 
+/// The subscription count a RESP2 (P)SUBSCRIBE reply carries.
 fn subscribed_count(reply: Frame) -> i64 {
     match reply {
         Frame::Array(items) if items.len() == 3 => match items[2] {

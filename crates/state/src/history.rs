@@ -98,12 +98,34 @@ impl std::error::Error for Compacted {}
 
 /// The most recent events, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "HistoryImage")]
 pub struct History {
-    #[serde(deserialize_with = "crate::cautious::vector")]
     events: Vector<Event>,
+    /// The sum of the events' weights. Encoded, but recomputed on load: a snapshot whose
+    /// figure disagreed with its events made the next trim underflow.
     bytes: usize,
     /// Every event after this revision is kept.
     compacted: Revision,
+}
+
+/// The serialized form of a [`History`] (the same fields; `bytes` is not trusted).
+#[derive(Deserialize)]
+struct HistoryImage {
+    #[serde(deserialize_with = "crate::cautious::vector")]
+    events: Vector<Event>,
+    #[allow(dead_code)] // kept in the encoding, recomputed from the events
+    bytes: usize,
+    compacted: Revision,
+}
+
+impl From<HistoryImage> for History {
+    fn from(image: HistoryImage) -> Self {
+        History {
+            bytes: image.events.iter().map(Event::weight).sum(),
+            events: image.events,
+            compacted: image.compacted,
+        }
+    }
 }
 
 impl History {
@@ -210,5 +232,30 @@ impl History {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loaded_history_counts_its_bytes_from_its_events_not_from_the_encoding() {
+        let mut history = History::default();
+        for revision in 1..=3 {
+            history.record(Event {
+                revision,
+                kind: EventKind::Put,
+                key: Bytes::from(b"key".to_vec()),
+                field: None,
+                value: Bytes::from(vec![b'v'; 100]),
+            });
+        }
+        let mut encoded = bincode::serialize(&history).unwrap();
+        // The encoding ends with `bytes` then `compacted`, 8 bytes each: claim 0 bytes.
+        let at = encoded.len() - 16;
+        encoded[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let loaded: History = bincode::deserialize(&encoded).unwrap();
+        assert_eq!(loaded, history, "the byte count is recomputed");
     }
 }

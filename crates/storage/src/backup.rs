@@ -106,8 +106,9 @@ pub fn read_backup(bytes: &[u8]) -> Result<Backup, BackupError> {
     let mut part = || -> Result<&[u8], BackupError> {
         let len = rest.get(..8).ok_or_else(short)?;
         let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
-        let value = rest.get(8..8 + len).ok_or_else(short)?;
-        rest = &rest[8 + len..];
+        let end = len.checked_add(8).ok_or_else(short)?;
+        let value = rest.get(8..end).ok_or_else(short)?;
+        rest = &rest[end..];
         Ok(value)
     };
     let header = part()?;

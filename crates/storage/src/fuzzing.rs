@@ -50,18 +50,34 @@ pub fn replicas_agree(data: &[u8]) {
     }
 }
 
-/// Feeds `data` to the snapshot file decoder, and what it holds to the machine's decoder.
+/// Feeds `data` to the snapshot file decoder (as it is, and wrapped in a file with a valid
+/// checksum), and what it holds to the machine's decoder; a machine that decodes must take a
+/// write afterwards too (a loaded snapshot is applied to next).
 pub fn snapshot_file(data: &[u8]) {
-    if let Ok(stored) = crate::snapshot_file::decode(data.to_vec()) {
-        if let Ok(machine) = decode::<Machine>(&stored.data) {
-            let again: Machine = decode(&encode(&machine)).expect("a machine's encoding decodes");
-            assert_eq!(machine, again, "a decoded machine survives a round trip");
+    let mut wrapped = Vec::new();
+    let stored = crate::snapshot_file::Stored {
+        meta: Vec::new(),
+        data: data.to_vec(),
+    };
+    crate::snapshot_file::write(&mut wrapped, &stored).expect("writing to memory");
+    for file in [data.to_vec(), wrapped] {
+        if let Ok(stored) = crate::snapshot_file::decode(file) {
+            machine_decodes_and_applies(&stored.data);
         }
     }
-    if let Ok(machine) = decode::<Machine>(data) {
-        let again: Machine = decode(&encode(&machine)).expect("a machine's encoding decodes");
-        assert_eq!(machine, again, "a decoded machine survives a round trip");
-    }
+    machine_decodes_and_applies(data);
+}
+
+fn machine_decodes_and_applies(data: &[u8]) {
+    let Ok(mut machine) = decode::<Machine>(data) else {
+        return;
+    };
+    let again: Machine = decode(&encode(&machine)).expect("a machine's encoding decodes");
+    assert_eq!(machine, again, "a decoded machine survives a round trip");
+    let next = machine.revision().saturating_add(1);
+    let mut input = Input(data);
+    let request = write_request(&mut input, &machine, machine.clock().saturating_add(1));
+    machine.apply(next, &request);
 }
 
 /// Arbitrary bytes read as choices; once they run out every choice is 0.
@@ -130,7 +146,7 @@ impl Input<'_> {
             0 => Expiry::Never,
             1 => Expiry::Keep,
             2 => Expiry::AfterMillis(self.below(10_000)),
-            3 => Expiry::AtMillis(stamp + self.below(10_000)),
+            3 => Expiry::AtMillis(stamp.saturating_add(self.below(10_000))),
             _ => Expiry::AtMillis(self.u64()),
         }
     }
@@ -139,7 +155,7 @@ impl Input<'_> {
         match self.below(3) {
             0 => None,
             // Leases are named by revisions, so a small one may well exist.
-            1 => Some(self.below(machine.revision().max(1) + 2)),
+            1 => Some(self.below(machine.revision().saturating_add(2))),
             _ => Some(self.u64()),
         }
     }
@@ -321,7 +337,7 @@ fn query(input: &mut Input) -> Query {
 }
 
 fn compare(input: &mut Input, machine: &Machine) -> Compare {
-    let revision = input.below(machine.revision() + 2);
+    let revision = input.below(machine.revision().saturating_add(2));
     Compare {
         key: input.name(),
         field: input.flag().then(|| input.name()),

@@ -123,7 +123,7 @@ impl SnapshotFile {
 }
 
 /// Writes `stored` in the file format, streaming (no second copy of the data).
-fn write(out: &mut impl Write, stored: &Stored) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, stored: &Stored) -> io::Result<()> {
     let mut crc = crc32fast::Hasher::new();
     let mut put = |bytes: &[u8]| {
         crc.update(bytes);
