@@ -54,7 +54,12 @@ async fn a_command_at_the_command_limit_replicates_and_the_cluster_keeps_writing
         mset.push(value);
     }
     let started = Instant::now();
-    assert_eq!(connection.call(&mset), Frame::status("OK"));
+    assert_eq!(
+        connection.call(&mset),
+        Frame::status("OK"),
+        "{}",
+        cluster.logs()
+    );
     let took = started.elapsed();
 
     // Writes go on, through every node.

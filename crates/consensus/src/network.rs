@@ -47,12 +47,12 @@ fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> u64 {
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Lazily connected clients of every peer, keyed by address, shared by Raft replication and
-/// request forwarding. The cluster id goes out on every call.
+/// Lazily connected clients of every peer, two per address (see [`Lane`]), shared by Raft
+/// replication and request forwarding. The cluster id goes out on every call.
 #[derive(Clone)]
 pub struct Peers {
     cluster_id: Arc<Mutex<Option<u64>>>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
     /// Whether each peer answered its last Raft RPC (absent: never asked yet).
     reach: Arc<Mutex<HashMap<NodeId, Reach>>>,
     /// How connections to peers authenticate (None: plaintext).
@@ -139,13 +139,14 @@ impl Peers {
         *self.cluster_id.lock().expect("lock poisoned") = Some(id);
     }
 
-    fn client(&self, address: &str) -> Result<PeerClient<Channel>, Status> {
+    fn client(&self, address: &str, lane: Lane) -> Result<PeerClient<Channel>, Status> {
         let mut channels = self.channels.lock().expect("lock poisoned");
-        let channel = match channels.get(address) {
+        let key = (address.to_string(), lane);
+        let channel = match channels.get(&key) {
             Some(channel) => channel.clone(),
             None => {
                 let channel = self.connect(address)?;
-                channels.insert(address.to_string(), channel.clone());
+                channels.insert(key, channel.clone());
                 channel
             }
         };
@@ -191,6 +192,8 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(1))
+            // An idle Bulk lane finds a vanished peer before the next large send needs it.
+            .keep_alive_while_idle(true)
             .local_address(self.source);
         Ok(endpoint.connect_lazy())
     }
@@ -222,10 +225,10 @@ impl Peers {
         request: &LeaderRequest,
         timeout: Duration,
     ) -> Result<Result<LeaderReply, crate::leader::LeaderError>, Status> {
-        let mut client = self.client(address)?;
         let message = ForwardRequest {
             request: encode(request),
         };
+        let mut client = self.client(address, Lane::for_bytes(message.request.len() as u64))?;
         let response = client
             .forward(self.request_to(leader, message, timeout))
             .await?;
@@ -239,7 +242,7 @@ impl Peers {
         caller_id: NodeId,
         timeout: Duration,
     ) -> Result<IdentifyResponse, Status> {
-        let mut client = self.client(address)?;
+        let mut client = self.client(address, Lane::Control)?;
         let response = client
             .identify(self.request(IdentifyRequest { caller_id }, timeout))
             .await?;
@@ -255,13 +258,39 @@ impl Peers {
         request: TimeoutNowRequest,
         timeout: Duration,
     ) -> Result<(), Status> {
-        let mut client = self.client(address)?;
+        let mut client = self.client(address, Lane::Control)?;
         client
             .timeout_now(self.request_to(successor, request, timeout))
             .await?;
         Ok(())
     }
 }
+
+/// Which of the two connections to a peer a call goes on. Large messages have one of their own:
+/// HTTP/2 gives a connection's flow-control window to its streams in turn, so a heartbeat
+/// queued behind a 16 MiB AppendEntries on one connection waited for all of it to be sent, and
+/// the followers, hearing nothing meanwhile, deposed the healthy leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Heartbeats, votes, small entries and forwarded writes, handover.
+    Control,
+    /// AppendEntries and forwarded writes of [`LARGE_MESSAGE_BYTES`] or more, snapshots.
+    Bulk,
+}
+
+impl Lane {
+    fn for_bytes(bytes: u64) -> Lane {
+        if bytes >= LARGE_MESSAGE_BYTES {
+            Lane::Bulk
+        } else {
+            Lane::Control
+        }
+    }
+}
+
+/// Messages of at least this many bytes go on the [`Lane::Bulk`] connection; AppendEntries
+/// this large are also sent on a task of their own (see [`InFlight`]).
+const LARGE_MESSAGE_BYTES: u64 = 256 * 1024;
 
 /// Whether a peer answered its last Raft RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,7 +337,8 @@ struct Link {
 
 /// An AppendEntries sent on a task of its own: openraft cuts every attempt at one heartbeat
 /// interval, far less than a large entry takes to move, and asks again with the same entries;
-/// the asks wait for this one send instead of starting over.
+/// the asks wait for this one send instead of starting over. The task also keeps the follower's
+/// election timer from running out meanwhile (see [`Link::send_with_pulse`]).
 struct InFlight {
     vote: openraft::Vote<NodeId>,
     prev: Option<openraft::LogId<NodeId>>,
@@ -325,8 +355,6 @@ impl Drop for PeerNetwork {
     }
 }
 
-/// AppendEntries carrying at least this many bytes are sent on a task of their own.
-const DETACH_FROM_BYTES: u64 = 256 * 1024;
 /// The slowest rate a peer link is given to move an AppendEntries (bytes per second), on top
 /// of [`APPEND_BASE_TIMEOUT`]: 16 MiB get 2.5 s.
 const APPEND_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
@@ -351,7 +379,8 @@ impl Link {
         }
     }
 
-    /// Sends one Raft RPC; the answer is an encoded `Result<Resp, RaftError<NodeId, E>>`.
+    /// Sends one Raft RPC, on the lane its size asks for; the answer is an encoded
+    /// `Result<Resp, RaftError<NodeId, E>>`.
     async fn call<Req, Resp, E>(
         &self,
         request: &Req,
@@ -366,13 +395,14 @@ impl Link {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
-        let client = self
-            .peers
-            .client(&self.address)
-            .map_err(Self::transport_error::<E>)?;
         let message = RaftMessage {
             payload: encode(request),
         };
+        let lane = Lane::for_bytes(message.payload.len() as u64);
+        let client = self
+            .peers
+            .client(&self.address, lane)
+            .map_err(Self::transport_error::<E>)?;
         let request = self.peers.request_to(self.target, message, timeout);
         let response = send(client, request).await;
         let unreachable = matches!(&response, Err(status) if status.code() == Code::Unavailable);
@@ -387,6 +417,62 @@ impl Link {
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
+
+impl Link {
+    /// Sends a large AppendEntries and, until its answer comes, an empty one (same vote, same
+    /// previous entry, same commit) every `interval`, answers unread.
+    ///
+    /// While openraft's replication to this peer waits on the large send, no heartbeat of its
+    /// own goes out: each retry first reads the whole entry back from the log (tens of
+    /// milliseconds for 16 MiB, far more on a loaded machine) and then waits one interval, and
+    /// the follower, hearing nothing for an election timeout, deposed the healthy leader. The
+    /// pulse runs on its own timer, whatever the replication loop is doing, and stops with the
+    /// send (or when the task is aborted: openraft moved on or the leadership ended).
+    async fn send_with_pulse(
+        self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+        interval: Duration,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
+        let heartbeat = AppendEntriesRequest::<TypeConfig> {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+            entries: Vec::new(),
+        };
+        let send = self.call(&rpc, timeout, async |mut c, r| c.append_entries(r).await);
+        let mut send = std::pin::pin!(send);
+        // The first beat goes at once: reading the entries back before this send already
+        // used up part of the follower's election timeout.
+        let mut pulse = tokio::time::interval(interval);
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Owned here, so that no beat outlives the send: one landing after a step-down would
+        // count at the follower as word from a leader that is gone, and hold off an election.
+        let mut beats = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                answer = &mut send => return answer,
+                Some(_) = beats.join_next(), if !beats.is_empty() => {}
+                _ = pulse.tick() => {
+                    let link = self.clone();
+                    let heartbeat = heartbeat.clone();
+                    // Its answer is not needed: a longer timeout than openraft's own lets it
+                    // arrive on a slow machine instead of being cancelled on the way.
+                    beats.spawn(async move {
+                        let _: RpcResult<AppendEntriesResponse<NodeId>, Infallible> = link
+                            .call(&heartbeat, PULSE_TIMEOUT_INTERVALS * interval, async |mut c, r| {
+                                c.append_entries(r).await
+                            })
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A pulse heartbeat (see [`Link::send_with_pulse`]) may take this many heartbeat intervals.
+const PULSE_TIMEOUT_INTERVALS: u32 = 4;
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
@@ -428,7 +514,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
-        if !awaited && bytes < DETACH_FROM_BYTES {
+        if !awaited && bytes < LARGE_MESSAGE_BYTES {
             // Small (a heartbeat among them): sent at once, beside any large send under way.
             return self
                 .link
@@ -438,32 +524,15 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                 .await;
         }
         if awaited {
-            // openraft asks again every heartbeat interval and sends no heartbeat of its own
-            // meanwhile: one goes beside the send, or the follower would start an election
-            // before a large entry arrives. Its answer is not needed (the send's is).
-            let heartbeat = AppendEntriesRequest::<TypeConfig> {
-                vote: rpc.vote,
-                prev_log_id: rpc.prev_log_id,
-                leader_commit: rpc.leader_commit,
-                entries: Vec::new(),
-            };
+            // The entries are on their way already.
             drop(rpc);
-            let link = self.link.clone();
-            let ttl = option.hard_ttl();
-            tokio::spawn(async move {
-                let _: RpcResult<AppendEntriesResponse<NodeId>, Infallible> = link
-                    .call(&heartbeat, ttl, async |mut c, r| c.append_entries(r).await)
-                    .await;
-            });
         } else {
-            let link = self.link.clone();
             let (vote, prev) = (rpc.vote, rpc.prev_log_id);
-            let task = tokio::spawn(async move {
-                link.call(&rpc, append_timeout(bytes), async |mut c, r| {
-                    c.append_entries(r).await
-                })
-                .await
-            });
+            let task = tokio::spawn(self.link.clone().send_with_pulse(
+                rpc,
+                append_timeout(bytes),
+                option.hard_ttl(),
+            ));
             self.in_flight = Some(InFlight {
                 vote,
                 prev,

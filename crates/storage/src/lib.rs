@@ -33,6 +33,7 @@ mod backup;
 mod coverage;
 mod durable;
 pub mod fuzzing;
+mod heavy;
 mod identity;
 mod log_store;
 mod segments;

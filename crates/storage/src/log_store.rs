@@ -21,6 +21,7 @@ use sled::{Db, Tree};
 
 use crate::coverage::SnapshotCoverage;
 use crate::durable::Disk;
+use crate::heavy;
 use crate::segments::{self, SegmentLog};
 
 use crate::{decode, encode, StoreConfig};
@@ -339,15 +340,17 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut count = 0;
-        {
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
+        let count = entries.len() as u64;
+        let bytes = entries.iter().map(heavy::entry_bytes).sum();
+        heavy::run(bytes, || {
             let mut log = self.log();
-            for entry in entries {
-                log.append(entry.get_log_id().index, &encode(&entry))
+            for entry in &entries {
+                log.append(entry.get_log_id().index, &encode(entry))
                     .map_err(|e| StorageIOError::write_logs(&e))?;
-                count += 1;
             }
-        }
+            Ok::<_, StorageError<C::NodeId>>(())
+        })?;
         self.stats.appended.fetch_add(count, Ordering::Relaxed);
         // The entries are readable now; they are acknowledged once the flusher has synced them.
         if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {

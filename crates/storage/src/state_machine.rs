@@ -16,6 +16,7 @@ use openraft::{
 use sled::Db;
 
 use crate::coverage::SnapshotCoverage;
+use crate::heavy;
 use crate::snapshot_file::{self, SnapshotFile};
 use tokio::sync::watch;
 
@@ -344,8 +345,10 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
         I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut replies = Vec::new();
-        let revision = {
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
+        let bytes = entries.iter().map(heavy::entry_bytes).sum();
+        let mut replies = Vec::with_capacity(entries.len());
+        let revision = heavy::run(bytes, || {
             let mut replica = self.replica.write().expect("replica lock poisoned");
             for entry in entries {
                 let log_id = *entry.get_log_id();
@@ -373,7 +376,7 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
                 replies.push(reply);
             }
             replica.machine.revision()
-        };
+        });
         self.applied.send_replace(revision);
         Ok(replies)
     }
