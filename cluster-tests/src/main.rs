@@ -8,9 +8,9 @@
 //!
 //! `cluster-tests/run.sh` is the entry point (it builds the binaries first); the contract:
 //! `run.sh --duration SECONDS --nemesis LIST|all --seed N [--harness local]
-//! [--consistency linearizable|session|local]`. The last line printed is
-//! `RESULT lost=N duplicated=N linearizable=true|false ops=N faults=N`; the exit status is 0
-//! only when every check holds.
+//! [--consistency linearizable|session|local] [--upgrade-from EARLIER_BINARY]`. The last line
+//! printed is `RESULT lost=N duplicated=N linearizable=true|false ops=N faults=N`; the exit
+//! status is 0 only when every check holds.
 //!
 //! Known to be missing: Redis-with-Sentinel under the same schedule.
 
@@ -72,6 +72,11 @@ struct Args {
     /// The `conclave` binary the local harness starts.
     #[arg(long, default_value = "target/release/conclave")]
     binary: PathBuf,
+    /// Starts the nodes on this earlier build of `conclave` and, after the baseline, moves
+    /// them one by one to `--binary` under the workloads, before any other fault (the local
+    /// harness; scripts/upgrade-test.sh builds the earlier commit).
+    #[arg(long)]
+    upgrade_from: Option<PathBuf>,
     /// Where histories and reports go (a directory per run).
     #[arg(long, default_value = "cluster-tests/out")]
     out: PathBuf,
@@ -131,6 +136,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "{} does not exist: build it (cluster-tests/run.sh does) or pass --binary",
         args.binary.display()
     );
+    if let Some(earlier) = &args.upgrade_from {
+        anyhow::ensure!(
+            args.harness == "local",
+            "--upgrade-from runs on the local harness"
+        );
+        anyhow::ensure!(
+            earlier.exists(),
+            "{} does not exist: scripts/upgrade-test.sh builds the earlier commit",
+            earlier.display()
+        );
+    }
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -178,12 +194,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 reads.name(),
             )?)
         }
-        _ => Box::new(harness::local::LocalCluster::new(
-            args.binary.clone(),
-            &dir,
-            args.nodes,
-            server_args,
-        )),
+        _ => {
+            let cluster = harness::local::LocalCluster::new(
+                args.binary.clone(),
+                &dir,
+                args.nodes,
+                server_args,
+            );
+            Box::new(match &args.upgrade_from {
+                Some(earlier) => {
+                    println!(
+                        "upgrade: the nodes start on {} and move to {}",
+                        earlier.display(),
+                        args.binary.display()
+                    );
+                    cluster.upgrading_from(earlier.clone())
+                }
+                None => cluster,
+            })
+        }
     };
     let cluster = cluster.as_mut();
     println!(
@@ -207,7 +236,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let stop_us = args.duration * 1_000_000;
     let mut clients = workload::spawn(&workloads, cluster, &history, &mut rng, stop_us, reads);
     let mut log = |line: &str| println!("{line}");
-    let faults = nemesis::run(cluster, &kinds, &mut rng, &history, stop_us, &mut log).await?;
+    let upgrade = args.upgrade_from.is_some();
+    let faults = nemesis::run(
+        cluster, &kinds, &mut rng, &history, stop_us, upgrade, &mut log,
+    )
+    .await?;
     while clients.join_next().await.is_some() {}
     nemesis::heal(cluster).await?;
     harness::wait_healthy(cluster, Duration::from_secs(60)).await?;

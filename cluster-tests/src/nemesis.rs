@@ -78,11 +78,23 @@ pub async fn run(
     rng: &mut Rng,
     history: &History,
     until_us: u64,
+    upgrade: bool,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<FaultRecord>> {
     let mut faults = Vec::new();
     // Let the workloads run unfaulted first: a baseline, and a leader for every client.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    if upgrade {
+        let fault = rolling_upgrade(harness, history).await?;
+        log(&format!(
+            "fault {:>3} {:<18} {} (took {:.1} s)",
+            faults.len() + 1,
+            fault.kind,
+            fault.description,
+            (fault.healed_us - fault.start_us) as f64 / 1e6
+        ));
+        faults.push(fault);
+    }
     while history.now_us() + 3_000_000 < until_us && !kinds.is_empty() {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let hold = Duration::from_millis(1000 + rng.below(3000));
@@ -120,6 +132,39 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
     }
     Ok(faults)
+}
+
+/// How long the cluster runs with both builds after each node's upgrade, under the workloads.
+const MIXED_BUILDS_HOLD: Duration = Duration::from_secs(2);
+
+/// Moves every node to the build under test in turn, followers first and the leader last, as an
+/// operator upgrades a cluster: SIGTERM, start on the new build, wait until the nodes agree on
+/// a leader again, and run with both builds for a while before the next node.
+async fn rolling_upgrade(
+    harness: &mut dyn Harness,
+    history: &History,
+) -> anyhow::Result<FaultRecord> {
+    let ids = harness.ids();
+    let leader = harness::wait_healthy(harness, Duration::from_secs(30)).await?;
+    let mut order: Vec<NodeId> = ids.iter().copied().filter(|id| *id != leader).collect();
+    order.push(leader);
+    let start_us = history.now_us();
+    for id in &order {
+        harness.upgrade(*id)?;
+        harness::wait_healthy(harness, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("after upgrading node {id}: {e}"))?;
+        tokio::time::sleep(MIXED_BUILDS_HOLD).await;
+    }
+    let healed_us = history.now_us();
+    Ok(FaultRecord {
+        kind: "upgrade",
+        description: format!("SIGTERM and restart on the build under test, in turn: {order:?}"),
+        start_us,
+        healed_us,
+        recovered_us: Some(healed_us),
+        restarted: order,
+    })
 }
 
 /// Restarts, resumes, reconnects and unskews every node.

@@ -7,6 +7,7 @@
 //! Needs root for iptables (partitions only); every other fault is a signal or a file.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,6 +19,8 @@ use super::{Harness, NodeId};
 /// Where this run's nodes live and how they are started.
 pub struct LocalCluster {
     binary: PathBuf,
+    /// The build the nodes run until each is upgraded (`--upgrade-from`; None: `binary`).
+    earlier_binary: Option<PathBuf>,
     dir: PathBuf,
     slot: u16,
     initial_cluster: String,
@@ -31,6 +34,8 @@ struct Process {
     child: Option<Child>,
     paused: bool,
     starts: u64,
+    /// Runs `binary` from now on, not the earlier build.
+    upgraded: bool,
 }
 
 impl LocalCluster {
@@ -40,6 +45,7 @@ impl LocalCluster {
         let slot = (std::process::id() % 200) as u16 + 20;
         let mut cluster = LocalCluster {
             binary,
+            earlier_binary: None,
             dir: dir.to_path_buf(),
             slot,
             initial_cluster: String::new(),
@@ -58,10 +64,26 @@ impl LocalCluster {
                     child: None,
                     paused: false,
                     starts: 0,
+                    upgraded: false,
                 },
             );
         }
         cluster
+    }
+
+    /// Starts every node on `earlier` until [`Harness::upgrade`] moves it to the build under
+    /// test.
+    pub fn upgrading_from(mut self, earlier: PathBuf) -> LocalCluster {
+        self.earlier_binary = Some(earlier);
+        self
+    }
+
+    /// The build node `id` starts on.
+    fn binary_of(&self, id: NodeId) -> &Path {
+        match &self.earlier_binary {
+            Some(earlier) if !self.nodes[&id].upgraded => earlier,
+            _ => &self.binary,
+        }
     }
 
     fn ip(&self, id: NodeId) -> String {
@@ -158,7 +180,12 @@ impl Harness for LocalCluster {
             .append(true)
             .open(self.dir.join(format!("node{id}.log")))
             .context("node log")?;
-        let child = Command::new(&self.binary)
+        let binary = self.binary_of(id).to_path_buf();
+        if self.earlier_binary.is_some() {
+            // Which build each process of the node was, for a reader of an upgrade run.
+            writeln!(&log, "chaos: starting {}", binary.display()).context("node log")?;
+        }
+        let child = Command::new(&binary)
             .arg("server")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
@@ -172,7 +199,7 @@ impl Harness for LocalCluster {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
+            .with_context(|| format!("starting {}", binary.display()))?;
         let process = self.nodes.get_mut(&id).expect("known node");
         process.child = Some(child);
         process.paused = false;
@@ -182,6 +209,16 @@ impl Harness for LocalCluster {
 
     fn starts(&self, id: NodeId) -> u64 {
         self.nodes[&id].starts
+    }
+
+    fn upgrade(&mut self, id: NodeId) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.earlier_binary.is_some(),
+            "the cluster started on the build under test: there is nothing to upgrade from"
+        );
+        self.stop(id);
+        self.nodes.get_mut(&id).expect("known node").upgraded = true;
+        self.start(id)
     }
 
     fn kill(&mut self, id: NodeId) {

@@ -29,6 +29,11 @@ pub trait Harness: Send {
     /// How many times the node has been started (so a checker can tell one process of it from
     /// the next).
     fn starts(&self, id: NodeId) -> u64;
+    /// Stops the node (SIGTERM) and starts it again on the build under test, for a run whose
+    /// cluster started on an earlier build (`--upgrade-from`).
+    fn upgrade(&mut self, _id: NodeId) -> anyhow::Result<()> {
+        anyhow::bail!("the {} harness runs one build only", self.name())
+    }
     /// SIGKILL.
     fn kill(&mut self, id: NodeId);
     /// SIGTERM, and wait for the node to exit.
