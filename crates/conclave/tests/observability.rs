@@ -244,7 +244,23 @@ async fn the_metrics_endpoint_answers_other_paths_and_methods_in_http() {
     );
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
     assert!(ask(&huge).starts_with("HTTP/1.1 431"));
-    // Still serving.
+    // Eight scrapes at once: eight connections that send nothing hold every turn, and the
+    // next scrape is told to come back.
+    let silent: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&metrics[0]).expect("connect"))
+        .collect();
+    let busy = ask("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    drop(silent);
+    // Still serving, once the silent ones are gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ask("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200") {
+        assert!(
+            Instant::now() < deadline,
+            "no scrape answered after the silent ones closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(!scrape(&metrics[0]).is_empty());
 }
 

@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on a real 3-node cluster, with certificates from `conclave certs`: the
 //! cluster forms and serves over TLS; a plaintext client gets nothing; a client certificate
 //! (not a node one) cannot make node-to-node calls; a certificate from another CA does not get
-//! through the handshake; a renewed certificate is served without a restart.
+//! through the handshake; a renewed certificate is served without a restart; connections that
+//! never start their handshake are closed when their time is up, without holding up the others.
 
 mod common;
 
@@ -382,4 +383,92 @@ async fn metrics_are_served_over_https_with_the_node_certificate() {
     // Plain HTTP gets no metrics from it.
     let plain = scrape(format!("http://{metrics}/metrics"), None);
     assert!(!plain.status.success(), "plain HTTP was answered");
+}
+
+/// A flood of connections that never start their TLS handshake: each is closed once its
+/// handshake time (10 s) is up, at most 256 hold a turn at once and later ones wait for one, a
+/// client connected before the flood is served throughout, and a new client after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_are_closed_when_their_handshake_time_is_up() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs(&certs_dir, &["ca"]);
+    certs(&certs_dir, &["node", "n1", "--host", "127.0.0.1"]);
+    let mut cluster = Cluster::define(1, &[], false);
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    for (flag, file) in [
+        ("--tls-cert", "n1.pem"),
+        ("--tls-key", "n1-key.pem"),
+        ("--tls-ca", "ca.pem"),
+    ] {
+        node.extra_args
+            .extend([flag.to_string(), certs_dir.join(file).display().to_string()]);
+    }
+    cluster.restart(1);
+    let tls = tls_config(&certs_dir, None);
+    wait_leader(&cluster, 1, &tls).await;
+    let before = Client::connect_with([cluster.endpoint(1)], over_tls(tls.clone()))
+        .await
+        .expect("client");
+    before.set("flood:before", "1").await.expect("put before");
+
+    const SILENT: usize = 300; // past the 256 handshakes in progress at once
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(
+            tokio::net::TcpStream::connect(cluster.endpoint(1))
+                .await
+                .expect("connect"),
+        );
+    }
+    // Served on its connection while every handshake turn is held.
+    for i in 0..5 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            before.set(format!("flood:{i}"), "1"),
+        )
+        .await
+        .expect("a connected client is served during the flood")
+        .expect("put during the flood");
+    }
+    let closed = silent.into_iter().map(|mut socket| async move {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        // Closed by the node: end of stream or a reset, never data.
+        let read = socket.read(&mut byte).await;
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "a silent connection got {read:?}"
+        );
+        started.elapsed()
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(40), futures::future::join_all(closed))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "silent connections were still open 40 s on\n{}",
+                cluster.logs()
+            )
+        });
+    let first = closed.iter().min().copied().expect("some");
+    let last = closed.iter().max().copied().expect("some");
+    assert!(
+        first >= Duration::from_secs(9),
+        "a silent connection was closed after {first:?}, before its 10 s"
+    );
+    // The ones past the 256 turns got theirs when the first were closed: a second 10 s.
+    assert!(
+        last >= Duration::from_secs(19),
+        "every silent connection had a turn at once (last closed after {last:?}): no cap"
+    );
+    let after = Client::connect_with([cluster.endpoint(1)], over_tls(tls))
+        .await
+        .expect("client after the flood");
+    let value = tokio::time::timeout(Duration::from_secs(5), after.get("flood:4"))
+        .await
+        .expect("a new client is served after the flood")
+        .expect("get");
+    assert!(value.is_some(), "the write made during the flood is there");
 }

@@ -148,3 +148,26 @@ impl Cursors {
         table.positions.get(&cursor).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node keeps its latest MAX_CURSORS cursors: one more forgets the oldest (a scan
+    /// resumed with it gets "invalid cursor"), and the rest still resume where they were.
+    #[test]
+    fn the_oldest_cursor_is_forgotten_past_the_limit() {
+        let cursors = Cursors::default();
+        let first = cursors.put(b"key:0".to_vec());
+        for i in 1..MAX_CURSORS {
+            cursors.put(format!("key:{i}").into_bytes());
+        }
+        assert_eq!(cursors.position(first), Some(b"key:0".to_vec()));
+        let newest = cursors.put(b"key:last".to_vec());
+        assert_eq!(cursors.position(first), None, "the oldest is forgotten");
+        assert_eq!(cursors.position(first + 1), Some(b"key:1".to_vec()));
+        assert_eq!(cursors.position(newest), Some(b"key:last".to_vec()));
+        // Asked again, a kept cursor gives the same position (a retried SCAN step).
+        assert_eq!(cursors.position(newest), Some(b"key:last".to_vec()));
+    }
+}
