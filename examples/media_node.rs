@@ -18,7 +18,9 @@
 use std::time::Duration;
 
 use clap::Parser;
-use conclave_client::{v1, Client, MediaNodeRegistration, WatchTarget};
+use conclave_client::{
+    v1, Certificate, Client, ClientTlsConfig, ConnectOptions, MediaNodeRegistration, WatchTarget,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -43,12 +45,26 @@ struct Args {
     /// Stop (and unregister) after this many seconds; 0 runs until killed.
     #[arg(long, default_value_t = 0)]
     run_for_s: u64,
+    /// The cluster's CA certificate (PEM): talk to the nodes over TLS.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let client = Client::connect(&args.endpoints).await?;
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("reading {}: {e}", ca.display()))?;
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        }
+        None => None,
+    };
+    let options = ConnectOptions {
+        tls,
+        credentials: None,
+    };
+    let client = Client::connect_with(&args.endpoints, options).await?;
     let mut node = register_and_host(&client, &args).await?;
 
     // Watch every participant change in the cluster.

@@ -1,13 +1,20 @@
 # Shared by the operation scripts: how they reach compose and `conclave ctl`.
 #
 # Every script works on the compose project in deploy/docker-compose.yml (project name from
-# COMPOSE_PROJECT_NAME, `conclave` by default via deploy/.env). ctl runs inside a node's own
-# container, against that node, so the host needs only Docker (with compose) and jq.
+# COMPOSE_PROJECT_NAME, `conclave` by default via deploy/.env). CONCLAVE_COMPOSE_FILE names other
+# compose files, separated by colons as in COMPOSE_FILE (for TLS:
+# deploy/docker-compose.yml:deploy/docker-compose.tls.yml). ctl runs inside a node's own
+# container, against that node (over TLS when the container says so), so the host needs only
+# Docker (with compose) and jq.
 
 set -euo pipefail
 
 deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-compose_file=${CONCLAVE_COMPOSE_FILE:-$deploy_dir/docker-compose.yml}
+IFS=: read -r -a compose_files <<<"${CONCLAVE_COMPOSE_FILE:-$deploy_dir/docker-compose.yml}"
+compose_file_args=()
+for file in "${compose_files[@]}"; do
+    compose_file_args+=(-f "$file")
+done
 if [ -z "${COMPOSE_PROJECT_NAME:-}" ]; then
     COMPOSE_PROJECT_NAME=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$deploy_dir/.env")
 fi
@@ -23,7 +30,7 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # compose ARGS...: docker compose on the project, every profile visible.
-compose() { "${compose_cmd[@]}" -f "$compose_file" --profile five "$@"; }
+compose() { "${compose_cmd[@]}" "${compose_file_args[@]}" --profile five "$@"; }
 
 # The node services whose containers are running, in id order.
 running_nodes() {

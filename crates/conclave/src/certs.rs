@@ -39,6 +39,18 @@ enum CertsCommand {
     },
     /// Issue a client certificate NAME.pem and key NAME-key.pem (client authentication only).
     Client { name: String },
+    /// A CA and a node certificate for each of nodes 1..=N, made where missing and kept after
+    /// (a new CA reissues them all): what the compose file's `certs` service runs.
+    Cluster {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+        nodes: u64,
+        /// Each node's host name, `{id}` standing for its id (`conclave-{id}`); its files are
+        /// named after it. Without it they are n{id}.pem and n{id}-key.pem. Every certificate
+        /// also names localhost and 127.0.0.1.
+        #[arg(long)]
+        host_template: Option<String>,
+    },
 }
 
 /// How long issued certificates are valid.
@@ -75,15 +87,39 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
             issue(&args.dir, &name, hosts, true)?;
         }
         CertsCommand::Client { name } => issue(&args.dir, &name, vec![name.clone()], false)?,
+        CertsCommand::Cluster {
+            nodes,
+            host_template,
+        } => {
+            let made = ensure_cluster_certs(&args.dir, nodes, host_template.as_deref())?;
+            for (name, fresh) in made {
+                let what = if fresh { "made" } else { "kept" };
+                println!("{what} {}", args.dir.join(format!("{name}.pem")).display());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// For `conclave dev --tls`: a CA and node certificates n1..=nodes for 127.0.0.1 and
-/// localhost in `dir`, made the first time and kept after.
-pub fn ensure_dev_certs(dir: &Path, nodes: u64) -> anyhow::Result<()> {
+/// A CA and node certificates for nodes 1..=`nodes` in `dir`, made where missing and kept
+/// after; a CA made here reissues every node certificate (the old ones are not from it). Node
+/// `id`'s files are named after `host_template` with `{id}` replaced (the host it is reached
+/// at, besides localhost and 127.0.0.1), or `n{id}` without one. Returns each certificate's
+/// name and whether it was made now; the CA comes first.
+pub fn ensure_cluster_certs(
+    dir: &Path,
+    nodes: u64,
+    host_template: Option<&str>,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    if let Some(template) = host_template {
+        anyhow::ensure!(
+            template.contains("{id}"),
+            "the host template {template:?} has no {{id}}: every node would get the same name"
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if !dir.join("ca-key.pem").exists() {
+    let new_ca = !dir.join("ca-key.pem").exists() || !dir.join("ca.pem").exists();
+    if new_ca {
         let key_pair = KeyPair::generate().context("generating the CA key")?;
         let ca = ca_params()?
             .self_signed(&key_pair)
@@ -91,13 +127,24 @@ pub fn ensure_dev_certs(dir: &Path, nodes: u64) -> anyhow::Result<()> {
         write(&dir.join("ca.pem"), &ca.pem(), false)?;
         write(&dir.join("ca-key.pem"), &key_pair.serialize_pem(), true)?;
     }
+    let mut made = vec![("ca".to_string(), new_ca)];
     for id in 1..=nodes {
-        if !dir.join(format!("n{id}.pem")).exists() {
-            let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-            issue_quietly(dir, &format!("n{id}"), hosts, true)?;
+        let (name, mut hosts) = match host_template {
+            Some(template) => {
+                let host = template.replace("{id}", &id.to_string());
+                (host.clone(), vec![host])
+            }
+            None => (format!("n{id}"), Vec::new()),
+        };
+        hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+        let present = dir.join(format!("{name}.pem")).exists()
+            && dir.join(format!("{name}-key.pem")).exists();
+        if new_ca || !present {
+            issue_quietly(dir, &name, hosts, true)?;
         }
+        made.push((name, new_ca || !present));
     }
-    Ok(())
+    Ok(made)
 }
 
 fn ca_params() -> anyhow::Result<CertificateParams> {
@@ -201,4 +248,46 @@ fn write(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     file.sync_all()?;
     std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).expect("a certificate file")
+    }
+
+    #[test]
+    fn cluster_certificates_are_made_once_and_reissued_under_a_new_ca() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let made = ensure_cluster_certs(dir.path(), 2, Some("conclave-{id}")).unwrap();
+        let names: Vec<(&str, bool)> = made.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+        assert_eq!(
+            names,
+            [("ca", true), ("conclave-1", true), ("conclave-2", true)]
+        );
+        let first = read(dir.path(), "conclave-1.pem");
+        // Kept on the next run; a missing one is made, the others stay.
+        std::fs::remove_file(dir.path().join("conclave-2-key.pem")).unwrap();
+        let again = ensure_cluster_certs(dir.path(), 2, Some("conclave-{id}")).unwrap();
+        assert_eq!(again[1], ("conclave-1".to_string(), false));
+        assert_eq!(again[2], ("conclave-2".to_string(), true));
+        assert_eq!(read(dir.path(), "conclave-1.pem"), first);
+        // A new CA: every node certificate is issued again, since the old ones are not from it.
+        std::fs::remove_file(dir.path().join("ca-key.pem")).unwrap();
+        let renewed = ensure_cluster_certs(dir.path(), 2, Some("conclave-{id}")).unwrap();
+        assert!(renewed.iter().all(|(_, fresh)| *fresh), "{renewed:?}");
+        assert_ne!(read(dir.path(), "conclave-1.pem"), first);
+    }
+
+    #[test]
+    fn a_host_template_must_name_the_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let error = ensure_cluster_certs(dir.path(), 3, Some("conclave")).unwrap_err();
+        assert!(error.to_string().contains("has no {id}"), "{error}");
+        let made = ensure_cluster_certs(dir.path(), 1, None).unwrap();
+        assert_eq!(made[1], ("n1".to_string(), true));
+        assert!(dir.path().join("n1-key.pem").exists());
+    }
 }

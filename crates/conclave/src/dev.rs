@@ -60,7 +60,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let tls_dir = args.data_dir.join("tls");
     if args.tls {
-        crate::certs::ensure_dev_certs(&tls_dir, args.nodes)?;
+        crate::certs::ensure_cluster_certs(&tls_dir, args.nodes, None)?;
     }
     let exe = std::env::current_exe().context("locating the conclave binary")?;
     let mut children: Vec<Child> = Vec::new();

@@ -75,22 +75,43 @@ pub fn build_image() -> Duration {
     })
 }
 
-/// One compose project of `deploy/docker-compose.yml`, taken down with its volumes on drop.
+/// One compose project of `deploy/docker-compose.yml` (and, with TLS, its TLS overlay), taken
+/// down with its volumes on drop.
 pub struct Compose {
     pub project: String,
     grpc: [u16; 5],
     resp: [u16; 5],
     metrics: [u16; 5],
+    /// The compose files, `deploy/docker-compose.yml` first.
+    files: Vec<PathBuf>,
+    /// With TLS: where the cluster's CA is copied out of the project's certs volume.
+    tls_dir: Option<tempfile::TempDir>,
 }
 
 impl Compose {
     /// A project named after the test, with ports of its own; nothing is started.
     pub fn new(test: &str) -> Compose {
+        Self::with_files(test, &["deploy/docker-compose.yml"], None)
+    }
+
+    /// Like [`Compose::new`], with `deploy/docker-compose.tls.yml` on top: TLS on every port.
+    pub fn with_tls(test: &str) -> Compose {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::with_files(
+            test,
+            &["deploy/docker-compose.yml", "deploy/docker-compose.tls.yml"],
+            Some(dir),
+        )
+    }
+
+    fn with_files(test: &str, files: &[&str], tls_dir: Option<tempfile::TempDir>) -> Compose {
         let compose = Compose {
             project: format!("conclave-test-{test}").replace('_', "-"),
             grpc: std::array::from_fn(|_| free_port()),
             resp: std::array::from_fn(|_| free_port()),
             metrics: std::array::from_fn(|_| free_port()),
+            files: files.iter().map(|file| repo().join(file)).collect(),
+            tls_dir,
         };
         // Leftovers of an earlier run that was killed before it could clean up.
         compose.compose(&["down", "-v", "--remove-orphans"]);
@@ -99,7 +120,11 @@ impl Compose {
 
     /// The environment the compose file and the operation scripts read.
     fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![("COMPOSE_PROJECT_NAME".to_string(), self.project.clone())];
+        let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
+        let mut env = vec![
+            ("COMPOSE_PROJECT_NAME".to_string(), self.project.clone()),
+            ("CONCLAVE_COMPOSE_FILE".to_string(), files.join(":")),
+        ];
         for i in 0..5 {
             env.push((
                 format!("CONCLAVE_GRPC_PORT_{}", i + 1),
@@ -125,11 +150,12 @@ impl Compose {
 
     fn run_compose(&self, options: &[&str], args: &[&str]) -> Output {
         let base = compose_command().expect("compose is installed");
-        let file = repo().join("deploy/docker-compose.yml");
-        Command::new(base[0])
-            .args(&base[1..])
-            .arg("-f")
-            .arg(file)
+        let mut command = Command::new(base[0]);
+        command.args(&base[1..]);
+        for file in &self.files {
+            command.arg("-f").arg(file);
+        }
+        command
             .args(options)
             .args(args)
             .envs(self.env())
@@ -229,10 +255,41 @@ impl Compose {
         format!("127.0.0.1:{}", self.resp[id - 1])
     }
 
-    /// A client of the listed nodes (the first preferred).
+    /// With TLS: the cluster's CA (PEM file), copied out of node 1's container the first time.
+    pub fn ca(&self) -> PathBuf {
+        let dir = self.tls_dir.as_ref().expect("a TLS project");
+        let ca = dir.path().join("ca.pem");
+        if !ca.exists() {
+            let source = format!("{}:/certs/ca.pem", self.container("conclave-1"));
+            let output = Command::new("docker")
+                .args(["cp", &source])
+                .arg(&ca)
+                .output()
+                .expect("docker cp");
+            assert!(
+                output.status.success(),
+                "docker cp {source}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        ca
+    }
+
+    /// A client of the listed nodes (the first preferred), over TLS in a TLS project.
     pub async fn client(&self, ids: &[usize]) -> Client {
         let endpoints: Vec<String> = ids.iter().map(|id| self.endpoint(*id)).collect();
-        Client::connect(&endpoints).await.expect("client")
+        let tls = self.tls_dir.as_ref().map(|_| {
+            let ca = std::fs::read(self.ca()).expect("read the CA");
+            conclave_client::ClientTlsConfig::new()
+                .ca_certificate(conclave_client::Certificate::from_pem(ca))
+        });
+        let options = conclave_client::ConnectOptions {
+            tls,
+            credentials: None,
+        };
+        Client::connect_with(&endpoints, options)
+            .await
+            .expect("client")
     }
 
     /// Node `id`'s status, if it answers.
