@@ -298,3 +298,77 @@ async fn each_size_limit_is_answered_with_the_limit_named_over_both_protocols() 
         Some(&b"limits"[..])
     );
 }
+
+/// The INFO field `name` of `connection`'s node, as a number.
+fn info_number(connection: &mut RespConnection, name: &str) -> u64 {
+    let Frame::Bulk(info) = connection.cmd("INFO stats") else {
+        panic!("INFO did not answer a bulk string");
+    };
+    let info = String::from_utf8(info).expect("INFO is text");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("INFO has no {name}: {info}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Whole-keyspace walks run two at a time per node: eight KEYS sent at once over 100,000 keys
+/// all get the whole answer, and the ones that came while both turns were taken waited
+/// (`conclave_keyspace_walks_waited`); plain commands are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_walks_beyond_two_at_once_wait_for_a_turn() {
+    const KEYS: usize = 100_000;
+    const WALKERS: usize = 8;
+    let _serial = serial().await;
+    let cluster = Cluster::start_with_resp(1, &[]);
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let address = cluster.resp(1);
+    let mut connection = RespConnection::connect(&address);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1_000) {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in chunk {
+            args.push(format!("walk:{i:06}").into_bytes());
+            args.push(b"v".to_vec());
+        }
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        assert_eq!(connection.call(&args), Frame::status("OK"));
+    }
+    let waited_before = info_number(&mut connection, "conclave_keyspace_walks_waited");
+
+    let start = std::sync::Arc::new(std::sync::Barrier::new(WALKERS + 1));
+    let walkers: Vec<_> = (0..WALKERS)
+        .map(|_| {
+            let (address, start) = (address.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut walker = RespConnection::connect(&address);
+                start.wait();
+                match walker.cmd("KEYS walk:*") {
+                    Frame::Array(keys) => keys.len(),
+                    other => panic!("KEYS answered {other:?}"),
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    // A plain command is not held behind the walks.
+    assert_eq!(connection.cmd("SET during walks"), Frame::status("OK"));
+    for walker in walkers {
+        assert_eq!(
+            walker.join().expect("walker"),
+            KEYS,
+            "every walk answers whole"
+        );
+    }
+    let waited = info_number(&mut connection, "conclave_keyspace_walks_waited") - waited_before;
+    eprintln!("{waited} of {WALKERS} walks waited for a turn");
+    assert!(
+        waited >= 1,
+        "{WALKERS} walks sent at once all ran without waiting: no limit on walks at once"
+    );
+    assert!(
+        waited <= (WALKERS - 2) as u64,
+        "{waited} waited: fewer than two turns"
+    );
+    assert_eq!(connection.cmd("GET during"), Frame::bulk("walks"));
+}

@@ -113,6 +113,10 @@ pub(crate) fn info(shared: &Shared, sections: &[Vec<u8>]) -> String {
                 shared.options.metrics.commands_processed.get().to_string(),
             ),
             kv(
+                "conclave_keyspace_walks_waited",
+                shared.options.metrics.walks_waited.get().to_string(),
+            ),
+            kv(
                 "pubsub_channels",
                 shared.hub.channels(None).len().to_string(),
             ),

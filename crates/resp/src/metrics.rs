@@ -15,6 +15,9 @@ pub struct RespMetrics {
     pub(crate) connected: AtomicUsize,
     pub(crate) connections_received: Counter,
     pub(crate) commands_processed: Counter,
+    /// Whole-keyspace walks (KEYS, large SCAN steps) that waited for a turn: every turn was
+    /// taken when they came.
+    pub(crate) walks_waited: Counter,
     /// Time from a command's turn on its connection to its reply, by command name.
     latency: HistogramFamily,
 }
@@ -28,6 +31,7 @@ impl Default for RespMetrics {
             connected: AtomicUsize::new(0),
             connections_received: Counter::default(),
             commands_processed: Counter::default(),
+            walks_waited: Counter::default(),
             // Every name in the table, "unknown" and the family's overflow label.
             latency: HistogramFamily::new(LATENCY_BUCKETS, crate::table::COMMANDS.len() + 2),
         }
@@ -67,6 +71,12 @@ impl RespMetrics {
             Kind::Counter,
             "RESP commands answered since the node started.",
             self.commands_processed.get() as f64,
+        );
+        out.single(
+            "conclave_resp_keyspace_walks_waited_total",
+            Kind::Counter,
+            "Whole-keyspace walks (KEYS, large SCAN steps) that waited for one of the node's turns.",
+            self.walks_waited.get() as f64,
         );
     }
 

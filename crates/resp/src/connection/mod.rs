@@ -459,11 +459,17 @@ impl Connection {
         read: impl FnOnce(&Machine, u64) -> T + Send + 'static,
     ) -> Result<T, Reply> {
         let shared = self.shared.clone();
-        let _walking = shared
-            .walks
-            .acquire()
-            .await
-            .map_err(|_| Reply::error("ERR the node is stopping"))?;
+        let _walking = match shared.walks.try_acquire() {
+            Ok(turn) => turn,
+            Err(_) => {
+                shared.options.metrics.walks_waited.inc();
+                shared
+                    .walks
+                    .acquire()
+                    .await
+                    .map_err(|_| Reply::error("ERR the node is stopping"))?
+            }
+        };
         let machine = self.read(|m, _| m.clone()).await?;
         tokio::task::spawn_blocking(move || {
             let now = machine.clock();
