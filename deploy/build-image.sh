@@ -25,7 +25,8 @@ echo "build-image: cargo build --release (conclave, media_node)" >&2
 (cd "$repo" && cargo build --release --locked --quiet -p conclave --bin conclave --example media_node)
 
 rm -rf "$work/rootfs"
-mkdir -p "$work/rootfs/usr/local/bin" "$work/rootfs/data" "$work/rootfs/certs" "$work/rootfs/etc" \
+mkdir -p "$work/rootfs/usr/local/bin" "$work/rootfs/data" "$work/rootfs/certs" "$work/rootfs/ca" \
+    "$work/rootfs/public" "$work/rootfs/etc" \
     "$work/rootfs/tmp"
 for binary in "$target/release/conclave" "$target/release/examples/media_node"; do
     # Symbols stay (for panics' backtraces); debug line tables go.
@@ -42,12 +43,13 @@ printf 'root:x:0:0:root:/:/sbin/nologin\nconclave:x:65532:65532:conclave:/data:/
 printf 'root:x:0:\nconclave:x:65532:\n' >"$work/rootfs/etc/group"
 chmod 1777 "$work/rootfs/tmp"
 
-# A reproducible archive: fixed order, times and owners (the data and certificate directories
-# belong to the unprivileged user the node runs as, and a new named volume inherits that).
+# A reproducible archive: fixed order, times and owners (the data and certificate directories,
+# /ca, /certs and /public, belong to the unprivileged user the node runs as, and a new named
+# volume inherits that).
 tar --sort=name --mtime='@0' --owner=0 --group=0 --numeric-owner \
-    -C "$work/rootfs" --exclude=./data --exclude=./certs --exclude=./tmp -cf "$work/rootfs.tar" .
+    -C "$work/rootfs" --exclude=./data --exclude=./ca --exclude=./certs --exclude=./public --exclude=./tmp -cf "$work/rootfs.tar" .
 tar --mtime='@0' --owner=65532 --group=65532 --numeric-owner \
-    -C "$work/rootfs" -rf "$work/rootfs.tar" ./certs ./data ./tmp
+    -C "$work/rootfs" -rf "$work/rootfs.tar" ./ca ./certs ./data ./public ./tmp
 digest=$(sha256sum "$work/rootfs.tar" | cut -c1-16)
 
 current=$(docker image inspect -f '{{index .Config.Labels "conclave.rootfs"}}' "$image" 2>/dev/null || true)

@@ -10,11 +10,15 @@
 set -euo pipefail
 
 deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-IFS=: read -r -a compose_files <<<"${CONCLAVE_COMPOSE_FILE:-$deploy_dir/docker-compose.yml}"
-compose_file_args=()
-for file in "${compose_files[@]}"; do
-    compose_file_args+=(-f "$file")
-done
+compose_file_args=(-f "$deploy_dir/docker-compose.yml")
+if [ -n "${CONCLAVE_COMPOSE_FILE:-}" ]; then
+    IFS=: read -r -a compose_files <<<"$CONCLAVE_COMPOSE_FILE"
+    compose_file_args=()
+    for file in "${compose_files[@]}"; do
+        [ -z "$file" ] || compose_file_args+=(-f "$file")
+    done
+    [ "${#compose_file_args[@]}" -gt 0 ] || { echo "CONCLAVE_COMPOSE_FILE names no file" >&2; exit 2; }
+fi
 if [ -z "${COMPOSE_PROJECT_NAME:-}" ]; then
     COMPOSE_PROJECT_NAME=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$deploy_dir/.env")
 fi

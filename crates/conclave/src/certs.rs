@@ -39,8 +39,8 @@ enum CertsCommand {
     },
     /// Issue a client certificate NAME.pem and key NAME-key.pem (client authentication only).
     Client { name: String },
-    /// A CA and a node certificate for each of nodes 1..=N, made where missing and kept after
-    /// (a new CA reissues them all): what the compose file's `certs` service runs.
+    /// A CA and a node certificate for each of nodes 1..=N, made where missing or not valid
+    /// under the CA, kept after: what the compose file's `certs` service runs.
     Cluster {
         /// How many nodes.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
@@ -50,6 +50,13 @@ enum CertsCommand {
         /// also names localhost and 127.0.0.1.
         #[arg(long)]
         host_template: Option<String>,
+        /// Also copy the CA certificate and every node's certificate and key here (not the CA's
+        /// key): what the nodes mount.
+        #[arg(long)]
+        nodes_out: Option<PathBuf>,
+        /// Also copy the CA certificate alone here: what clients mount.
+        #[arg(long)]
+        public_out: Option<PathBuf>,
     },
 }
 
@@ -90,22 +97,45 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
         CertsCommand::Cluster {
             nodes,
             host_template,
+            nodes_out,
+            public_out,
         } => {
             let made = ensure_cluster_certs(&args.dir, nodes, host_template.as_deref())?;
-            for (name, fresh) in made {
-                let what = if fresh { "made" } else { "kept" };
+            for (name, fresh) in &made {
+                let what = if *fresh { "made" } else { "kept" };
                 println!("{what} {}", args.dir.join(format!("{name}.pem")).display());
+            }
+            let names: Vec<&str> = made.iter().skip(1).map(|(n, _)| n.as_str()).collect();
+            if let Some(out) = nodes_out {
+                let mut files = vec!["ca.pem".to_string()];
+                for name in &names {
+                    files.extend([format!("{name}.pem"), format!("{name}-key.pem")]);
+                }
+                publish(&args.dir, &out, &files)?;
+                println!(
+                    "copied the CA certificate and the node files to {}",
+                    out.display()
+                );
+            }
+            if let Some(out) = public_out {
+                publish(&args.dir, &out, &["ca.pem".to_string()])?;
+                println!("copied the CA certificate to {}", out.display());
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A CA and node certificates for nodes 1..=`nodes` in `dir`, made where missing and kept
-/// after; a CA made here reissues every node certificate (the old ones are not from it). Node
-/// `id`'s files are named after `host_template` with `{id}` replaced (the host it is reached
-/// at, besides localhost and 127.0.0.1), or `n{id}` without one. Returns each certificate's
-/// name and whether it was made now; the CA comes first.
+/// A CA and node certificates for nodes 1..=`nodes` in `dir`. Node `id`'s files are named
+/// after `host_template` with `{id}` replaced (the host it is reached at, besides localhost and
+/// 127.0.0.1), or `n{id}` without one.
+///
+/// A CA is made when `ca.pem` is missing. A node's files are kept while they are valid (the key
+/// is the certificate's, which the CA signed, valid now, for server authentication) and issued
+/// again otherwise, so a new CA, a run cut short or a mismatched pair heals on the next run.
+/// With `ca.pem` but no `ca-key.pem` the CA is someone else's: nothing is issued, and a node
+/// whose files are missing or not valid under it is an error. Returns each certificate's name
+/// and whether it was made now; the CA comes first.
 pub fn ensure_cluster_certs(
     dir: &Path,
     nodes: u64,
@@ -118,15 +148,19 @@ pub fn ensure_cluster_certs(
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let new_ca = !dir.join("ca-key.pem").exists() || !dir.join("ca.pem").exists();
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let new_ca = !ca_cert.exists();
     if new_ca {
+        // The key first: a run cut short between the two leaves no certificate, so the next
+        // run makes the CA again.
         let key_pair = KeyPair::generate().context("generating the CA key")?;
         let ca = ca_params()?
             .self_signed(&key_pair)
             .context("signing the CA")?;
-        write(&dir.join("ca.pem"), &ca.pem(), false)?;
-        write(&dir.join("ca-key.pem"), &key_pair.serialize_pem(), true)?;
+        write(&ca_key, &key_pair.serialize_pem(), true)?;
+        write(&ca_cert, &ca.pem(), false)?;
     }
+    let can_issue = ca_key.exists();
     let mut made = vec![("ca".to_string(), new_ca)];
     for id in 1..=nodes {
         let (name, mut hosts) = match host_template {
@@ -137,14 +171,41 @@ pub fn ensure_cluster_certs(
             None => (format!("n{id}"), Vec::new()),
         };
         hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
-        let present = dir.join(format!("{name}.pem")).exists()
-            && dir.join(format!("{name}-key.pem")).exists();
-        if new_ca || !present {
-            issue_quietly(dir, &name, hosts, true)?;
+        let files = crate::tls::TlsFiles {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+            ca: ca_cert.clone(),
+        };
+        let valid = crate::tls::Tls::check_node_files(files);
+        match valid {
+            Ok(()) => made.push((name, false)),
+            Err(_) if can_issue => {
+                issue_quietly(dir, &name, hosts, true)?;
+                made.push((name, true));
+            }
+            Err(why) => bail!(
+                "{} holds the CA certificate without its key (someone else's CA), so {name}'s \
+                 files must be there already: {why:#}",
+                dir.display()
+            ),
         }
-        made.push((name, new_ca || !present));
     }
     Ok(made)
+}
+
+/// Copies `files` from `from` to `to`, each replaced whole and only when it differs; keys
+/// (`*-key.pem`) stay readable by the owner only.
+fn publish(from: &Path, to: &Path, files: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for file in files {
+        let text = std::fs::read_to_string(from.join(file))
+            .with_context(|| format!("cannot read {}", from.join(file).display()))?;
+        let target = to.join(file);
+        if std::fs::read_to_string(&target).ok().as_deref() != Some(text.as_str()) {
+            write(&target, &text, file.ends_with("-key.pem"))?;
+        }
+    }
+    Ok(())
 }
 
 fn ca_params() -> anyhow::Result<CertificateParams> {
@@ -258,27 +319,87 @@ mod tests {
         std::fs::read_to_string(dir.join(name)).expect("a certificate file")
     }
 
+    fn ensure(dir: &Path) -> anyhow::Result<Vec<(String, bool)>> {
+        ensure_cluster_certs(dir, 2, Some("conclave-{id}"))
+    }
+
     #[test]
-    fn cluster_certificates_are_made_once_and_reissued_under_a_new_ca() {
+    fn cluster_certificates_are_kept_while_valid_and_issued_again_when_not() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let made = ensure_cluster_certs(dir.path(), 2, Some("conclave-{id}")).unwrap();
+        let made = ensure(dir.path()).unwrap();
         let names: Vec<(&str, bool)> = made.iter().map(|(n, f)| (n.as_str(), *f)).collect();
         assert_eq!(
             names,
             [("ca", true), ("conclave-1", true), ("conclave-2", true)]
         );
         let first = read(dir.path(), "conclave-1.pem");
-        // Kept on the next run; a missing one is made, the others stay.
+        // Kept on the next run; a missing key is made again, with its certificate.
         std::fs::remove_file(dir.path().join("conclave-2-key.pem")).unwrap();
-        let again = ensure_cluster_certs(dir.path(), 2, Some("conclave-{id}")).unwrap();
+        let again = ensure(dir.path()).unwrap();
         assert_eq!(again[1], ("conclave-1".to_string(), false));
         assert_eq!(again[2], ("conclave-2".to_string(), true));
         assert_eq!(read(dir.path(), "conclave-1.pem"), first);
-        // A new CA: every node certificate is issued again, since the old ones are not from it.
-        std::fs::remove_file(dir.path().join("ca-key.pem")).unwrap();
-        let renewed = ensure_cluster_certs(dir.path(), 2, Some("conclave-{id}")).unwrap();
+        // Another node's key beside a certificate (a run cut short between the two writes).
+        std::fs::copy(
+            dir.path().join("conclave-2-key.pem"),
+            dir.path().join("conclave-1-key.pem"),
+        )
+        .unwrap();
+        assert_eq!(ensure(dir.path()).unwrap()[1], ("conclave-1".into(), true));
+        let second = read(dir.path(), "conclave-1.pem");
+        // A new CA: every node certificate is issued again, the old ones are not from it.
+        std::fs::remove_file(dir.path().join("ca.pem")).unwrap();
+        let renewed = ensure(dir.path()).unwrap();
         assert!(renewed.iter().all(|(_, fresh)| *fresh), "{renewed:?}");
-        assert_ne!(read(dir.path(), "conclave-1.pem"), first);
+        assert_ne!(read(dir.path(), "conclave-1.pem"), second);
+        assert_eq!(ensure(dir.path()).unwrap()[1], ("conclave-1".into(), false));
+    }
+
+    #[test]
+    fn someone_elses_ca_is_never_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        ensure(dir.path()).unwrap();
+        let (ca, node) = (
+            read(dir.path(), "ca.pem"),
+            read(dir.path(), "conclave-1.pem"),
+        );
+        // The CA's key kept elsewhere: what is there and valid stays.
+        std::fs::remove_file(dir.path().join("ca-key.pem")).unwrap();
+        let kept = ensure(dir.path()).unwrap();
+        assert!(kept.iter().all(|(_, fresh)| !*fresh), "{kept:?}");
+        assert_eq!(read(dir.path(), "ca.pem"), ca);
+        assert_eq!(read(dir.path(), "conclave-1.pem"), node);
+        // A node's files missing: an error, and the CA is still the same.
+        std::fs::remove_file(dir.path().join("conclave-2.pem")).unwrap();
+        let error = ensure(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("without its key"), "{error:#}");
+        assert_eq!(read(dir.path(), "ca.pem"), ca);
+    }
+
+    #[test]
+    fn published_node_files_leave_the_ca_key_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let made = ensure(dir.path()).unwrap();
+        let names: Vec<String> = made.iter().skip(1).map(|(n, _)| n.clone()).collect();
+        let out = dir.path().join("nodes");
+        let mut files = vec!["ca.pem".to_string()];
+        for name in &names {
+            files.extend([format!("{name}.pem"), format!("{name}-key.pem")]);
+        }
+        publish(dir.path(), &out, &files).unwrap();
+        let mut listed: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        listed.sort();
+        files.sort();
+        assert_eq!(listed, files);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("conclave-1-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -142,6 +142,20 @@ impl Tls {
         })
     }
 
+    /// Checks that `files` are a node's: the key is the certificate's, and the certificate
+    /// chains to the CA, is valid now and names server authentication.
+    pub fn check_node_files(files: TlsFiles) -> anyhow::Result<()> {
+        let cert = files.cert.clone();
+        let tls = Self::load(files)?;
+        let chain = tls.current().key.cert.clone();
+        anyhow::ensure!(
+            tls.is_node(&chain),
+            "{} is not a node certificate from the CA, or it has expired",
+            cert.display()
+        );
+        Ok(())
+    }
+
     fn current(&self) -> Arc<Loaded> {
         self.current.read().expect("tls lock").clone()
     }

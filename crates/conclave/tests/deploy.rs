@@ -138,10 +138,36 @@ async fn a_compose_cluster_with_tls_serves_over_tls_only() {
     let certs = compose.logs("certs");
     for id in 1..=5 {
         assert!(
-            certs.contains(&format!("made /certs/conclave-{id}.pem")),
+            certs.contains(&format!("made /ca/conclave-{id}.pem")),
             "{certs}"
         );
     }
+    // Each file only where it is needed: the CA's key in no node or media node, the node keys
+    // in no media node.
+    let has = |service: &str, file: &str| {
+        let source = format!("{}:/certs/{file}", compose.container(service));
+        let copy = tempfile::tempdir().expect("temp dir");
+        Command::new("docker")
+            .args(["cp", &source])
+            .arg(copy.path().join(file))
+            .output()
+            .expect("docker cp")
+            .status
+            .success()
+    };
+    assert!(has("conclave-1", "conclave-2-key.pem") && has("media-1", "ca.pem"));
+    assert!(
+        !has("conclave-1", "ca-key.pem"),
+        "a node holds the CA's key"
+    );
+    assert!(
+        !has("media-1", "ca-key.pem"),
+        "a media node holds the CA's key"
+    );
+    assert!(
+        !has("media-1", "conclave-1-key.pem"),
+        "a media node holds a node key"
+    );
 
     // gRPC: a plaintext client gets nothing.
     let plain = Client::connect(&[compose.endpoint(1)]).await.unwrap();
@@ -211,6 +237,7 @@ async fn a_compose_cluster_with_tls_serves_over_tls_only() {
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect();
     assert_eq!(views.len(), 3, "{status}");
+    assert!(views[0]["leader"].is_u64(), "{status}");
     assert!(
         views
             .iter()
