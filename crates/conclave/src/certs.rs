@@ -62,6 +62,8 @@ enum CertsCommand {
 
 /// How long issued certificates are valid.
 const LEAF_DAYS: i64 = 825;
+/// `certs cluster` issues a node certificate again when it would expire within this many days.
+const RENEW_WITHIN_DAYS: u64 = 30;
 const CA_DAYS: i64 = 3650;
 const CA_NAME: &str = "Conclave cluster CA";
 
@@ -131,10 +133,11 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
 /// 127.0.0.1), or `n{id}` without one.
 ///
 /// A CA is made when `ca.pem` is missing. A node's files are kept while they are valid (the key
-/// is the certificate's, which the CA signed, valid now, for server authentication) and issued
-/// again otherwise, so a new CA, a run cut short or a mismatched pair heals on the next run.
-/// With `ca.pem` but no `ca-key.pem` the CA is someone else's: nothing is issued, and a node
-/// whose files are missing or not valid under it is an error. Returns each certificate's name
+/// is the certificate's, which the CA signed, for server authentication) now and for
+/// `RENEW_WITHIN_DAYS` more, and issued again otherwise, so a new CA, a run cut short, a
+/// mismatched pair or a certificate near its end heals on the next run. With `ca.pem` but no
+/// `ca-key.pem` the CA is someone else's: nothing is issued, a node whose files are missing or
+/// not valid now is an error, and one near its end is warned about. Returns each certificate's name
 /// and whether it was made now; the CA comes first.
 pub fn ensure_cluster_certs(
     dir: &Path,
@@ -176,18 +179,30 @@ pub fn ensure_cluster_certs(
             key: dir.join(format!("{name}-key.pem")),
             ca: ca_cert.clone(),
         };
-        let valid = crate::tls::Tls::check_node_files(files);
-        match valid {
-            Ok(()) => made.push((name, false)),
-            Err(_) if can_issue => {
-                issue_quietly(dir, &name, hosts, true)?;
+        let now = std::time::SystemTime::now();
+        let soon = now + std::time::Duration::from_secs(RENEW_WITHIN_DAYS * 24 * 3600);
+        let check = |at| crate::tls::Tls::check_node_files(files.clone(), at);
+        match (check(soon), can_issue) {
+            (Ok(()), _) => made.push((name, false)),
+            (Err(_), true) => {
+                issue_quietly(dir, &name, hosts, true, LEAF_DAYS)?;
                 made.push((name, true));
             }
-            Err(why) => bail!(
-                "{} holds the CA certificate without its key (someone else's CA), so {name}'s \
-                 files must be there already: {why:#}",
-                dir.display()
-            ),
+            (Err(_), false) => match check(now) {
+                Ok(()) => {
+                    eprintln!(
+                        "warning: {} expires within {RENEW_WITHIN_DAYS} days: renew it with \
+                         your CA",
+                        files.cert.display()
+                    );
+                    made.push((name, false));
+                }
+                Err(why) => bail!(
+                    "{} holds the CA certificate without its key (someone else's CA), so \
+                     {name}'s files must be there already: {why:#}",
+                    dir.display()
+                ),
+            },
         }
     }
     Ok(made)
@@ -225,7 +240,7 @@ fn time_days(days: i64) -> time::Duration {
 
 /// Issues NAME.pem and NAME-key.pem under the CA in `dir`, and says so.
 fn issue(dir: &Path, name: &str, hosts: Vec<String>, node: bool) -> anyhow::Result<()> {
-    let (cert, key) = issue_quietly(dir, name, hosts, node)?;
+    let (cert, key) = issue_quietly(dir, name, hosts, node, LEAF_DAYS)?;
     let kind = if node { "node" } else { "client" };
     println!(
         "{kind} certificate: {} (key {})",
@@ -235,12 +250,14 @@ fn issue(dir: &Path, name: &str, hosts: Vec<String>, node: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// Issues NAME.pem and NAME-key.pem under the CA in `dir`; returns their paths.
+/// Issues NAME.pem and NAME-key.pem, valid for `days`, under the CA in `dir`; returns their
+/// paths.
 fn issue_quietly(
     dir: &Path,
     name: &str,
     hosts: Vec<String>,
     node: bool,
+    days: i64,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     anyhow::ensure!(
         !name.is_empty()
@@ -278,7 +295,7 @@ fn issue_quietly(
     };
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time_days(1);
-    params.not_after = now + time_days(LEAF_DAYS);
+    params.not_after = now + time_days(days);
     let key_pair = KeyPair::generate().context("generating the key")?;
     let cert = params
         .signed_by(&key_pair, &ca, &ca_key)
@@ -353,6 +370,24 @@ mod tests {
         assert!(renewed.iter().all(|(_, fresh)| *fresh), "{renewed:?}");
         assert_ne!(read(dir.path(), "conclave-1.pem"), second);
         assert_eq!(ensure(dir.path()).unwrap()[1], ("conclave-1".into(), false));
+    }
+
+    #[test]
+    fn a_certificate_near_its_end_is_issued_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        ensure(dir.path()).unwrap();
+        let hosts = vec!["conclave-1".to_string()];
+        issue_quietly(dir.path(), "conclave-1", hosts.clone(), true, 10).unwrap();
+        let short = read(dir.path(), "conclave-1.pem");
+        let again = ensure(dir.path()).unwrap();
+        assert_eq!(again[1], ("conclave-1".to_string(), true), "renewed");
+        assert_eq!(again[2], ("conclave-2".to_string(), false), "kept");
+        assert_ne!(read(dir.path(), "conclave-1.pem"), short);
+        // Under someone else's CA it is kept (with a warning) while it is still valid.
+        issue_quietly(dir.path(), "conclave-1", hosts, true, 10).unwrap();
+        std::fs::remove_file(dir.path().join("ca-key.pem")).unwrap();
+        let kept = ensure(dir.path()).unwrap();
+        assert_eq!(kept[1], ("conclave-1".to_string(), false));
     }
 
     #[test]

@@ -143,14 +143,17 @@ impl Tls {
     }
 
     /// Checks that `files` are a node's: the key is the certificate's, and the certificate
-    /// chains to the CA, is valid now and names server authentication.
-    pub fn check_node_files(files: TlsFiles) -> anyhow::Result<()> {
+    /// chains to the CA, is valid at `at` and names server authentication.
+    pub fn check_node_files(files: TlsFiles, at: SystemTime) -> anyhow::Result<()> {
         let cert = files.cert.clone();
         let tls = Self::load(files)?;
         let chain = tls.current().key.cert.clone();
+        let at = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .context("a time before 1970")?;
         anyhow::ensure!(
-            tls.is_node(&chain),
-            "{} is not a node certificate from the CA, or it has expired",
+            tls.is_node_at(&chain, UnixTime::since_unix_epoch(at)),
+            "{} is not a node certificate from the CA, or it is not valid then",
             cert.display()
         );
         Ok(())
@@ -205,6 +208,11 @@ impl Tls {
     /// key usages. A certificate without that extension is not one (webpki's own server check
     /// would let it through).
     fn is_node(&self, chain: &[CertificateDer<'static>]) -> bool {
+        self.is_node_at(chain, UnixTime::now())
+    }
+
+    /// [`Tls::is_node`] at the time `at`.
+    fn is_node_at(&self, chain: &[CertificateDer<'static>], at: UnixTime) -> bool {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return false;
         };
@@ -216,7 +224,7 @@ impl Tls {
             self.provider.signature_verification_algorithms.all,
             &current.roots.roots,
             intermediates,
-            UnixTime::now(),
+            at,
             webpki::KeyUsage::required(EKU_SERVER_AUTH),
             None,
             None,

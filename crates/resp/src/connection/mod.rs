@@ -461,7 +461,10 @@ impl Connection {
         let shared = self.shared.clone();
         let _walking = match shared.walks.try_acquire() {
             Ok(turn) => turn,
-            Err(_) => {
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(Reply::error("ERR the node is stopping"))
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
                 shared.options.metrics.walks_waited.inc();
                 shared
                     .walks
