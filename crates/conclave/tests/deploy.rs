@@ -204,19 +204,10 @@ async fn a_compose_cluster_with_tls_serves_over_tls_only() {
     );
 
     // Metrics: HTTPS with the CA, parsed; plain HTTP gets no metrics.
-    let scrape = |url: String, ca: Option<&str>| {
-        let mut command = Command::new(common::compose::repo().join(".test-env/bin/python"));
-        command
-            .arg(common::compose::repo().join("cluster-tests/scrape_metrics.py"))
-            .arg(url)
-            .args(ca);
-        command.output().expect("run scrape_metrics.py")
-    };
+    let ca_path = compose.ca();
     for id in 1..=3 {
-        let scraped = scrape(
-            format!("https://{}/metrics", compose.metrics(id)),
-            Some(&ca),
-        );
+        let url = format!("https://{}/metrics", compose.metrics(id));
+        let scraped = common::run_metrics_scraper(&url, Some(&ca_path));
         assert!(
             scraped.status.success(),
             "node {id}: {}",

@@ -25,17 +25,7 @@ struct Sample {
 
 /// Scrapes `address`'s /metrics through the maintained parser; panics if it does not parse.
 fn scrape(address: &str) -> Vec<Sample> {
-    let python = repo().join(".test-env/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup-test-deps.sh (scripts/test.sh does)",
-        python.display()
-    );
-    let output = Command::new(python)
-        .arg(repo().join("cluster-tests/scrape_metrics.py"))
-        .arg(format!("http://{address}/metrics"))
-        .output()
-        .expect("run scrape_metrics.py");
+    let output = common::run_metrics_scraper(&format!("http://{address}/metrics"), None);
     assert!(
         output.status.success(),
         "the metrics did not parse: {}",

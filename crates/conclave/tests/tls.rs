@@ -325,6 +325,24 @@ async fn redis_cli_talks_to_the_resp_port_over_tls_and_plaintext_gets_nothing() 
     );
 }
 
+/// A one-node cluster, defined and not started, on a CA and a node certificate `n1` for
+/// 127.0.0.1 made in `certs_dir`.
+fn single_tls_node(certs_dir: &Path) -> Cluster {
+    certs(certs_dir, &["ca"]);
+    certs(certs_dir, &["node", "n1", "--host", "127.0.0.1"]);
+    let mut cluster = Cluster::define(1, &[], false);
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    for (flag, file) in [
+        ("--tls-cert", "n1.pem"),
+        ("--tls-key", "n1-key.pem"),
+        ("--tls-ca", "ca.pem"),
+    ] {
+        node.extra_args
+            .extend([flag.to_string(), certs_dir.join(file).display().to_string()]);
+    }
+    cluster
+}
+
 /// Connect options with TLS and no credentials.
 fn over_tls(tls: conclave_client::ClientTlsConfig) -> conclave_client::ConnectOptions {
     conclave_client::ConnectOptions {
@@ -338,37 +356,18 @@ async fn metrics_are_served_over_https_with_the_node_certificate() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let certs_dir = dir.path().join("certs");
-    certs(&certs_dir, &["ca"]);
-    certs(&certs_dir, &["node", "n1", "--host", "127.0.0.1"]);
     let metrics = format!("127.0.0.1:{}", common::free_port());
-    let mut cluster = Cluster::define(1, &[], false);
+    let mut cluster = single_tls_node(&certs_dir);
     let node = cluster.nodes.get_mut(&1).unwrap();
-    for (flag, value) in [
-        ("--tls-cert", certs_dir.join("n1.pem").display().to_string()),
-        (
-            "--tls-key",
-            certs_dir.join("n1-key.pem").display().to_string(),
-        ),
-        ("--tls-ca", certs_dir.join("ca.pem").display().to_string()),
-        ("--metrics", metrics.clone()),
-    ] {
-        node.extra_args.extend([flag.to_string(), value]);
-    }
-    node.extra_args.push("--metrics-tls".into());
+    node.extra_args.extend([
+        "--metrics".to_string(),
+        metrics.clone(),
+        "--metrics-tls".into(),
+    ]);
     cluster.restart(1);
     wait_leader(&cluster, 1, &tls_config(&certs_dir, None)).await;
 
-    let scrape = |url: String, ca: Option<&Path>| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut command = Command::new(repo.join(".test-env/bin/python"));
-        command
-            .arg(repo.join("cluster-tests/scrape_metrics.py"))
-            .arg(url);
-        if let Some(ca) = ca {
-            command.arg(ca);
-        }
-        command.output().expect("run scrape_metrics.py")
-    };
+    let scrape = |url: String, ca: Option<&Path>| common::run_metrics_scraper(&url, ca);
     let scraped = scrape(
         format!("https://{metrics}/metrics"),
         Some(&certs_dir.join("ca.pem")),
@@ -393,18 +392,7 @@ async fn silent_connections_are_closed_when_their_handshake_time_is_up() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let certs_dir = dir.path().join("certs");
-    certs(&certs_dir, &["ca"]);
-    certs(&certs_dir, &["node", "n1", "--host", "127.0.0.1"]);
-    let mut cluster = Cluster::define(1, &[], false);
-    let node = cluster.nodes.get_mut(&1).unwrap();
-    for (flag, file) in [
-        ("--tls-cert", "n1.pem"),
-        ("--tls-key", "n1-key.pem"),
-        ("--tls-ca", "ca.pem"),
-    ] {
-        node.extra_args
-            .extend([flag.to_string(), certs_dir.join(file).display().to_string()]);
-    }
+    let mut cluster = single_tls_node(&certs_dir);
     cluster.restart(1);
     let tls = tls_config(&certs_dir, None);
     wait_leader(&cluster, 1, &tls).await;

@@ -8,7 +8,7 @@ pub mod resp;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -483,4 +483,22 @@ pub fn start_with_clock_offsets(
         cluster.restart(id);
     }
     (cluster, offsets)
+}
+
+/// Scrapes `url` with `cluster-tests/scrape_metrics.py` (the Prometheus project's own text
+/// parser; one JSON line per sample), checking an HTTPS server against `ca`.
+pub fn run_metrics_scraper(url: &str, ca: Option<&Path>) -> std::process::Output {
+    let repo = compose::repo();
+    let python = repo.join(".test-env/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-deps.sh (scripts/test.sh does)",
+        python.display()
+    );
+    Command::new(python)
+        .arg(repo.join("cluster-tests/scrape_metrics.py"))
+        .arg(url)
+        .args(ca)
+        .output()
+        .expect("run scrape_metrics.py")
 }
